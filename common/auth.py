@@ -1,0 +1,39 @@
+"""Bearer-token authentication with roles; which role may do what is each service's named access policy."""
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from common.settings import Role, Settings
+
+_bearer = HTTPBearer(auto_error=False, description="Bearer token; the settings map each token to a role")
+
+
+def role_of(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> Role:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    role = settings.api_tokens.get(credentials.credentials)
+    if role is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return role
+
+
+def require_role(action: str, allowed: Collection[Role]) -> Callable[..., Role]:
+    """A FastAPI dependency: 401 without a valid token, 403 when the token's role may not do ``action``."""
+
+    def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    ) -> Role:
+        role = role_of(request.app.state.settings, credentials)
+        if role not in allowed:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"role {role!r} may not {action}")
+        return role
+
+    return dependency

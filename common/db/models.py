@@ -1,0 +1,245 @@
+"""SQLAlchemy models of the shared schema. The alembic migrations create exactly these (a test compares them)."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from common.states import FileState, JobState, PilotState, TaskState, TASK_MACHINE, JOB_MACHINE, PILOT_MACHINE
+
+RESOURCE_TYPES = ("cpu", "gpu")
+SPLIT_RULES = ("files", "bytes", "events")
+FILE_ROLES = ("input", "output", "log")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in(column: str, values: Any) -> str:
+    return f"{column} IN ({', '.join(repr(str(v)) for v in sorted(values))})"
+
+
+def _now() -> sa.TextClause:
+    return sa.text("now()")
+
+
+Timestamp = sa.DateTime(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+
+
+class Task(Base):
+    __tablename__ = "task_dat"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    task_type: Mapped[str] = mapped_column(sa.Text)
+    input_dataset: Mapped[str] = mapped_column(sa.Text)
+    output_dataset: Mapped[str] = mapped_column(sa.Text)
+    # {"command": str, "args": [str], "env": {str: str}, "container_image": str | null}
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    resource_type: Mapped[str] = mapped_column(sa.Text)
+    cores: Mapped[int] = mapped_column(sa.Integer)
+    memory_mb: Mapped[int] = mapped_column(sa.Integer)
+    split_by: Mapped[str] = mapped_column(sa.Text)
+    split_size: Mapped[int] = mapped_column(sa.BigInteger)
+    max_attempts: Mapped[int] = mapped_column(sa.Integer)
+    priority: Mapped[int] = mapped_column(sa.Integer)
+    status: Mapped[str] = mapped_column(sa.Text, server_default=TaskState.REGISTERED.value)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    wfms_request_id: Mapped[str | None] = mapped_column(sa.Text, unique=True)
+    # sha256 of the canonical description: a request id reused for another description is refused.
+    request_hash: Mapped[str] = mapped_column(sa.Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=sa.text("'{}'::jsonb"))
+    # Counters the task-executor keeps while it splits the dataset (file counts of an open dataset are not
+    # known in advance, so they cannot be derived from JOB_DAT alone).
+    files_total: Mapped[int | None] = mapped_column(sa.BigInteger)
+    files_assigned: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    jobs_total: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", TASK_MACHINE.states), name="status"),
+        sa.CheckConstraint(_in("resource_type", RESOURCE_TYPES), name="resource_type"),
+        sa.CheckConstraint(_in("split_by", SPLIT_RULES), name="split_by"),
+        sa.CheckConstraint("split_size > 0 AND cores > 0 AND memory_mb > 0 AND max_attempts > 0", name="positive"),
+        sa.CheckConstraint("priority BETWEEN 1 AND 1000", name="priority"),
+        sa.Index("ix_task_dat_status_id", "status", "id"),
+        # The task-executor's work set: active tasks only.
+        sa.Index(
+            "ix_task_dat_active",
+            "id",
+            postgresql_where=sa.text(_in("status", sorted(TASK_MACHINE.active))),
+        ),
+    )
+
+
+class Pilot(Base):
+    __tablename__ = "pilot_dat"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.Text)
+    resource_type: Mapped[str] = mapped_column(sa.Text)
+    cores: Mapped[int] = mapped_column(sa.Integer)
+    memory_mb: Mapped[int] = mapped_column(sa.Integer)
+    gpus: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    status: Mapped[str] = mapped_column(sa.Text, server_default=PilotState.IDLE.value)
+    version: Mapped[str] = mapped_column(sa.Text)
+    current_job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    registered_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    heartbeat_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", PILOT_MACHINE.states), name="status"),
+        sa.CheckConstraint(_in("resource_type", RESOURCE_TYPES), name="resource_type"),
+        # The dead-pilot sweep reads live pilots by heartbeat age.
+        sa.Index(
+            "ix_pilot_dat_live_heartbeat",
+            "heartbeat_at",
+            postgresql_where=sa.text(_in("status", sorted(PILOT_MACHINE.active))),
+        ),
+    )
+
+
+class Job(Base):
+    __tablename__ = "job_dat"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("task_dat.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(sa.Text, server_default=JobState.DEFINED.value)
+    attempt: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    resource_type: Mapped[str] = mapped_column(sa.Text)
+    priority: Mapped[int] = mapped_column(sa.Integer)
+    pilot_id: Mapped[int | None] = mapped_column(sa.ForeignKey("pilot_dat.id", ondelete="SET NULL"))
+    n_files: Mapped[int] = mapped_column(sa.Integer)
+    n_bytes: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    n_events: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    queued_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    exit_code: Mapped[int | None] = mapped_column(sa.Integer)
+    error_category: Mapped[str | None] = mapped_column(sa.Text)
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", JOB_MACHINE.states), name="status"),
+        sa.CheckConstraint(_in("resource_type", RESOURCE_TYPES), name="resource_type"),
+        sa.Index("ix_job_dat_task_status", "task_id", "status"),
+        # Dispatch: the highest-priority ready job of a resource type.
+        sa.Index(
+            "ix_job_dat_ready",
+            "resource_type",
+            sa.text("priority DESC"),
+            "id",
+            postgresql_where=sa.text(f"status = '{JobState.READY}'"),
+        ),
+        # Oversight: jobs held by pilots, by heartbeat age.
+        sa.Index(
+            "ix_job_dat_in_flight_heartbeat",
+            "heartbeat_at",
+            postgresql_where=sa.text(_in("status", [JobState.DISPATCHED, JobState.RUNNING])),
+        ),
+        sa.Index(
+            "ix_job_dat_pilot",
+            "pilot_id",
+            postgresql_where=sa.text("pilot_id IS NOT NULL"),
+        ),
+    )
+
+
+class File(Base):
+    __tablename__ = "file_dat"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    lfn: Mapped[str] = mapped_column(sa.Text)
+    dataset: Mapped[str] = mapped_column(sa.Text)
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("task_dat.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(sa.ForeignKey("job_dat.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(sa.Text)
+    url: Mapped[str | None] = mapped_column(sa.Text)
+    size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    adler32: Mapped[str | None] = mapped_column(sa.String(8))
+    events: Mapped[int | None] = mapped_column(sa.BigInteger)
+    status: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("role", FILE_ROLES), name="role"),
+        sa.CheckConstraint(_in("status", list(FileState)), name="status"),
+        sa.CheckConstraint("adler32 ~ '^[0-9a-f]{8}$'", name="adler32_hex"),
+        # Every input file is in exactly one job of its task: a duplicate cannot be written.
+        sa.Index(
+            "uq_file_dat_task_input_lfn",
+            "task_id",
+            "lfn",
+            unique=True,
+            postgresql_where=sa.text("role = 'input'"),
+        ),
+        # An output or log is registered once in its dataset, however often the final report arrives.
+        sa.Index(
+            "uq_file_dat_dataset_output_lfn",
+            "dataset",
+            "lfn",
+            unique=True,
+            postgresql_where=sa.text("role <> 'input'"),
+        ),
+        sa.Index("ix_file_dat_job", "job_id"),
+        sa.Index("ix_file_dat_task_role_id", "task_id", "role", "id"),
+    )
+
+
+class OutboxMessage(Base):
+    """Events written in the same transaction as the change they announce; a relay publishes them."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True)
+    exchange: Mapped[str] = mapped_column(sa.Text)
+    routing_key: Mapped[str] = mapped_column(sa.Text)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    publish_attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.Index("ix_outbox_unpublished", "id", postgresql_where=sa.text("published_at IS NULL")),
+    )
+
+
+class ConsumedMessage(Base):
+    """Message ids a consumer has applied: redeliveries are recognised and skipped (idempotent consumers)."""
+
+    __tablename__ = "consumed_message"
+
+    consumer: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    consumed_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+
+
+metadata = Base.metadata
+tasks = Task.__table__
+jobs = Job.__table__
+pilots = Pilot.__table__
+files = File.__table__
+outbox = OutboxMessage.__table__
+consumed_messages = ConsumedMessage.__table__

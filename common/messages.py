@@ -1,0 +1,73 @@
+"""Every message on RabbitMQ: a versioned envelope around a typed payload.
+
+A consumer decodes with :func:`decode`; anything that does not decode is a :class:`BadMessage` and must be
+dead-lettered, never retried.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.states import TaskState
+
+ENVELOPE_VERSION = 1
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: Literal[1] = ENVELOPE_VERSION
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    type: str
+    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    payload: dict[str, Any]
+
+
+class TaskEventType(enum.StrEnum):
+    REGISTERED = "task.registered"
+    CANCELLED = "task.cancelled"
+    REPRIORITISED = "task.reprioritised"
+    PAUSED = "task.paused"
+    RESUMED = "task.resumed"
+
+
+class TaskEvent(BaseModel):
+    """A change of a task made through the task-manager; consumers read the task's row for the rest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: int
+    status: TaskState
+    priority: int
+    resource_type: Literal["cpu", "gpu"]
+
+
+PAYLOAD_TYPES: dict[str, type[BaseModel]] = {t.value: TaskEvent for t in TaskEventType}
+
+
+class BadMessage(ValueError):
+    """A message that can never be processed: wrong JSON, unknown type or version, invalid payload."""
+
+
+def wrap(message_type: str, payload: BaseModel) -> Envelope:
+    if PAYLOAD_TYPES.get(message_type) is not type(payload):
+        raise ValueError(f"{message_type!r} does not carry a {type(payload).__name__}")
+    return Envelope(type=message_type, payload=payload.model_dump(mode="json"))
+
+
+def decode(body: bytes) -> tuple[Envelope, BaseModel]:
+    try:
+        envelope = Envelope.model_validate_json(body)
+    except ValidationError as exc:
+        raise BadMessage(f"not a v{ENVELOPE_VERSION} envelope: {exc.errors(include_url=False)}") from exc
+    payload_type = PAYLOAD_TYPES.get(envelope.type)
+    if payload_type is None:
+        raise BadMessage(f"unknown message type {envelope.type!r}")
+    try:
+        return envelope, payload_type.model_validate(envelope.payload)
+    except ValidationError as exc:
+        raise BadMessage(f"invalid {envelope.type} payload: {exc.errors(include_url=False)}") from exc

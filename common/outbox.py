@@ -1,0 +1,120 @@
+"""Transactional outbox: an event is written in the same transaction as the change it announces, and a relay
+publishes it with confirms afterwards. No event without its row change, no row change without its event.
+
+Delivery is at least once (a crash between the confirm and the commit republishes): consumers dedupe by
+message id (``consumed_message``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from common.broker import Broker
+from common.db.models import outbox
+from common.messages import Envelope
+
+log = logging.getLogger("wms.outbox")
+
+PURGE_EVERY_S = 60.0
+RETENTION = "1 day"
+
+
+async def add_event(conn: AsyncConnection, exchange: str, routing_key: str, envelope: Envelope) -> None:
+    """Queue ``envelope`` for publication; commits or rolls back with the caller's transaction."""
+    await conn.execute(
+        sa.insert(outbox).values(
+            message_id=envelope.message_id,
+            exchange=exchange,
+            routing_key=routing_key,
+            body=envelope.model_dump(mode="json"),
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes unpublished outbox rows. Several relays may run: SKIP LOCKED gives each its own rows."""
+
+    def __init__(self, engine: AsyncEngine, broker: Broker, batch_size: int, poll_interval_s: float) -> None:
+        self.engine = engine
+        self.broker = broker
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._wakeup = asyncio.Event()
+        self._last_purge = 0.0
+
+    def wake(self) -> None:
+        """Called after a commit that added events, so they go out without waiting for the next poll."""
+        self._wakeup.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many rows were published."""
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(outbox.c.id, outbox.c.exchange, outbox.c.routing_key, outbox.c.body)
+                    .where(outbox.c.published_at.is_(None))
+                    .order_by(outbox.c.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            # Confirms are pipelined: all publishes of the batch are in flight at once.
+            results = await asyncio.gather(
+                *(self.broker.publish(r.exchange, r.routing_key, Envelope.model_validate(r.body)) for r in rows),
+                return_exceptions=True,
+            )
+            published = [r.id for r, res in zip(rows, results) if not isinstance(res, BaseException)]
+            failed = [(r.id, f"{type(res).__name__}: {res}") for r, res in zip(rows, results) if isinstance(res, BaseException)]
+            if published:
+                await conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id.in_(published))
+                    .values(published_at=sa.func.now(), publish_attempts=outbox.c.publish_attempts + 1)
+                )
+            for row_id, error in failed:
+                await conn.execute(
+                    sa.update(outbox)
+                    .where(outbox.c.id == row_id)
+                    .values(publish_attempts=outbox.c.publish_attempts + 1, last_error=error[:2000])
+                )
+            if failed:
+                log.warning("outbox publish failed", extra={"failed": len(failed), "first_error": failed[0][1]})
+            return len(published)
+
+    async def purge_published(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                sa.delete(outbox).where(outbox.c.published_at < sa.func.now() - sa.text(f"interval '{RETENTION}'"))
+            )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                published = await self.publish_pending()
+                if time.monotonic() - self._last_purge > PURGE_EVERY_S:
+                    await self.purge_published()
+                    self._last_purge = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay iteration failed")
+                published = 0
+            if published >= self.batch_size:
+                continue  # more may be waiting
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll_interval_s)
+            except TimeoutError:
+                pass
+
+
+async def unpublished_count(conn: AsyncConnection) -> int:
+    return (
+        await conn.execute(sa.select(sa.func.count()).select_from(outbox).where(outbox.c.published_at.is_(None)))
+    ).scalar_one()

@@ -1,0 +1,57 @@
+"""Configuration of every WMS process: one pydantic-settings class, environment prefix ``WMS_``.
+
+Defaults work on a single machine with PostgreSQL and RabbitMQ on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["wfms", "operator", "pilot"]
+
+# Well-known development tokens: fine on a laptop, never in production (a warning is logged when they are used).
+DEV_TOKENS: dict[str, Role] = {"dev-wfms-token": "wfms", "dev-operator-token": "operator"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WMS_", extra="ignore")
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/wms"
+    db_pool_size: int = Field(10, ge=1, le=200)
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    # Every exchange and queue name starts with this, so several deployments (or tests) can share one broker.
+    broker_namespace: str = Field("wms", pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    publish_timeout_s: float = Field(10.0, gt=0)
+    # A message redelivered more often than this is poison and goes to its dead-letter queue.
+    delivery_limit: int = Field(5, ge=1)
+
+    outbox_poll_interval_s: float = Field(1.0, gt=0)
+    outbox_batch_size: int = Field(200, ge=1, le=10_000)
+
+    # Bearer token -> role. JSON in the environment: WMS_API_TOKENS='{"secret": "wfms"}'.
+    api_tokens: dict[str, Role] = Field(default_factory=lambda: dict(DEV_TOKENS))
+
+    listen_host: str = "127.0.0.1"
+    task_manager_port: int = Field(8081, ge=1, le=65535)
+
+    log_level: str = "INFO"
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_not_empty(cls, tokens: dict[str, Role]) -> dict[str, Role]:
+        if any(not t.strip() for t in tokens):
+            raise ValueError("empty bearer token")
+        return tokens
+
+    @property
+    def uses_dev_tokens(self) -> bool:
+        return any(t in DEV_TOKENS for t in self.api_tokens)
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The pilot: a daemon on each worker node and the pilot application it launches (built in the dispatch issue)."""

@@ -1,0 +1,1 @@
+"""The WMS services; each package has the same shape: app, api, schemas, domain modules, queries."""

@@ -1,0 +1,10 @@
+"""Who may do what on the task-manager API. Pilots have no business here."""
+from __future__ import annotations
+
+from common.auth import require_role
+
+READ_TASKS = require_role("read tasks", {"wfms", "operator"})
+SUBMIT_TASKS = require_role("submit tasks", {"wfms", "operator"})
+# Cancel and reprioritise are the WFMS's own decisions; pause/resume is an operational action.
+CHANGE_TASKS = require_role("cancel or reprioritise tasks", {"wfms", "operator"})
+OPERATE_TASKS = require_role("pause or resume tasks", {"operator"})

@@ -1,0 +1,115 @@
+"""Routes of the task-manager: parse -> call the domain -> shape the response. No SQL here."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.states import TaskState
+from services.task_manager import reporting
+from services.task_manager.access_policy import CHANGE_TASKS, OPERATE_TASKS, READ_TASKS, SUBMIT_TASKS
+from services.task_manager.lifecycle import TaskLifecycle
+from services.task_manager.schemas import (
+    MAX_ID,
+    FilePage,
+    FileView,
+    PriorityChange,
+    TaskDescription,
+    TaskPage,
+    TaskReport,
+    TaskView,
+    task_view,
+)
+
+router = APIRouter(prefix="/api/v1")
+
+
+async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    async with request.app.state.engine.connect() as conn:
+        yield conn
+
+
+def _lifecycle(request: Request) -> TaskLifecycle:
+    return request.app.state.lifecycle
+
+
+Conn = Annotated[AsyncConnection, Depends(_connection)]
+Lifecycle = Annotated[TaskLifecycle, Depends(_lifecycle)]
+TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
+After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="cursor: the last id of the previous page")]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+@router.post(
+    "/tasks",
+    response_model=TaskView,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[Depends(SUBMIT_TASKS)],
+    responses={200: {"model": TaskView, "description": "already registered under this wfms_request_id"}},
+)
+async def register_task(description: TaskDescription, lifecycle: Lifecycle, response: Response) -> TaskView:
+    row, created = await lifecycle.register(description)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    response.headers["Location"] = f"/api/v1/tasks/{row.id}"
+    return task_view(row)
+
+
+@router.get("/tasks", response_model=TaskPage, dependencies=[Depends(READ_TASKS)])
+async def list_tasks(
+    conn: Conn, status: TaskState | None = None, after: After = None, limit: Limit = 100
+) -> TaskPage:
+    rows = await reporting.list_tasks(conn, status, after, limit)
+    return TaskPage(items=[task_view(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None)
+
+
+@router.get("/tasks/{task_id}", response_model=TaskView, dependencies=[Depends(READ_TASKS)])
+async def get_task(task_id: TaskId, conn: Conn) -> TaskView:
+    row, progress = await reporting.task_with_progress(conn, task_id)
+    return task_view(row, progress)
+
+
+@router.patch("/tasks/{task_id}", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)])
+async def reprioritise_task(task_id: TaskId, change: PriorityChange, lifecycle: Lifecycle) -> TaskView:
+    row, _ = await lifecycle.reprioritise(task_id, change.priority)
+    return task_view(row)
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)])
+async def cancel_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
+    row, _ = await lifecycle.apply_command(task_id, "cancel")
+    return task_view(row)
+
+
+@router.post("/tasks/{task_id}/pause", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)])
+async def pause_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
+    row, _ = await lifecycle.apply_command(task_id, "pause")
+    return task_view(row)
+
+
+@router.post("/tasks/{task_id}/resume", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)])
+async def resume_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
+    row, _ = await lifecycle.apply_command(task_id, "resume")
+    return task_view(row)
+
+
+@router.get("/tasks/{task_id}/report", response_model=TaskReport, dependencies=[Depends(READ_TASKS)])
+async def get_task_report(task_id: TaskId, conn: Conn) -> TaskReport:
+    return await reporting.task_report(conn, task_id)
+
+
+@router.get("/tasks/{task_id}/files", response_model=FilePage, dependencies=[Depends(READ_TASKS)])
+async def list_task_files(
+    task_id: TaskId,
+    conn: Conn,
+    role: Literal["output", "log"] = "output",
+    after: After = None,
+    limit: Limit = 100,
+) -> FilePage:
+    rows = await reporting.produced_files(conn, task_id, role, after, limit)
+    return FilePage(
+        items=[FileView.model_validate(dict(r._mapping)) for r in rows],
+        next_after=rows[-1].id if len(rows) == limit else None,
+    )

@@ -1,0 +1,131 @@
+"""Changes of a task's life: registration, cancel, pause, resume, reprioritisation.
+
+Each change is one short transaction holding the guarded row update and its outbox event together.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from common.broker import Topology
+from common.db.models import tasks
+from common.messages import TaskEvent, TaskEventType, wrap
+from common.outbox import add_event
+from common.states import TASK_MACHINE, IllegalTransition, RowNotFound, TaskState, transition_one
+from services.task_manager import queries
+from services.task_manager.schemas import TaskDescription
+
+
+class RequestIdReused(Exception):
+    """The WFMS request id names an existing task whose description differs from this one."""
+
+    def __init__(self, request_id: str, task_id: int) -> None:
+        super().__init__(f"wfms_request_id {request_id!r} already names task {task_id} with a different description")
+        self.task_id = task_id
+
+
+class TaskEnded(Exception):
+    def __init__(self, task_id: int, current: str) -> None:
+        super().__init__(f"task {task_id} is {current}: it can no longer be changed")
+        self.current = current
+
+
+def description_hash(description: TaskDescription) -> str:
+    canonical = json.dumps(description.model_dump(mode="json", exclude={"wfms_request_id"}), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def row_values(description: TaskDescription) -> dict[str, Any]:
+    return {
+        "name": description.name,
+        "task_type": description.type,
+        "input_dataset": description.input_dataset,
+        "output_dataset": description.output_dataset,
+        "payload": description.payload.model_dump(mode="json"),
+        "resource_type": description.resource_type,
+        "cores": description.cores,
+        "memory_mb": description.memory_mb,
+        "split_by": description.split.by,
+        "split_size": description.split.size,
+        "max_attempts": description.max_attempts,
+        "priority": description.priority,
+        "wfms_request_id": description.wfms_request_id,
+        "request_hash": description_hash(description),
+        "metadata": description.metadata,
+    }
+
+
+# Each operator/WFMS command: its target state, the event announcing it, and (if narrower than the state
+# machine) the states it applies to: resume only undoes a pause.
+COMMANDS: dict[str, tuple[TaskState, TaskEventType, frozenset[str] | None]] = {
+    "cancel": (TaskState.CANCELLED, TaskEventType.CANCELLED, None),
+    "pause": (TaskState.PAUSED, TaskEventType.PAUSED, None),
+    "resume": (TaskState.RUNNING, TaskEventType.RESUMED, frozenset({TaskState.PAUSED})),
+}
+
+
+class TaskLifecycle:
+    def __init__(self, engine: AsyncEngine, topology: Topology, on_committed: Callable[[], None]) -> None:
+        self.engine = engine
+        self.exchange = topology.exchange("tasks")
+        # Wakes the outbox relay once an event is committed.
+        self.on_committed = on_committed
+
+    async def _announce(self, conn: AsyncConnection, event: TaskEventType, row: sa.Row) -> None:
+        payload = TaskEvent(task_id=row.id, status=row.status, priority=row.priority, resource_type=row.resource_type)
+        await add_event(conn, self.exchange, event.value, wrap(event.value, payload))
+
+    async def register(self, description: TaskDescription) -> tuple[sa.Row, bool]:
+        """Register a task; (row, created). The same WFMS request id returns the existing task."""
+        values = row_values(description)
+        async with self.engine.begin() as conn:
+            row = await queries.insert_task(conn, values)
+            if row is None:
+                assert description.wfms_request_id is not None  # only that unique key can conflict
+                existing = await queries.select_task_by_request_id(conn, description.wfms_request_id)
+                assert existing is not None
+                if existing.request_hash != values["request_hash"]:
+                    raise RequestIdReused(description.wfms_request_id, existing.id)
+                return existing, False
+            await self._announce(conn, TaskEventType.REGISTERED, row)
+        self.on_committed()
+        return row, True
+
+    async def apply_command(self, task_id: int, command: str) -> tuple[sa.Row, bool]:
+        """cancel / pause / resume; (row, changed). Repeating a command already in effect changes nothing."""
+        target, event, only_from = COMMANDS[command]
+        values: dict[str, Any] = {"updated_at": sa.func.now()}
+        if target in TASK_MACHINE.terminal:
+            values["finished_at"] = sa.func.now()
+        async with self.engine.begin() as conn:
+            try:
+                row = await transition_one(conn, tasks, TASK_MACHINE, task_id, target, values, tasks.c, only_from)
+            except IllegalTransition as exc:
+                if exc.current != target:
+                    raise
+                current = await queries.select_task(conn, task_id)
+                assert current is not None
+                return current, False
+            await self._announce(conn, event, row)
+        self.on_committed()
+        return row, True
+
+    async def reprioritise(self, task_id: int, priority: int) -> tuple[sa.Row, bool]:
+        async with self.engine.begin() as conn:
+            current = await queries.select_task_for_update(conn, task_id)
+            if current is None:
+                raise RowNotFound("task", task_id)
+            if current.status in TASK_MACHINE.terminal:
+                raise TaskEnded(task_id, current.status)
+            if current.priority == priority:
+                return current, False
+            row = await queries.update_priority(conn, task_id, priority)
+            assert row is not None  # the row is locked and active
+            await self._announce(conn, TaskEventType.REPRIORITISED, row)
+        self.on_committed()
+        return row, True

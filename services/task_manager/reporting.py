@@ -1,0 +1,94 @@
+"""The read side of a task: progress while it runs, the final report, its produced files."""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.states import TASK_MACHINE, RowNotFound
+from services.task_manager import queries
+from services.task_manager.progress import ProgressFigures, compute_progress
+from services.task_manager.schemas import (
+    DurationStats,
+    FailureGroup,
+    FileProgress,
+    Progress,
+    TaskReport,
+)
+
+
+async def _task(conn: AsyncConnection, task_id: int) -> sa.Row:
+    row = await queries.select_task(conn, task_id)
+    if row is None:
+        raise RowNotFound("task", task_id)
+    return row
+
+
+async def _figures(conn: AsyncConnection, task: sa.Row) -> ProgressFigures:
+    by_state = await queries.job_counts_by_state(conn, task.id)
+    recent_done, span = await queries.recent_throughput(conn, task.id) if by_state else (0, None)
+    return compute_progress(task.files_total, task.files_assigned, by_state, recent_done, span)
+
+
+def _file_progress(f: ProgressFigures) -> FileProgress:
+    return FileProgress(
+        total=f.files_total,
+        assigned=f.files_assigned,
+        done=f.files_done,
+        failed=f.files_failed,
+        cancelled=f.files_cancelled,
+        in_progress=f.files_in_progress,
+        pending=f.files_pending,
+    )
+
+
+async def task_with_progress(conn: AsyncConnection, task_id: int) -> tuple[sa.Row, Progress]:
+    task = await _task(conn, task_id)
+    f = await _figures(conn, task)
+    progress = Progress(
+        files=_file_progress(f), jobs=f.jobs, percent=f.percent, rate_files_per_s=f.rate_files_per_s, eta_s=f.eta_s
+    )
+    return task, progress
+
+
+async def task_report(conn: AsyncConnection, task_id: int) -> TaskReport:
+    task = await _task(conn, task_id)
+    f = await _figures(conn, task)
+    stats = await queries.job_statistics(conn, task_id)
+    outputs = await queries.output_totals(conn, task_id)
+    end = task.finished_at or dt.datetime.now(dt.timezone.utc)
+    return TaskReport(
+        task_id=task.id,
+        status=task.status,
+        final=task.status in TASK_MACHINE.terminal,
+        error=task.error,
+        input_dataset=task.input_dataset,
+        output_dataset=task.output_dataset,
+        files=_file_progress(f),
+        jobs=f.jobs,
+        attempts_total=int(stats.attempts_total),
+        jobs_retried=int(stats.jobs_retried),
+        wall_time_s=(end - task.created_at).total_seconds(),
+        job_run_time=DurationStats(
+            mean_s=_float(stats.mean_s), min_s=_float(stats.min_s), max_s=_float(stats.max_s)
+        ),
+        outputs={"files": int(outputs.files), "bytes": int(outputs.bytes), "events": int(outputs.events)},
+        failures=[
+            FailureGroup(error_category=g.error_category, error_message=g.error_message, jobs=g.jobs, files=int(g.files))
+            for g in await queries.failure_groups(conn, task_id)
+        ],
+    )
+
+
+def _float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+async def produced_files(conn: AsyncConnection, task_id: int, role: str, after: int | None, limit: int) -> list[sa.Row]:
+    await _task(conn, task_id)
+    return await queries.list_files(conn, task_id, role, after, limit)
+
+
+async def list_tasks(conn: AsyncConnection, status: str | None, after: int | None, limit: int) -> list[sa.Row]:
+    return await queries.list_tasks(conn, status, after, limit)

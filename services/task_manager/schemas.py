@@ -1,0 +1,199 @@
+"""Request and response models of the task-manager API."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from common.states import JobState, TaskState
+
+MAX_ID = 2**63 - 1
+MAX_METADATA_BYTES = 64 * 1024
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
+DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_.:/+-]+$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+def _find_nul(value: Any, path: str) -> str | None:
+    """PostgreSQL text and jsonb cannot hold NUL: find one so it is a 422, not a database error."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_nul(k, f"{path}.{k}") or _find_nul(v, f"{path}.{k}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nul(v, f"{path}[{i}]")
+            if found:
+                return found
+    return None
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    args: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=list, max_length=1000)
+    env: dict[EnvName, Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=dict)
+    container_image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+
+
+class SplitRule(BaseModel):
+    """How the input dataset becomes jobs: N files per job, at most N bytes per job, or about N events per job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    by: Literal["files", "bytes", "events"]
+    size: int = Field(ge=1, le=2**62)
+
+
+class TaskDescription(BaseModel):
+    """The formalized description of a task, as the WFMS submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")]
+    input_dataset: DatasetName
+    output_dataset: DatasetName
+    payload: Payload
+    resource_type: Literal["cpu", "gpu"] = "cpu"
+    cores: int = Field(1, ge=1, le=1024)
+    memory_mb: int = Field(2000, ge=1, le=2**20)
+    split: SplitRule
+    max_attempts: int = Field(3, ge=1, le=100)
+    priority: int = Field(10, ge=1, le=1000)
+    wfms_request_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskDescription:
+        if self.input_dataset == self.output_dataset:
+            raise ValueError("output_dataset must differ from input_dataset")
+        nul = _find_nul(self.model_dump(), "body")
+        if nul:
+            raise ValueError(f"NUL character in {nul}")
+        if len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata larger than {MAX_METADATA_BYTES} bytes")
+        return self
+
+
+class PriorityChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: int = Field(ge=1, le=1000)
+
+
+class FileProgress(BaseModel):
+    total: int | None = Field(description="input files of the task; null while an open dataset is still growing")
+    assigned: int = Field(description="input files already put into jobs")
+    done: int
+    failed: int
+    cancelled: int
+    in_progress: int
+    pending: int
+
+
+class Progress(BaseModel):
+    files: FileProgress
+    jobs: dict[JobState, int]
+    percent: float | None
+    rate_files_per_s: float | None
+    eta_s: float | None
+
+
+class TaskView(BaseModel):
+    id: int
+    name: str
+    type: str
+    status: TaskState
+    error: str | None
+    input_dataset: str
+    output_dataset: str
+    payload: Payload
+    resource_type: str
+    cores: int
+    memory_mb: int
+    split: SplitRule
+    max_attempts: int
+    priority: int
+    wfms_request_id: str | None
+    metadata: dict[str, Any]
+    files_total: int | None
+    files_assigned: int
+    jobs_total: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    progress: Progress | None = None
+
+
+class TaskPage(BaseModel):
+    items: list[TaskView]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last page")
+
+
+class FailureGroup(BaseModel):
+    error_category: str | None
+    error_message: str | None
+    jobs: int
+    files: int
+
+
+class DurationStats(BaseModel):
+    mean_s: float | None
+    min_s: float | None
+    max_s: float | None
+
+
+class TaskReport(BaseModel):
+    task_id: int
+    status: TaskState
+    final: bool = Field(description="true once the task is in a terminal state")
+    error: str | None
+    input_dataset: str
+    output_dataset: str
+    files: FileProgress
+    jobs: dict[JobState, int]
+    attempts_total: int
+    jobs_retried: int
+    wall_time_s: float
+    job_run_time: DurationStats
+    outputs: dict[str, int] = Field(description="files, bytes, events registered in the output dataset")
+    failures: list[FailureGroup]
+
+
+class FileView(BaseModel):
+    id: int
+    lfn: str
+    dataset: str
+    role: str
+    job_id: int | None
+    url: str | None
+    size: int | None
+    adler32: str | None
+    events: int | None
+    status: str
+    created_at: dt.datetime
+
+
+class FilePage(BaseModel):
+    items: list[FileView]
+    next_after: int | None
+
+
+def task_view(row: Any, progress: Progress | None = None) -> TaskView:
+    m = row._mapping
+    return TaskView(
+        **{k: m[k] for k in TaskView.model_fields if k in m and k not in ("metadata", "type")},
+        type=m["task_type"],
+        metadata=m["metadata"],
+        split=SplitRule(by=m["split_by"], size=m["split_size"]),
+        progress=progress,
+    )

@@ -1,0 +1,91 @@
+"""RabbitMQ topology, publisher confirms, manual acks and dead-lettering, against the real broker."""
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import pytest
+
+from common.broker import QUEUES, Broker
+from common.messages import Envelope, TaskEvent, TaskEventType, wrap
+from common.settings import Settings
+from tests.conftest import get_message
+
+QUEUE = QUEUES[0].name  # task-executor.task-events
+
+
+def _event(task_id: int = 1) -> Envelope:
+    return wrap(TaskEventType.REGISTERED, TaskEvent(task_id=task_id, status="registered", priority=1, resource_type="cpu"))
+
+
+@pytest.fixture
+async def broker(settings: Settings) -> Broker:
+    b = Broker(settings)
+    await b.connect()
+    yield b
+    await b.close()
+
+
+async def test_topology_is_durable_quorum_with_dead_letter(broker: Broker, amqp: aio_pika.abc.AbstractConnection) -> None:
+    channel = await amqp.channel()
+    for name in broker.topology.all_exchanges():
+        await channel.declare_exchange(name, passive=True)
+    for name in broker.topology.all_queues():
+        await channel.declare_queue(name, passive=True)
+    # declaring again with the same arguments is accepted (idempotent); another process may start meanwhile
+    second = Broker(broker.settings)
+    await second.connect()
+    await second.close()
+
+
+async def test_published_event_is_persistent_and_routed(broker: Broker, amqp: aio_pika.abc.AbstractConnection) -> None:
+    envelope = _event(42)
+    await broker.publish(broker.topology.exchange("tasks"), TaskEventType.REGISTERED, envelope)
+    queue = await (await amqp.channel()).get_queue(broker.topology.queue(QUEUE))
+    message = await get_message(queue)
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    assert message.message_id == str(envelope.message_id)
+    assert Envelope.model_validate_json(message.body) == envelope
+
+
+async def test_unroutable_publish_raises_instead_of_vanishing(broker: Broker) -> None:
+    with pytest.raises(aio_pika.exceptions.DeliveryError):
+        await broker.publish(broker.topology.exchange("tasks"), "nobody.listens", _event())
+
+
+async def test_consumer_acks_good_dead_letters_poison_and_repeated_failures(
+    broker: Broker, amqp: aio_pika.abc.AbstractConnection
+) -> None:
+    handled: list[int] = []
+    attempts: dict[int, int] = {}
+    done = asyncio.Event()
+
+    async def handler(envelope: Envelope, payload: object, message: object) -> None:
+        assert isinstance(payload, TaskEvent)
+        attempts[payload.task_id] = attempts.get(payload.task_id, 0) + 1
+        if payload.task_id == 13:
+            raise RuntimeError("this task always breaks its handler")
+        handled.append(payload.task_id)
+        if payload.task_id == 2:
+            done.set()
+
+    channel = await amqp.channel()
+    exchange = await channel.get_exchange(broker.topology.exchange("tasks"))
+    await exchange.publish(aio_pika.Message(b"{not json"), routing_key="task.registered")
+    await broker.publish(exchange.name, "task.registered", _event(13))
+    await broker.publish(exchange.name, "task.registered", _event(1))
+    await broker.publish(exchange.name, "task.registered", _event(2))
+
+    await broker.consume(broker.topology.queue(QUEUE), handler)
+    await asyncio.wait_for(done.wait(), timeout=10)
+
+    dlq = await channel.get_queue(broker.topology.dead_letter_queue(QUEUE))
+    dead = {m.body for m in [await get_message(dlq), await get_message(dlq)]}
+    assert b"{not json" in dead
+    (poison,) = dead - {b"{not json"}
+    assert Envelope.model_validate_json(poison).payload["task_id"] == 13
+    assert handled == [1, 2]
+    # delivery limit 2 in the test settings: the failing message was tried, retried, then dead-lettered
+    assert attempts[13] == 3
+    main_queue = await channel.declare_queue(broker.topology.queue(QUEUE), passive=True)
+    assert main_queue.declaration_result.message_count == 0

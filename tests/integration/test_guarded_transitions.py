@@ -1,0 +1,80 @@
+"""Concurrent writers cannot break the state machines: the guard is in the UPDATE itself."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.db.models import jobs, tasks
+from common.states import (
+    JOB_MACHINE,
+    TASK_MACHINE,
+    IllegalTransition,
+    JobState,
+    RowNotFound,
+    TaskState,
+    guarded_transition,
+    transition_one,
+)
+from tests.factories import insert_jobs, insert_task
+
+
+async def test_concurrent_terminal_transitions_exactly_one_wins(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        task_id = await insert_task(conn, status=TaskState.RUNNING)
+
+    async def attempt(target: TaskState) -> str:
+        async with db.begin() as conn:
+            try:
+                await transition_one(conn, tasks, TASK_MACHINE, task_id, target)
+                return f"won:{target}"
+            except IllegalTransition as exc:
+                return f"lost:{exc.current}"
+
+    targets = [TaskState.DONE, TaskState.CANCELLED, TaskState.FINISHED] * 6
+    results = await asyncio.gather(*(attempt(t) for t in targets))
+    winners = [r for r in results if r.startswith("won:")]
+    assert len(winners) == 1
+    final = winners[0].removeprefix("won:")
+    # every loser was told the state the winner left
+    assert all(r == f"lost:{final}" for r in results if r.startswith("lost:"))
+    async with db.connect() as conn:
+        assert (await conn.execute(sa.select(tasks.c.status).where(tasks.c.id == task_id))).scalar_one() == final
+
+
+async def test_concurrent_batch_sweeps_never_double_move_a_job(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        task_id = await insert_task(conn)
+        ids = await insert_jobs(conn, task_id, 200, status=JobState.READY)
+
+    async def sweep(target: JobState) -> set[int]:
+        moved: set[int] = set()
+        for chunk in range(0, len(ids), 20):
+            async with db.begin() as conn:
+                rows = await guarded_transition(conn, jobs, JOB_MACHINE, ids[chunk : chunk + 20], target)
+                moved.update(r.id for r in rows)
+        return moved
+
+    # dispatch and hold race over the same ready jobs: each job takes exactly one of the two paths
+    dispatched, held = await asyncio.gather(sweep(JobState.DISPATCHED), sweep(JobState.HELD))
+    assert dispatched.isdisjoint(held)
+    assert dispatched | held == set(ids)
+    async with db.connect() as conn:
+        states = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.status).where(jobs.c.task_id == task_id))).all())
+    assert {i for i, s in states.items() if s == JobState.DISPATCHED} == dispatched
+    assert {i for i, s in states.items() if s == JobState.HELD} == held
+    # a second sweep finds nothing left in a state that may become dispatched
+    async with db.begin() as conn:
+        assert await guarded_transition(conn, jobs, JOB_MACHINE, ids, JobState.DISPATCHED) == []
+
+
+async def test_unknown_row_and_illegal_transition(db: AsyncEngine) -> None:
+    async with db.begin() as conn:
+        task_id = await insert_task(conn, status=TaskState.DONE)
+        with pytest.raises(RowNotFound):
+            await transition_one(conn, tasks, TASK_MACHINE, task_id + 1000, TaskState.CANCELLED)
+        with pytest.raises(IllegalTransition) as info:
+            await transition_one(conn, tasks, TASK_MACHINE, task_id, TaskState.CANCELLED)
+    assert info.value.current == TaskState.DONE
