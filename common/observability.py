@@ -1,14 +1,21 @@
-"""Structured (JSON) logs and Prometheus metrics shared by every service: RED metrics per HTTP route."""
+"""What the HTTP side of every service shares: JSON logs, RED metrics per route, health and readiness, serving."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import sqlalchemy as sa
+import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from common.settings import Settings
 
 HTTP_REQUESTS = Counter(
     "wms_http_requests_total", "HTTP requests by route and status", ["service", "method", "route", "status"]
@@ -71,3 +78,44 @@ def instrument(app: FastAPI, service: str) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def error_response(status: int, detail: str, **extra: object) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail, **extra})
+
+
+def add_health_routes(app: FastAPI, extra_checks: Callable[[], dict[str, str]]) -> None:
+    """/healthz (the process answers) and /readyz (its database, plus ``extra_checks`` such as the broker).
+
+    Also maps an unreachable database to 503 instead of a 500.
+    """
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        checks = {"database": "ok", **extra_checks()}
+        try:
+            async with request.app.state.engine.connect() as conn:
+                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), timeout=2)
+        except Exception as exc:  # any failure means not ready
+            checks["database"] = f"down: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
+
+    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        logging.getLogger("wms.http").error("database error", extra={"error": f"{type(exc).__name__}: {exc}"})
+        return error_response(503, "database unavailable, retry later")
+
+    for exc_type in (OperationalError, DBAPIError, OSError):
+        app.add_exception_handler(exc_type, database_unavailable)
+
+
+def run_service(app: FastAPI, service: str, settings: Settings, port: int) -> None:
+    """Serve ``app`` with JSON logs until SIGINT/SIGTERM (uvicorn shuts down gracefully)."""
+    configure_logging(service, settings.log_level)
+    if settings.uses_dev_tokens:
+        logging.getLogger("wms").warning("development API tokens are enabled: set WMS_API_TOKENS in production")
+    uvicorn.run(app, host=settings.listen_host, port=port, log_config=None, access_log=False)

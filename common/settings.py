@@ -10,10 +10,14 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Role = Literal["wfms", "operator", "pilot"]
+Role = Literal["wfms", "operator", "pilot", "service"]
 
 # Well-known development tokens: fine on a laptop, never in production (a warning is logged when they are used).
-DEV_TOKENS: dict[str, Role] = {"dev-wfms-token": "wfms", "dev-operator-token": "operator"}
+DEV_TOKENS: dict[str, Role] = {
+    "dev-wfms-token": "wfms",
+    "dev-operator-token": "operator",
+    "dev-service-token": "service",
+}
 
 
 class Settings(BaseSettings):
@@ -35,8 +39,25 @@ class Settings(BaseSettings):
     # Bearer token -> role. JSON in the environment: WMS_API_TOKENS='{"secret": "wfms"}'.
     api_tokens: dict[str, Role] = Field(default_factory=lambda: dict(DEV_TOKENS))
 
+    # The token WMS services present to each other and to the DSM (role 'service').
+    service_token: str = "dev-service-token"
+
+    # Data management system: the reference DSM of this project, or a site's own with the same API.
+    dsm_url: str = "http://127.0.0.1:8084"
+    dsm_timeout_s: float = Field(30.0, gt=0)
+
+    # task-executor: how much of a dataset one chunk reads, and how far generation may run ahead of dispatch.
+    chunk_files: int = Field(2000, ge=1, le=100_000)
+    backlog_floor: int = Field(1000, ge=1)
+    backlog_per_pilot: int = Field(2, ge=1)
+    dsm_poll_interval_s: float = Field(2.0, gt=0)
+    pilot_heartbeat_timeout_s: float = Field(90.0, gt=0)
+
     listen_host: str = "127.0.0.1"
     task_manager_port: int = Field(8081, ge=1, le=65535)
+    job_manager_port: int = Field(8082, ge=1, le=65535)
+    task_executor_port: int = Field(8083, ge=1, le=65535)
+    dsm_port: int = Field(8084, ge=1, le=65535)
 
     log_level: str = "INFO"
 

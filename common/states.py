@@ -102,7 +102,7 @@ TASK_MACHINE = StateMachine(
 JOB_MACHINE = StateMachine(
     "job",
     {
-        J.DEFINED: frozenset({J.READY, J.CANCELLED}),
+        J.DEFINED: frozenset({J.READY, J.HELD, J.CANCELLED}),
         J.READY: frozenset({J.DISPATCHED, J.HELD, J.CANCELLED}),
         J.HELD: frozenset({J.READY, J.CANCELLED}),
         # A fast payload may end before its 'running' report arrives; a lost or failed attempt goes back to

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import services.dsm.models  # noqa: F401  (registers the reference DSM's tables)
 from common.db.models import metadata
 from common.settings import Settings
 

@@ -26,12 +26,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from common.broker import Topology
 from common.db.migrate import upgrade
+import services.dsm.models  # noqa: F401  (the reference DSM tables are part of the schema)
 from common.db.models import metadata
 from common.settings import Settings
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
-WFMS_TOKEN, OPERATOR_TOKEN, PILOT_TOKEN = "test-wfms", "test-operator", "test-pilot"
+WFMS_TOKEN, OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN = "test-wfms", "test-operator", "test-pilot", "test-service"
 
 
 def _answers(url: str, default_port: int) -> bool:
@@ -156,7 +157,8 @@ def settings(db: AsyncEngine, database_url: str, amqp_url: str, broker_namespace
         db_pool_size=5,
         outbox_poll_interval_s=0.2,
         delivery_limit=2,
-        api_tokens={WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot"},
+        api_tokens={WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot", SERVICE_TOKEN: "service"},
+        service_token=SERVICE_TOKEN,
     )
 
 
@@ -190,3 +192,46 @@ async def task_manager(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         async with httpx.AsyncClient(transport=transport, base_url="http://task-manager") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def serve_in_process(app) -> AsyncIterator[str]:
+    """Serve an ASGI app over real HTTP on a free loopback port (for clients such as aiohttp)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def dsm_url(settings: Settings) -> AsyncIterator[str]:
+    """The reference DSM, served over HTTP against this test's database."""
+    from services.dsm.app import create_app
+
+    async with serve_in_process(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture
+async def dsm(dsm_url: str):
+    from common.dsm import DsmClient
+
+    client = DsmClient(dsm_url, SERVICE_TOKEN)
+    yield client
+    await client.close()

@@ -64,7 +64,10 @@ class Task(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, server_default=sa.text("'{}'::jsonb"))
     # Counters the task-executor keeps while it splits the dataset (file counts of an open dataset are not
     # known in advance, so they cannot be derived from JOB_DAT alone).
+    # Set when the dataset is closed and every file is in a job: generation is complete.
     files_total: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # The DSM position (file seq) up to which the dataset has been turned into jobs.
+    dsm_cursor: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     files_assigned: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     jobs_total: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
@@ -155,6 +158,12 @@ class Job(Base):
             "ix_job_dat_in_flight_heartbeat",
             "heartbeat_at",
             postgresql_where=sa.text(_in("status", [JobState.DISPATCHED, JobState.RUNNING])),
+        ),
+        # Controlled loading: jobs generated but not yet dispatched, per resource type.
+        sa.Index(
+            "ix_job_dat_backlog",
+            "resource_type",
+            postgresql_where=sa.text(_in("status", [JobState.DEFINED, JobState.READY, JobState.HELD])),
         ),
         sa.Index(
             "ix_job_dat_pilot",

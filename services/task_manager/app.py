@@ -6,15 +6,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import sqlalchemy as sa
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from fastapi import FastAPI
 
 from common.broker import Broker
 from common.db.session import create_engine
-from common.observability import configure_logging, instrument
+from common.observability import add_health_routes, error_response, instrument, run_service
 from common.outbox import OutboxRelay
 from common.settings import Settings
 from common.states import IllegalTransition, RowNotFound
@@ -28,8 +24,6 @@ log = logging.getLogger("wms.task_manager")
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    if settings.uses_dev_tokens:
-        log.warning("development API tokens are enabled: set WMS_API_TOKENS in production")
     engine = create_engine(settings)
     broker = Broker(settings)
     await broker.connect()
@@ -49,10 +43,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("task-manager stopped")
 
 
-def _error(status: int, detail: str, **extra: object) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail, **extra})
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="SPD WMS task-manager",
@@ -64,59 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)
-
-    @app.exception_handler(RowNotFound)
-    async def not_found(_: Request, exc: RowNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(IllegalTransition)
-    async def illegal_transition(_: Request, exc: IllegalTransition) -> JSONResponse:
-        return _error(409, str(exc), current_state=exc.current)
-
-    @app.exception_handler(TaskEnded)
-    async def task_ended(_: Request, exc: TaskEnded) -> JSONResponse:
-        return _error(409, str(exc), current_state=exc.current)
-
-    @app.exception_handler(RequestIdReused)
-    async def request_id_reused(_: Request, exc: RequestIdReused) -> JSONResponse:
-        return _error(409, str(exc), task_id=exc.task_id)
-
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(DBAPIError)
-    @app.exception_handler(OSError)
-    async def database_unavailable(_: Request, exc: Exception) -> JSONResponse:
-        log.error("database error", extra={"error": f"{type(exc).__name__}: {exc}"})
-        return _error(503, "database unavailable, retry later")
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> JSONResponse:
-        checks = {"database": "ok", "broker": "ok" if request.app.state.broker.is_connected else "down"}
-        try:
-            async with request.app.state.engine.connect() as conn:
-                await asyncio.wait_for(conn.execute(sa.text("SELECT 1")), timeout=2)
-        except Exception as exc:  # any failure means not ready
-            checks["database"] = f"down: {type(exc).__name__}"
-        ready = all(v == "ok" for v in checks.values())
-        return JSONResponse(status_code=200 if ready else 503, content={"ready": ready, "checks": checks})
-
+    add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
+    app.add_exception_handler(RowNotFound, lambda _r, exc: error_response(404, str(exc)))
+    for conflict in (IllegalTransition, TaskEnded):
+        app.add_exception_handler(conflict, lambda _r, exc: error_response(409, str(exc), current_state=exc.current))
+    app.add_exception_handler(RequestIdReused, lambda _r, exc: error_response(409, str(exc), task_id=exc.task_id))
     return app
 
 
 def main() -> None:
     settings = Settings()
-    configure_logging(SERVICE, settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.listen_host,
-        port=settings.task_manager_port,
-        log_config=None,
-        access_log=False,
-    )
-
-
-if __name__ == "__main__":
-    main()
+    run_service(create_app(settings), SERVICE, settings, settings.task_manager_port)

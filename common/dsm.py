@@ -1,0 +1,89 @@
+"""Client of the data management system (DSM), configured by URL: the reference DSM or a site's own.
+
+What the WMS needs of a DSM: a dataset's structure (its files after a stable cursor, and whether it is closed),
+registration of files (outputs, logs) in a dataset, and closing a dataset.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field
+
+LFN_PATTERN = r"^[A-Za-z0-9_.:/+=-]{1,1024}$"
+
+
+class DsmFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lfn: str = Field(pattern=LFN_PATTERN)
+    url: str = Field(min_length=1, max_length=4096)
+    size: int = Field(ge=0, le=2**62)
+    adler32: str = Field(pattern=r"^[0-9a-f]{8}$")
+    events: int | None = Field(None, ge=0, le=2**62)
+
+
+class DsmFileEntry(DsmFile):
+    seq: int = Field(description="position in the dataset: the cursor to continue after")
+
+
+class Dataset(BaseModel):
+    name: str
+    status: Literal["open", "closed"]
+    n_files: int
+
+
+class FilePage(BaseModel):
+    files: list[DsmFileEntry]
+    next_after: int = Field(description="pass as ?after= to continue; equal to the request's after when no file")
+    status: Literal["open", "closed"]
+    n_files: int
+
+
+class DsmError(Exception):
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"DSM answered {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+class DsmClient:
+    """One aiohttp session per process; every call raises DsmError on a non-2xx answer."""
+
+    def __init__(self, base_url: str, token: str, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/") + "/dsm/v1"
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {token}"}, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+        async with self._session.request(method, self.base_url + path, **kw) as response:
+            body = await response.json(content_type=None)
+            if response.status >= 300:
+                raise DsmError(response.status, body.get("detail") if isinstance(body, dict) else body)
+            return body
+
+    async def dataset(self, name: str) -> Dataset | None:
+        try:
+            return Dataset.model_validate(await self._call("GET", f"/datasets/{name}"))
+        except DsmError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create_dataset(self, name: str) -> Dataset:
+        return Dataset.model_validate(await self._call("POST", "/datasets", json={"name": name}))
+
+    async def list_files(self, name: str, after: int, limit: int) -> FilePage:
+        return FilePage.model_validate(
+            await self._call("GET", f"/datasets/{name}/files", params={"after": after, "limit": limit})
+        )
+
+    async def register_files(self, name: str, files: list[DsmFile]) -> dict[str, int]:
+        body = {"files": [f.model_dump() for f in files]}
+        return await self._call("POST", f"/datasets/{name}/files", json=body)
+
+    async def close_dataset(self, name: str) -> Dataset:
+        return Dataset.model_validate(await self._call("POST", f"/datasets/{name}/close"))

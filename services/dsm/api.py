@@ -1,0 +1,57 @@
+"""Routes of the reference DSM."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+
+from common.auth import require_role
+from common.dsm import Dataset, FilePage
+from services.dsm.catalog import Catalog
+from services.dsm.schemas import DatasetCreate, DatasetName, FileRegistration
+
+READ = require_role("read datasets", {"wfms", "operator", "service", "pilot"})
+WRITE = require_role("change datasets", {"wfms", "operator", "service"})
+
+router = APIRouter(prefix="/dsm/v1")
+
+
+def _catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
+Name = Annotated[DatasetName, Path(description="dataset name")]
+
+
+@router.post("/datasets", response_model=Dataset, status_code=201, dependencies=[Depends(WRITE)])
+async def create_dataset(body: DatasetCreate, catalog: CatalogDep, response: Response) -> Dataset:
+    dataset, created = await catalog.create(body.name)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return dataset
+
+
+@router.get("/datasets/{name}", response_model=Dataset, dependencies=[Depends(READ)])
+async def get_dataset(name: Name, catalog: CatalogDep) -> Dataset:
+    return await catalog.get(name)
+
+
+@router.post("/datasets/{name}/files", dependencies=[Depends(WRITE)])
+async def register_files(name: Name, body: FileRegistration, catalog: CatalogDep) -> dict[str, int]:
+    return await catalog.register(name, body.files)
+
+
+@router.get("/datasets/{name}/files", response_model=FilePage, dependencies=[Depends(READ)])
+async def list_files(
+    name: Name,
+    catalog: CatalogDep,
+    after: Annotated[int, Query(ge=0, le=2**62, description="seq of the last file already seen")] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> FilePage:
+    return await catalog.files(name, after, limit)
+
+
+@router.post("/datasets/{name}/close", response_model=Dataset, dependencies=[Depends(WRITE)])
+async def close_dataset(name: Name, catalog: CatalogDep) -> Dataset:
+    return await catalog.close(name)

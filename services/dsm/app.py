@@ -1,0 +1,42 @@
+"""Reference DSM application: factory, lifespan, error mapping, health."""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from common.db.session import create_engine
+from common.observability import add_health_routes, error_response, instrument, run_service
+from common.settings import Settings
+from services.dsm.api import router
+from services.dsm.catalog import Catalog, CatalogConflict, UnknownDataset
+
+SERVICE = "dsm"
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    engine = create_engine(app.state.settings)
+    app.state.engine = engine
+    app.state.catalog = Catalog(engine)
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="SPD reference DSM", version="1", lifespan=lifespan)
+    app.state.settings = settings or Settings()
+    app.include_router(router)
+    instrument(app, SERVICE)
+    add_health_routes(app, lambda: {})
+    app.add_exception_handler(UnknownDataset, lambda _r, exc: error_response(404, str(exc)))
+    app.add_exception_handler(CatalogConflict, lambda _r, exc: error_response(409, str(exc)))
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    run_service(create_app(settings), SERVICE, settings, settings.dsm_port)
