@@ -28,10 +28,14 @@ class QueueSpec:
 
 
 # Exchanges (all topic, durable) and the queues bound to them. Names get the deployment's namespace prefix.
-EXCHANGES: tuple[str, ...] = ("tasks",)
+EXCHANGES: tuple[str, ...] = ("tasks", "jobs")
 QUEUES: tuple[QueueSpec, ...] = (
     # Task changes for the task-executor (generation starts, stops, follows priority).
     QueueSpec("task-executor.task-events", "tasks", ("task.#",)),
+    # Generated job chunks for the job-manager to register.
+    QueueSpec("job-manager.job-chunks", "jobs", ("jobs.chunk",)),
+    # Registered, ready jobs for the job-executor (routing key jobs.ready.<resource type>).
+    QueueSpec("job-executor.ready-jobs", "jobs", ("jobs.ready.#",)),
 )
 DEAD_LETTER_EXCHANGE = "dlx"
 
@@ -146,8 +150,9 @@ class Broker:
     async def consume(self, queue_name: str, handler: MessageHandler, prefetch: int = 100) -> None:
         """Consume ``queue_name`` (namespaced) with manual acks.
 
-        A message that does not decode is rejected without requeue (dead-lettered at once). A handler error
-        requeues it; the queue's delivery limit dead-letters it after repeated failures.
+        A message that does not decode, or that the handler finds can never be processed (it raises
+        BadMessage), is rejected without requeue: dead-lettered at once. Any other handler error requeues it;
+        the queue's delivery limit dead-letters it after repeated failures.
         """
         assert self._connection is not None, "Broker.connect() first"
         channel = await self._connection.channel()
@@ -164,6 +169,11 @@ class Broker:
                 return
             try:
                 await handler(envelope, payload, message)
+            except BadMessage as exc:
+                log.error("dead-lettering unprocessable message",
+                          extra={"queue": queue_name, "message_id": str(envelope.message_id), "reason": str(exc)})
+                await message.reject(requeue=False)
+                return
             except Exception:
                 log.exception("handler failed; requeued", extra={"queue": queue_name, "message_id": str(envelope.message_id)})
                 await message.nack(requeue=True)

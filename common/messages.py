@@ -29,6 +29,7 @@ class Envelope(BaseModel):
 
 class TaskEventType(enum.StrEnum):
     REGISTERED = "task.registered"
+    FAILED = "task.failed"
     CANCELLED = "task.cancelled"
     REPRIORITISED = "task.reprioritised"
     PAUSED = "task.paused"
@@ -46,7 +47,53 @@ class TaskEvent(BaseModel):
     resource_type: Literal["cpu", "gpu"]
 
 
-PAYLOAD_TYPES: dict[str, type[BaseModel]] = {t.value: TaskEvent for t in TaskEventType}
+class ChunkFile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lfn: str
+    url: str
+    size: int
+    adler32: str
+    events: int | None = None
+
+
+class ChunkJob(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    files: list[ChunkFile] = Field(min_length=1)
+
+
+class JobChunk(BaseModel):
+    """Jobs the task-executor generated from one stretch of a task's dataset, for the job-manager to register."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: int
+    dataset: str
+    resource_type: Literal["cpu", "gpu"]
+    priority: int
+    cursor_after: int = Field(description="DSM seq of the last file in this chunk")
+    jobs: list[ChunkJob] = Field(min_length=1)
+
+
+class JobsReady(BaseModel):
+    """Jobs the job-manager registered and made ready, for the job-executor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: int
+    resource_type: Literal["cpu", "gpu"]
+    job_ids: list[int] = Field(min_length=1)
+
+
+JOB_CHUNK = "jobs.chunk"
+JOBS_READY = "jobs.ready"
+
+PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
+    **{t.value: TaskEvent for t in TaskEventType},
+    JOB_CHUNK: JobChunk,
+    JOBS_READY: JobsReady,
+}
 
 
 class BadMessage(ValueError):

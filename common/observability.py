@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import sqlalchemy as sa
 import uvicorn
@@ -119,3 +120,20 @@ def run_service(app: FastAPI, service: str, settings: Settings, port: int) -> No
     if settings.uses_dev_tokens:
         logging.getLogger("wms").warning("development API tokens are enabled: set WMS_API_TOKENS in production")
     uvicorn.run(app, host=settings.listen_host, port=port, log_config=None, access_log=False)
+
+
+MESSAGES = Counter("wms_messages_total", "Messages handled by consumer and outcome", ["service", "consumer", "outcome"])
+MESSAGE_DURATION = Histogram("wms_message_duration_seconds", "Message handling duration", ["service", "consumer"])
+
+
+@contextlib.contextmanager
+def observe_message(service: str, consumer: str) -> Iterator[None]:
+    """RED metrics of one message handled by a consumer."""
+    start = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        MESSAGES.labels(service, consumer, outcome).inc()
+        MESSAGE_DURATION.labels(service, consumer).observe(time.perf_counter() - start)

@@ -186,12 +186,8 @@ async def task_manager(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The task-manager app with its real lifespan (database, broker, outbox relay), called in process."""
     from services.task_manager.app import create_app
 
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://task-manager") as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with running_app(create_app(settings)) as client:
+        yield client
 
 
 def free_port() -> int:
@@ -235,3 +231,34 @@ async def dsm(dsm_url: str):
     client = DsmClient(dsm_url, SERVICE_TOKEN)
     yield client
     await client.close()
+
+
+@contextlib.asynccontextmanager
+async def running_app(app) -> AsyncIterator[httpx.AsyncClient]:
+    """Run an app's lifespan (its consumers and background loops) and give an in-process HTTP client."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+async def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05):
+    """Await ``predicate()`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def job_manager(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    from services.job_manager.app import create_app
+
+    async with running_app(create_app(settings)) as client:
+        yield client

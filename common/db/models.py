@@ -70,6 +70,8 @@ class Task(Base):
     dsm_cursor: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     files_assigned: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     jobs_total: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
+    # Jobs the job-manager has registered in JOB_DAT; jobs_total - jobs_registered are chunks in flight.
+    jobs_registered: Mapped[int] = mapped_column(sa.BigInteger, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
@@ -211,6 +213,7 @@ class File(Base):
             postgresql_where=sa.text("role <> 'input'"),
         ),
         sa.Index("ix_file_dat_job", "job_id"),
+        sa.Index("ix_file_dat_lfn", "lfn"),
         sa.Index("ix_file_dat_task_role_id", "task_id", "role", "id"),
     )
 

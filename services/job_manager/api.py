@@ -1,0 +1,58 @@
+"""Internal REST API of the job-manager: jobs by task and state, a job with its files, files by lfn."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.auth import require_role
+from common.states import JobState, RowNotFound
+from services.job_manager import queries
+from services.job_manager.schemas import FileView, JobPage, JobView, JobWithFiles
+
+MAX_ID = 2**63 - 1
+READ_JOBS = require_role("read job metadata", {"service", "operator", "wfms"})
+
+router = APIRouter(prefix="/internal/v1", dependencies=[Depends(READ_JOBS)])
+
+
+async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    async with request.app.state.engine.connect() as conn:
+        yield conn
+
+
+Conn = Annotated[AsyncConnection, Depends(_connection)]
+
+
+@router.get("/jobs", response_model=JobPage)
+async def list_jobs(
+    conn: Conn,
+    task_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    status: JobState | None = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobPage:
+    rows = await queries.list_jobs(conn, task_id, status, after, limit)
+    return JobPage(
+        items=[JobView.model_validate(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None
+    )
+
+
+@router.get("/jobs/{job_id}", response_model=JobWithFiles)
+async def get_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], conn: Conn) -> JobWithFiles:
+    job = await queries.select_job(conn, job_id)
+    if job is None:
+        raise RowNotFound("job", job_id)
+    files = await queries.files_of_job(conn, job_id)
+    return JobWithFiles(**JobView.model_validate(job).model_dump(), files=[FileView.model_validate(f) for f in files])
+
+
+@router.get("/files", response_model=list[FileView])
+async def files_by_lfn(
+    conn: Conn,
+    lfn: Annotated[str, Query(min_length=1, max_length=1024)],
+    dataset: Annotated[str | None, Query(max_length=512)] = None,
+) -> list[FileView]:
+    return [FileView.model_validate(f) for f in await queries.files_by_lfn(conn, lfn, dataset)]

@@ -1,0 +1,77 @@
+"""The job-manager's SQL: bulk registration (COPY) and the metadata reads of its internal API."""
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.db.models import consumed_messages, files, jobs, tasks
+from common.states import FileState
+
+JOB_COLUMNS = ("id", "task_id", "resource_type", "priority", "n_files", "n_bytes", "n_events")
+FILE_COLUMNS = ("lfn", "dataset", "task_id", "job_id", "role", "url", "size", "adler32", "events", "status")
+
+
+async def claim_message(conn: AsyncConnection, consumer: str, message_id: uuid.UUID) -> bool:
+    """Record that ``consumer`` applies this message; False if it was applied already (a redelivery)."""
+    stmt = insert(consumed_messages).values(consumer=consumer, message_id=message_id).on_conflict_do_nothing()
+    return (await conn.execute(stmt)).rowcount == 1
+
+
+async def lock_task_for_registration(conn: AsyncConnection, task_id: int) -> sa.Row | None:
+    """Read the task's state and hold it (FOR SHARE) until commit: a pause or cancel cannot slip between the
+    read and the registration, it waits and then sees these jobs."""
+    stmt = sa.select(tasks.c.id, tasks.c.status).where(tasks.c.id == task_id).with_for_update(read=True)
+    return (await conn.execute(stmt)).first()
+
+
+async def allocate_job_ids(conn: AsyncConnection, n: int) -> list[int]:
+    stmt = sa.text("SELECT nextval(pg_get_serial_sequence('job_dat', 'id')) FROM generate_series(1, :n)")
+    return [r[0] for r in (await conn.execute(stmt, {"n": n})).all()]
+
+
+async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...], records: list[tuple[Any, ...]]) -> None:
+    """COPY into ``table`` on the transaction's own connection (the fastest bulk path of asyncpg)."""
+    raw = await conn.get_raw_connection()
+    await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
+
+
+async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int) -> None:
+    await conn.execute(
+        sa.update(tasks).where(tasks.c.id == task_id).values(jobs_registered=tasks.c.jobs_registered + n_jobs)
+    )
+
+
+async def cancel_input_files(conn: AsyncConnection, job_ids: list[int]) -> None:
+    await conn.execute(sa.update(files).where(files.c.job_id.in_(job_ids)).values(status=FileState.CANCELLED))
+
+
+async def list_jobs(
+    conn: AsyncConnection, task_id: int | None, status: str | None, after: int | None, limit: int
+) -> list[sa.Row]:
+    stmt = sa.select(jobs).order_by(jobs.c.id).limit(limit)
+    if task_id is not None:
+        stmt = stmt.where(jobs.c.task_id == task_id)
+    if status is not None:
+        stmt = stmt.where(jobs.c.status == status)
+    if after is not None:
+        stmt = stmt.where(jobs.c.id > after)
+    return list((await conn.execute(stmt)).all())
+
+
+async def select_job(conn: AsyncConnection, job_id: int) -> sa.Row | None:
+    return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+
+
+async def files_of_job(conn: AsyncConnection, job_id: int) -> list[sa.Row]:
+    return list((await conn.execute(sa.select(files).where(files.c.job_id == job_id).order_by(files.c.id))).all())
+
+
+async def files_by_lfn(conn: AsyncConnection, lfn: str, dataset: str | None) -> list[sa.Row]:
+    stmt = sa.select(files).where(files.c.lfn == lfn).order_by(files.c.id).limit(100)
+    if dataset is not None:
+        stmt = stmt.where(files.c.dataset == dataset)
+    return list((await conn.execute(stmt)).all())

@@ -1,0 +1,97 @@
+"""Registration of a job chunk: one transaction, idempotent under redelivery.
+
+The chunk's jobs and input files are COPYed in as 'defined', then moved by the job state machine to 'ready'
+(announced to the job-executor through the outbox), 'held' (task paused) or 'cancelled' (task cancelled or
+ended), so no file is ever lost and none is registered twice.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.broker import Topology
+from common.db.models import jobs
+from common.messages import JOBS_READY, BadMessage, Envelope, JobChunk, JobsReady, wrap
+from common.outbox import add_event
+from common.states import JOB_MACHINE, FileState, JobState, TaskState, guarded_transition
+from services.job_manager import queries
+
+CONSUMER = "job-manager.register-chunk"
+
+# Where a chunk's jobs go, by the state of their task at registration.
+TARGET_BY_TASK_STATE: dict[str, JobState] = {
+    TaskState.REGISTERED: JobState.READY,
+    TaskState.RUNNING: JobState.READY,
+    TaskState.PAUSED: JobState.HELD,
+}
+
+
+class ChunkRegistrar:
+    def __init__(self, engine: AsyncEngine, topology: Topology, on_committed: Callable[[], None]) -> None:
+        self.engine = engine
+        self.exchange = topology.exchange("jobs")
+        self.on_committed = on_committed
+
+    async def register(self, envelope: Envelope, chunk: JobChunk) -> list[int]:
+        """Register the chunk; returns its job ids, or [] if this message was registered before.
+
+        A chunk repeating a file already in a job of its task can never be registered (the unique index
+        refuses it, and the whole transaction with it): it is a BadMessage, dead-lettered for a human to see.
+        """
+        try:
+            return await self._register(envelope, chunk)
+        except (IntegrityError, asyncpg.UniqueViolationError) as exc:
+            raise BadMessage(f"chunk for task {chunk.task_id} repeats files already in its jobs: {exc}") from exc
+
+    async def _register(self, envelope: Envelope, chunk: JobChunk) -> list[int]:
+        async with self.engine.begin() as conn:
+            if not await queries.claim_message(conn, CONSUMER, envelope.message_id):
+                return []
+            task = await queries.lock_task_for_registration(conn, chunk.task_id)
+            if task is None:
+                raise BadMessage(f"chunk for unknown task {chunk.task_id}")
+            job_ids = await queries.allocate_job_ids(conn, len(chunk.jobs))
+            await queries.copy_rows(
+                conn,
+                "job_dat",
+                queries.JOB_COLUMNS,
+                [
+                    (
+                        job_id,
+                        chunk.task_id,
+                        chunk.resource_type,
+                        chunk.priority,
+                        len(job.files),
+                        sum(f.size for f in job.files),
+                        None if any(f.events is None for f in job.files) else sum(f.events for f in job.files),
+                    )
+                    for job_id, job in zip(job_ids, chunk.jobs)
+                ],
+            )
+            await queries.copy_rows(
+                conn,
+                "file_dat",
+                queries.FILE_COLUMNS,
+                [
+                    (f.lfn, chunk.dataset, chunk.task_id, job_id, "input", f.url, f.size, f.adler32, f.events,
+                     FileState.PENDING.value)
+                    for job_id, job in zip(job_ids, chunk.jobs)
+                    for f in job.files
+                ],
+            )
+            await queries.count_registered(conn, chunk.task_id, len(job_ids))
+            target = TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED)
+            values = {"queued_at": sa.func.now()} if target == JobState.READY else {}
+            await guarded_transition(conn, jobs, JOB_MACHINE, job_ids, target, values)
+            if target == JobState.READY:
+                ready = JobsReady(task_id=chunk.task_id, resource_type=chunk.resource_type, job_ids=job_ids)
+                await add_event(conn, self.exchange, f"{JOBS_READY}.{chunk.resource_type}", wrap(JOBS_READY, ready))
+            elif target == JobState.CANCELLED:
+                await queries.cancel_input_files(conn, job_ids)
+        if target == JobState.READY:
+            self.on_committed()
+        return job_ids
