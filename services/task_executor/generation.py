@@ -1,0 +1,175 @@
+"""Job generation: one chunk of one task at a time, tasks chosen by stride scheduling, within the backlog bound.
+
+A chunk is read from the DSM after the task's cursor, split by the task's rule, and recorded in one transaction:
+the cursor's compare-and-set on the task row and the chunk message in the outbox. A crash before the commit
+loses nothing (the files are read again); after it, the outbox delivers the chunk (at least once; the
+job-manager dedupes by message id). Hence every file ends in exactly one job.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.broker import Topology
+from common.db.models import tasks
+from common.dsm import DsmClient, DsmError, DsmFileEntry
+from common.messages import JOB_CHUNK, ChunkFile, ChunkJob, JobChunk, TaskEvent, TaskEventType, wrap
+from common.outbox import add_event
+from common.settings import Settings
+from common.states import TASK_MACHINE, TaskState, guarded_transition
+from services.task_executor import queries
+from services.task_executor.fairshare import StrideScheduler
+from services.task_executor.loading import backlog_bounds, headroom
+from services.task_executor.splitter import InputFile, SplitError, split
+
+log = logging.getLogger("wms.task_executor")
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    jobs: int
+    files: int
+    waiting_for_files: bool  # the dataset is open and has no new complete job yet
+
+
+class ChunkGenerator:
+    def __init__(self, engine: AsyncEngine, dsm: DsmClient, topology: Topology, settings: Settings,
+                 on_committed: Callable[[], None]) -> None:
+        self.engine, self.dsm, self.settings = engine, dsm, settings
+        self.tasks_exchange = topology.exchange("tasks")
+        self.jobs_exchange = topology.exchange("jobs")
+        self.on_committed = on_committed
+
+    async def generate(self, task: sa.Row, max_jobs: int) -> ChunkResult:
+        """Generate at most ``max_jobs`` jobs of ``task`` from its next stretch of dataset."""
+        limit = self.settings.chunk_files
+        if task.split_by == "files":
+            limit = min(limit, max_jobs * task.split_size)
+        try:
+            page = await self.dsm.list_files(task.input_dataset, after=task.dsm_cursor, limit=limit)
+        except DsmError as exc:
+            if exc.status != 404:
+                raise
+            await self.fail(task.id, f"input dataset {task.input_dataset} not found in the DSM")
+            return ChunkResult(0, 0, False)
+        entries = page.files
+        last_seq = entries[-1].seq if entries else task.dsm_cursor
+        final = page.status == "closed" and last_seq >= page.n_files
+        try:
+            groups, consumed = split([_input(e) for e in entries], task.split_by, task.split_size, final)
+        except SplitError as exc:
+            await self.fail(task.id, str(exc))
+            return ChunkResult(0, 0, False)
+        if consumed == 0 and len(entries) == limit and limit == self.settings.chunk_files:
+            # one job would need more files than a chunk reads: a job never holds more than chunk_files files
+            groups, consumed = [[_input(e) for e in entries]], len(entries)
+        if len(groups) > max_jobs:
+            groups = groups[:max_jobs]
+            consumed = sum(len(g) for g in groups)
+            final = False
+        complete = final and consumed == len(entries)
+        if consumed == 0 and not complete:
+            return ChunkResult(0, 0, True)
+
+        by_lfn = {e.lfn: e for e in entries[:consumed]}
+        new_cursor = entries[consumed - 1].seq if consumed else task.dsm_cursor
+        async with self.engine.begin() as conn:
+            row = await queries.advance_cursor(
+                conn, task.id, task.dsm_cursor, new_cursor, consumed, len(groups), complete
+            )
+            if row is None:
+                return ChunkResult(0, 0, False)  # cancelled, paused or moved meanwhile: drop this chunk
+            if groups:
+                chunk = JobChunk(
+                    task_id=task.id,
+                    dataset=task.input_dataset,
+                    resource_type=task.resource_type,
+                    priority=row.priority,
+                    cursor_after=new_cursor,
+                    jobs=[ChunkJob(files=[_chunk_file(by_lfn[f.lfn]) for f in g]) for g in groups],
+                )
+                await add_event(conn, self.jobs_exchange, JOB_CHUNK, wrap(JOB_CHUNK, chunk))
+        self.on_committed()
+        log.info("chunk generated", extra={"task_id": task.id, "jobs": len(groups), "files": consumed,
+                                           "cursor": new_cursor, "generation_complete": complete})
+        return ChunkResult(len(groups), consumed, False)
+
+    async def fail(self, task_id: int, error: str) -> None:
+        values = {"error": error[:2000], "updated_at": sa.func.now(), "finished_at": sa.func.now()}
+        async with self.engine.begin() as conn:
+            rows = await guarded_transition(
+                conn, tasks, TASK_MACHINE, [task_id], TaskState.FAILED, values,
+                returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
+            )
+            for row in rows:
+                event = TaskEvent(task_id=row.id, status=row.status, priority=row.priority,
+                                  resource_type=row.resource_type)
+                await add_event(conn, self.tasks_exchange, TaskEventType.FAILED, wrap(TaskEventType.FAILED, event))
+        self.on_committed()
+        log.warning("task failed", extra={"task_id": task_id, "error": error})
+
+
+def _input(e: DsmFileEntry) -> InputFile:
+    return InputFile(lfn=e.lfn, size=e.size, events=e.events)
+
+
+def _chunk_file(e: DsmFileEntry) -> ChunkFile:
+    return ChunkFile(lfn=e.lfn, url=e.url, size=e.size, adler32=e.adler32, events=e.events)
+
+
+class GenerationLoop:
+    """Serves the generating tasks one chunk at a time, in proportion to their priorities."""
+
+    def __init__(self, engine: AsyncEngine, generator: ChunkGenerator, settings: Settings) -> None:
+        self.engine, self.generator, self.settings = engine, generator, settings
+        self.scheduler = StrideScheduler()
+        self._idle_until: dict[int, float] = {}  # tasks waiting for new files in an open dataset
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        """A task changed (registered, resumed, reprioritised...): look again now."""
+        self._idle_until.clear()
+        self._wakeup.set()
+
+    async def run_once(self) -> bool:
+        """Generate one chunk if any task may have one; False when there was nothing to do."""
+        async with self.engine.connect() as conn:
+            candidates = await queries.tasks_to_generate(conn)
+            backlog = await queries.backlog_by_resource(conn)
+            pilots = await queries.live_pilots_by_resource(conn, self.settings.pilot_heartbeat_timeout_s)
+        self.scheduler.sync({t.id: t.priority for t in candidates})
+        room = headroom(backlog_bounds(pilots, self.settings.backlog_floor, self.settings.backlog_per_pilot), backlog)
+        now = time.monotonic()
+        eligible = [t.id for t in candidates if room[t.resource_type] > 0 and self._idle_until.get(t.id, 0) <= now]
+        chosen = self.scheduler.pick(eligible)
+        if chosen is None:
+            return False
+        task = next(t for t in candidates if t.id == chosen)
+        result = await self.generator.generate(task, room[task.resource_type])
+        if result.waiting_for_files:
+            self._idle_until[task.id] = now + self.settings.dsm_poll_interval_s
+        self.scheduler.charge(task.id, result.jobs)
+        return True
+
+    async def run(self) -> None:
+        while True:
+            try:
+                busy = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("generation round failed")
+                busy = False
+            if busy:
+                continue
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=min(self.settings.dsm_poll_interval_s, 1.0))
+            except TimeoutError:
+                pass
