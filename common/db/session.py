@@ -1,6 +1,12 @@
 """The async engine every service uses (asyncpg under SQLAlchemy Core)."""
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from common.settings import Settings
@@ -15,3 +21,26 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # Statements of the hot paths are few and fixed; asyncpg's prepared-statement cache serves them.
         connect_args={"server_settings": {"application_name": "spd-wms"}},
     )
+
+
+T = TypeVar("T")
+# deadlock_detected, serialization_failure: the transaction can simply run again.
+TRANSIENT_SQLSTATES = {"40P01", "40001"}
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    cause = getattr(exc, "orig", None) or exc
+    return getattr(cause, "sqlstate", None) or getattr(getattr(cause, "__cause__", None), "sqlstate", None)
+
+
+async def retry_transient(transaction: Callable[[], Awaitable[T]], attempts: int = 5) -> T:
+    """Run ``transaction`` again (with jitter) when PostgreSQL aborts it as a deadlock victim or on a
+    serialization failure, instead of turning a normal race into a failed message."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await transaction()
+        except DBAPIError as exc:
+            if attempt == attempts or _sqlstate(exc) not in TRANSIENT_SQLSTATES:
+                raise
+            await asyncio.sleep(random.uniform(0, 0.05 * attempt))
+    raise AssertionError("unreachable")

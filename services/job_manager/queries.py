@@ -21,10 +21,18 @@ async def claim_message(conn: AsyncConnection, consumer: str, message_id: uuid.U
     return (await conn.execute(stmt)).rowcount == 1
 
 
-async def lock_task_for_registration(conn: AsyncConnection, task_id: int) -> sa.Row | None:
-    """Read the task's state and hold it (FOR SHARE) until commit: a pause or cancel cannot slip between the
-    read and the registration, it waits and then sees these jobs."""
-    stmt = sa.select(tasks.c.id, tasks.c.status).where(tasks.c.id == task_id).with_for_update(read=True)
+async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int) -> sa.Row | None:
+    """Add the chunk's jobs to the task's registered count and return the task's state, in one statement.
+
+    The row lock this takes is held until commit: a pause or cancel cannot slip between reading the state and
+    registering the jobs (it waits, then sees them), and registrations of one task never deadlock each other.
+    """
+    stmt = (
+        sa.update(tasks)
+        .where(tasks.c.id == task_id)
+        .values(jobs_registered=tasks.c.jobs_registered + n_jobs)
+        .returning(tasks.c.id, tasks.c.status)
+    )
     return (await conn.execute(stmt)).first()
 
 
@@ -37,12 +45,6 @@ async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...],
     """COPY into ``table`` on the transaction's own connection (the fastest bulk path of asyncpg)."""
     raw = await conn.get_raw_connection()
     await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
-
-
-async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int) -> None:
-    await conn.execute(
-        sa.update(tasks).where(tasks.c.id == task_id).values(jobs_registered=tasks.c.jobs_registered + n_jobs)
-    )
 
 
 async def cancel_input_files(conn: AsyncConnection, job_ids: list[int]) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.broker import Topology
 from common.db.models import jobs
+from common.db.session import retry_transient
 from common.messages import JOBS_READY, BadMessage, Envelope, JobChunk, JobsReady, wrap
 from common.outbox import add_event
 from common.states import JOB_MACHINE, FileState, JobState, TaskState, guarded_transition
@@ -43,7 +44,7 @@ class ChunkRegistrar:
         refuses it, and the whole transaction with it): it is a BadMessage, dead-lettered for a human to see.
         """
         try:
-            return await self._register(envelope, chunk)
+            return await retry_transient(lambda: self._register(envelope, chunk))
         except (IntegrityError, asyncpg.UniqueViolationError) as exc:
             raise BadMessage(f"chunk for task {chunk.task_id} repeats files already in its jobs: {exc}") from exc
 
@@ -51,7 +52,7 @@ class ChunkRegistrar:
         async with self.engine.begin() as conn:
             if not await queries.claim_message(conn, CONSUMER, envelope.message_id):
                 return []
-            task = await queries.lock_task_for_registration(conn, chunk.task_id)
+            task = await queries.count_registered(conn, chunk.task_id, len(chunk.jobs))
             if task is None:
                 raise BadMessage(f"chunk for unknown task {chunk.task_id}")
             job_ids = await queries.allocate_job_ids(conn, len(chunk.jobs))
@@ -83,7 +84,6 @@ class ChunkRegistrar:
                     for f in job.files
                 ],
             )
-            await queries.count_registered(conn, chunk.task_id, len(job_ids))
             target = TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED)
             values = {"queued_at": sa.func.now()} if target == JobState.READY else {}
             await guarded_transition(conn, jobs, JOB_MACHINE, job_ids, target, values)
