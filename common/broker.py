@@ -7,7 +7,9 @@ arguments kills the channel).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -132,13 +134,28 @@ class Broker:
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> None:
         """Publish persistently and wait for the broker's confirm; raises on nack, return or timeout."""
+        await self.publish_raw(
+            exchange, routing_key, envelope.model_dump_json().encode(), envelope.message_id, envelope.type,
+            envelope.created_at,
+        )
+
+    async def publish_raw(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        message_id: uuid.UUID,
+        message_type: str,
+        created_at: dt.datetime | None = None,
+    ) -> None:
+        """Publish an already serialized envelope (the outbox relay's path: no re-validation)."""
         message = aio_pika.Message(
-            body=envelope.model_dump_json().encode(),
+            body=body,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=str(envelope.message_id),
-            type=envelope.type,
-            timestamp=envelope.created_at,
+            message_id=str(message_id),
+            type=message_type,
+            timestamp=created_at,
         )
         target = await self._exchange(exchange)
         # aio-pika can hang on a dead connection: never wait for a confirm without a bound.

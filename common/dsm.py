@@ -5,6 +5,7 @@ registration of files (outputs, logs) in a dataset, and closing a dataset.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 import aiohttp
@@ -58,32 +59,36 @@ class DsmClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _call(self, method: str, path: str, **kw: Any) -> Any:
+    async def _call(self, method: str, path: str, **kw: Any) -> bytes:
         async with self._session.request(method, self.base_url + path, **kw) as response:
-            body = await response.json(content_type=None)
+            body = await response.read()
             if response.status >= 300:
-                raise DsmError(response.status, body.get("detail") if isinstance(body, dict) else body)
+                try:
+                    detail = json.loads(body).get("detail")
+                except (ValueError, AttributeError):
+                    detail = body[:500].decode(errors="replace")
+                raise DsmError(response.status, detail)
             return body
 
     async def dataset(self, name: str) -> Dataset | None:
         try:
-            return Dataset.model_validate(await self._call("GET", f"/datasets/{name}"))
+            return Dataset.model_validate_json(await self._call("GET", f"/datasets/{name}"))
         except DsmError as exc:
             if exc.status == 404:
                 return None
             raise
 
     async def create_dataset(self, name: str) -> Dataset:
-        return Dataset.model_validate(await self._call("POST", "/datasets", json={"name": name}))
+        return Dataset.model_validate_json(await self._call("POST", "/datasets", json={"name": name}))
 
     async def list_files(self, name: str, after: int, limit: int) -> FilePage:
-        return FilePage.model_validate(
+        return FilePage.model_validate_json(
             await self._call("GET", f"/datasets/{name}/files", params={"after": after, "limit": limit})
         )
 
     async def register_files(self, name: str, files: list[DsmFile]) -> dict[str, int]:
         body = {"files": [f.model_dump() for f in files]}
-        return await self._call("POST", f"/datasets/{name}/files", json=body)
+        return json.loads(await self._call("POST", f"/datasets/{name}/files", json=body))
 
     async def close_dataset(self, name: str) -> Dataset:
-        return Dataset.model_validate(await self._call("POST", f"/datasets/{name}/close"))
+        return Dataset.model_validate_json(await self._call("POST", f"/datasets/{name}/close"))

@@ -8,9 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.states import TaskState
 
@@ -47,24 +47,12 @@ class TaskEvent(BaseModel):
     resource_type: Literal["cpu", "gpu"]
 
 
-class ChunkFile(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    lfn: str
-    url: str
-    size: int
-    adler32: str
-    events: int | None = None
-
-
-class ChunkJob(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    files: list[ChunkFile] = Field(min_length=1)
-
-
 class JobChunk(BaseModel):
-    """Jobs the task-executor generated from one stretch of a task's dataset, for the job-manager to register."""
+    """Jobs the task-executor generated from one stretch of a task's dataset, for the job-manager to register.
+
+    Columnar: the files of all jobs in dataset order, and how many of them each job takes. Thousands of files
+    per message cost a few flat arrays instead of thousands of nested objects to build and to validate.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,7 +61,28 @@ class JobChunk(BaseModel):
     resource_type: Literal["cpu", "gpu"]
     priority: int
     cursor_after: int = Field(description="DSM seq of the last file in this chunk")
-    jobs: list[ChunkJob] = Field(min_length=1)
+    files_per_job: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    lfns: list[str]
+    urls: list[str]
+    sizes: list[int]
+    adler32s: list[str]
+    events: list[int | None]
+
+    @model_validator(mode="after")
+    def _columns_agree(self) -> JobChunk:
+        n = sum(self.files_per_job)
+        lengths = {len(self.lfns), len(self.urls), len(self.sizes), len(self.adler32s), len(self.events)}
+        if lengths != {n}:
+            raise ValueError(f"file columns must all hold the {n} files of the jobs, got lengths {sorted(lengths)}")
+        return self
+
+    def job_slices(self) -> list[slice]:
+        """The files of each job, as slices of the file columns."""
+        out, start = [], 0
+        for n in self.files_per_job:
+            out.append(slice(start, start + n))
+            start += n
+        return out
 
 
 class JobsReady(BaseModel):

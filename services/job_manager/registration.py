@@ -7,6 +7,7 @@ ended), so no file is ever lost and none is registered twice.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import repeat
 
 import asyncpg
 import sqlalchemy as sa
@@ -52,37 +53,30 @@ class ChunkRegistrar:
         async with self.engine.begin() as conn:
             if not await queries.claim_message(conn, CONSUMER, envelope.message_id):
                 return []
-            task = await queries.count_registered(conn, chunk.task_id, len(chunk.jobs))
+            n_jobs = len(chunk.files_per_job)
+            task = await queries.count_registered(conn, chunk.task_id, n_jobs)
             if task is None:
                 raise BadMessage(f"chunk for unknown task {chunk.task_id}")
-            job_ids = await queries.allocate_job_ids(conn, len(chunk.jobs))
+            job_ids = await queries.allocate_job_ids(conn, n_jobs)
+            job_of_file = [job_id for job_id, n in zip(job_ids, chunk.files_per_job) for _ in range(n)]
             await queries.copy_rows(
                 conn,
                 "job_dat",
                 queries.JOB_COLUMNS,
                 [
-                    (
-                        job_id,
-                        chunk.task_id,
-                        chunk.resource_type,
-                        chunk.priority,
-                        len(job.files),
-                        sum(f.size for f in job.files),
-                        None if any(f.events is None for f in job.files) else sum(f.events for f in job.files),
-                    )
-                    for job_id, job in zip(job_ids, chunk.jobs)
+                    (job_id, chunk.task_id, chunk.resource_type, chunk.priority, files.stop - files.start,
+                     sum(chunk.sizes[files]), _total_events(chunk.events[files]))
+                    for job_id, files in zip(job_ids, chunk.job_slices())
                 ],
             )
             await queries.copy_rows(
                 conn,
                 "file_dat",
                 queries.FILE_COLUMNS,
-                [
-                    (f.lfn, chunk.dataset, chunk.task_id, job_id, "input", f.url, f.size, f.adler32, f.events,
-                     FileState.PENDING.value)
-                    for job_id, job in zip(job_ids, chunk.jobs)
-                    for f in job.files
-                ],
+                list(zip(
+                    chunk.lfns, repeat(chunk.dataset), repeat(chunk.task_id), job_of_file, repeat("input"),
+                    chunk.urls, chunk.sizes, chunk.adler32s, chunk.events, repeat(FileState.PENDING.value),
+                )),
             )
             target = TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED)
             values = {"queued_at": sa.func.now()} if target == JobState.READY else {}
@@ -95,3 +89,7 @@ class ChunkRegistrar:
         if target == JobState.READY:
             self.on_committed()
         return job_ids
+
+
+def _total_events(events: list[int | None]) -> int | None:
+    return None if any(e is None for e in events) else sum(events)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.broker import Topology
 from common.db.models import tasks
 from common.dsm import DsmClient, DsmError, DsmFileEntry
-from common.messages import JOB_CHUNK, ChunkFile, ChunkJob, JobChunk, TaskEvent, TaskEventType, wrap
+from common.messages import JOB_CHUNK, JobChunk, TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
 from common.states import TASK_MACHINE, TaskState, guarded_transition
@@ -77,7 +77,6 @@ class ChunkGenerator:
         if consumed == 0 and not complete:
             return ChunkResult(0, 0, True)
 
-        by_lfn = {e.lfn: e for e in entries[:consumed]}
         new_cursor = entries[consumed - 1].seq if consumed else task.dsm_cursor
         async with self.engine.begin() as conn:
             row = await queries.advance_cursor(
@@ -86,13 +85,19 @@ class ChunkGenerator:
             if row is None:
                 return ChunkResult(0, 0, False)  # cancelled, paused or moved meanwhile: drop this chunk
             if groups:
+                taken = entries[:consumed]
                 chunk = JobChunk(
                     task_id=task.id,
                     dataset=task.input_dataset,
                     resource_type=task.resource_type,
                     priority=row.priority,
                     cursor_after=new_cursor,
-                    jobs=[ChunkJob(files=[_chunk_file(by_lfn[f.lfn]) for f in g]) for g in groups],
+                    files_per_job=[len(g) for g in groups],
+                    lfns=[e.lfn for e in taken],
+                    urls=[e.url for e in taken],
+                    sizes=[e.size for e in taken],
+                    adler32s=[e.adler32 for e in taken],
+                    events=[e.events for e in taken],
                 )
                 await add_event(conn, self.jobs_exchange, JOB_CHUNK, wrap(JOB_CHUNK, chunk))
         self.on_committed()
@@ -117,10 +122,6 @@ class ChunkGenerator:
 
 def _input(e: DsmFileEntry) -> InputFile:
     return InputFile(lfn=e.lfn, size=e.size, events=e.events)
-
-
-def _chunk_file(e: DsmFileEntry) -> ChunkFile:
-    return ChunkFile(lfn=e.lfn, url=e.url, size=e.size, adler32=e.adler32, events=e.events)
 
 
 class GenerationLoop:

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from common.broker import Broker
 from common.db.models import files, jobs, tasks
-from common.messages import JOB_CHUNK, ChunkFile, ChunkJob, JobChunk, decode, wrap
+from common.messages import JOB_CHUNK, JobChunk, decode, wrap
 from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, get_message, wait_for
 from tests.factories import insert_task
 
@@ -15,16 +15,19 @@ AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 def chunk(task_id: int, first: int, n_jobs: int, files_per_job: int = 2, resource_type: str = "cpu") -> JobChunk:
-    def f(i: int) -> ChunkFile:
-        return ChunkFile(lfn=f"raw/f{i:06d}.tsl", url=f"file:///d/f{i:06d}", size=100, adler32="0000abcd", events=7)
-
+    numbers = range(first, first + n_jobs * files_per_job)
     return JobChunk(
         task_id=task_id,
         dataset="spd.raw",
         resource_type=resource_type,
         priority=4,
         cursor_after=first + n_jobs * files_per_job,
-        jobs=[ChunkJob(files=[f(first + j * files_per_job + k) for k in range(files_per_job)]) for j in range(n_jobs)],
+        files_per_job=[files_per_job] * n_jobs,
+        lfns=[f"raw/f{i:06d}.tsl" for i in numbers],
+        urls=[f"file:///d/f{i:06d}" for i in numbers],
+        sizes=[100] * len(numbers),
+        adler32s=["0000abcd"] * len(numbers),
+        events=[7] * len(numbers),
     )
 
 

@@ -170,7 +170,7 @@ async def chunk_log(db) -> list[tuple[str, int, int]]:
     for key, body in rows:
         payload = body["payload"]
         if key == "jobs.chunk":
-            out.append(("chunk", payload["task_id"], len(payload["jobs"])))
+            out.append(("chunk", payload["task_id"], len(payload["files_per_job"])))
         elif key.startswith("task."):
             out.append((key, payload["task_id"], 0))
     return out

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from common.messages import BadMessage, Envelope, TaskEvent, TaskEventType, decode, wrap
+from common.messages import JOB_CHUNK, BadMessage, Envelope, JobChunk, TaskEvent, TaskEventType, decode, wrap
 
 
 def _event() -> TaskEvent:
@@ -46,3 +46,22 @@ def test_envelope_has_identity_and_version() -> None:
     a, b = wrap(TaskEventType.PAUSED, _event()), wrap(TaskEventType.PAUSED, _event())
     assert a.message_id != b.message_id
     assert Envelope.model_validate_json(a.model_dump_json()).version == 1
+
+
+def _chunk(**overrides):
+    body = dict(task_id=1, dataset="d", resource_type="cpu", priority=1, cursor_after=3, files_per_job=[2, 1],
+                lfns=["a", "b", "c"], urls=["u1", "u2", "u3"], sizes=[1, 2, 3], adler32s=["0"] * 3,
+                events=[None, 5, 6])
+    body.update(overrides)
+    return JobChunk(**body)
+
+
+def test_job_chunk_columns_and_slices() -> None:
+    chunk = _chunk()
+    assert [chunk.lfns[s] for s in chunk.job_slices()] == [["a", "b"], ["c"]]
+    with pytest.raises(ValueError, match="columns"):
+        _chunk(urls=["u1"])
+    with pytest.raises(ValueError):
+        _chunk(files_per_job=[0, 3])
+    envelope = wrap(JOB_CHUNK, chunk)
+    assert decode(envelope.model_dump_json().encode())[1] == chunk
