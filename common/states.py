@@ -54,9 +54,13 @@ class FileState(enum.StrEnum):
 class StateMachine:
     name: str
     transitions: Mapping[str, frozenset[str]]
+    # States a row may be created in (the first one is the column's default).
+    initial: tuple[str, ...]
 
     def __post_init__(self) -> None:
         states = set(self.transitions)
+        if not set(self.initial) <= states or not self.initial:
+            raise ValueError(f"{self.name}: initial states {self.initial} must be known states")
         for src, dsts in self.transitions.items():
             unknown = dsts - states
             if unknown:
@@ -73,6 +77,12 @@ class StateMachine:
     @property
     def active(self) -> frozenset[str]:
         return self.states - self.terminal
+
+    def check_initial(self, state: str) -> str:
+        """``state`` if a row may be created in it; ValueError otherwise."""
+        if state not in self.initial:
+            raise ValueError(f"{self.name}: a row cannot be created in state {state!r}")
+        return state
 
     def allowed(self, src: str, dst: str) -> bool:
         return dst in self.transitions.get(src, frozenset())
@@ -97,6 +107,7 @@ TASK_MACHINE = StateMachine(
         T.FAILED: frozenset(),
         T.CANCELLED: frozenset(),
     },
+    initial=(T.REGISTERED,),
 )
 
 JOB_MACHINE = StateMachine(
@@ -113,6 +124,9 @@ JOB_MACHINE = StateMachine(
         J.FAILED: frozenset(),
         J.CANCELLED: frozenset(),
     },
+    # The job-manager creates a chunk's jobs directly in the state their task calls for (ready, held while it
+    # is paused, cancelled once it ended): nobody can see them before that transaction commits.
+    initial=(J.DEFINED, J.READY, J.HELD, J.CANCELLED),
 )
 
 
@@ -126,6 +140,7 @@ PILOT_MACHINE = StateMachine(
         P.DEAD: frozenset(),
         P.EXITED: frozenset(),
     },
+    initial=(P.IDLE,),
 )
 
 

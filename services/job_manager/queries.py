@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from common.db.models import consumed_messages, files, jobs, tasks
 from common.states import FileState
 
-JOB_COLUMNS = ("id", "task_id", "resource_type", "priority", "n_files", "n_bytes", "n_events")
+JOB_COLUMNS = ("id", "task_id", "status", "resource_type", "priority", "n_files", "n_bytes", "n_events", "queued_at")
 FILE_COLUMNS = ("lfn", "dataset", "task_id", "job_id", "role", "url", "size", "adler32", "events", "status")
 
 
@@ -45,10 +45,6 @@ async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...],
     """COPY into ``table`` on the transaction's own connection (the fastest bulk path of asyncpg)."""
     raw = await conn.get_raw_connection()
     await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
-
-
-async def cancel_input_files(conn: AsyncConnection, job_ids: list[int]) -> None:
-    await conn.execute(sa.update(files).where(files.c.job_id.in_(job_ids)).values(status=FileState.CANCELLED))
 
 
 async def list_jobs(

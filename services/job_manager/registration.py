@@ -1,25 +1,25 @@
 """Registration of a job chunk: one transaction, idempotent under redelivery.
 
-The chunk's jobs and input files are COPYed in as 'defined', then moved by the job state machine to 'ready'
-(announced to the job-executor through the outbox), 'held' (task paused) or 'cancelled' (task cancelled or
-ended), so no file is ever lost and none is registered twice.
+The chunk's jobs and input files are COPYed in, created directly in the initial state their task calls for:
+'ready' (announced to the job-executor through the outbox), 'held' (task paused) or 'cancelled' (task
+cancelled or ended). No file is ever lost and none is registered twice. (Creating them 'defined' and then
+updating them to 'ready' cost a second write of every row: 15k instead of 21k files/s, see docs/benchmarks.md.)
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from itertools import repeat
 
 import asyncpg
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.broker import Topology
-from common.db.models import jobs
 from common.db.session import retry_transient
 from common.messages import JOBS_READY, BadMessage, Envelope, JobChunk, JobsReady, wrap
 from common.outbox import add_event
-from common.states import JOB_MACHINE, FileState, JobState, TaskState, guarded_transition
+from common.states import JOB_MACHINE, FileState, JobState, TaskState
 from services.job_manager import queries
 
 CONSUMER = "job-manager.register-chunk"
@@ -57,6 +57,9 @@ class ChunkRegistrar:
             task = await queries.count_registered(conn, chunk.task_id, n_jobs)
             if task is None:
                 raise BadMessage(f"chunk for unknown task {chunk.task_id}")
+            target = JOB_MACHINE.check_initial(TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED))
+            queued_at = dt.datetime.now(dt.timezone.utc) if target == JobState.READY else None
+            file_state = FileState.CANCELLED if target == JobState.CANCELLED else FileState.PENDING
             job_ids = await queries.allocate_job_ids(conn, n_jobs)
             job_of_file = [job_id for job_id, n in zip(job_ids, chunk.files_per_job) for _ in range(n)]
             await queries.copy_rows(
@@ -64,8 +67,8 @@ class ChunkRegistrar:
                 "job_dat",
                 queries.JOB_COLUMNS,
                 [
-                    (job_id, chunk.task_id, chunk.resource_type, chunk.priority, files.stop - files.start,
-                     sum(chunk.sizes[files]), _total_events(chunk.events[files]))
+                    (job_id, chunk.task_id, target.value, chunk.resource_type, chunk.priority, files.stop - files.start,
+                     sum(chunk.sizes[files]), _total_events(chunk.events[files]), queued_at)
                     for job_id, files in zip(job_ids, chunk.job_slices())
                 ],
             )
@@ -75,17 +78,12 @@ class ChunkRegistrar:
                 queries.FILE_COLUMNS,
                 list(zip(
                     chunk.lfns, repeat(chunk.dataset), repeat(chunk.task_id), job_of_file, repeat("input"),
-                    chunk.urls, chunk.sizes, chunk.adler32s, chunk.events, repeat(FileState.PENDING.value),
+                    chunk.urls, chunk.sizes, chunk.adler32s, chunk.events, repeat(file_state.value),
                 )),
             )
-            target = TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED)
-            values = {"queued_at": sa.func.now()} if target == JobState.READY else {}
-            await guarded_transition(conn, jobs, JOB_MACHINE, job_ids, target, values)
             if target == JobState.READY:
                 ready = JobsReady(task_id=chunk.task_id, resource_type=chunk.resource_type, job_ids=job_ids)
                 await add_event(conn, self.exchange, f"{JOBS_READY}.{chunk.resource_type}", wrap(JOBS_READY, ready))
-            elif target == JobState.CANCELLED:
-                await queries.cancel_input_files(conn, job_ids)
         if target == JobState.READY:
             self.on_committed()
         return job_ids

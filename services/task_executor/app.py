@@ -30,7 +30,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await broker.connect()
     dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
     relay = OutboxRelay(engine, broker, settings.outbox_batch_size, settings.outbox_poll_interval_s)
-    loop = GenerationLoop(engine, ChunkGenerator(engine, dsm, broker.topology, settings, relay.wake), settings)
+    generator = ChunkGenerator(engine, dsm, broker.topology, settings, relay.wake)
+    loop = GenerationLoop(engine, generator, settings)
 
     async def on_task_event(envelope: Envelope, _payload: object, _message: AbstractIncomingMessage) -> None:
         # The task row is the truth; the event only says "look now" (so duplicates are harmless).
@@ -52,6 +53,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in background:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        generator.close()
         await broker.close()
         await dsm.close()
         await engine.dispose()

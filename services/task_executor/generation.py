@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.broker import Topology
 from common.db.models import tasks
-from common.dsm import DsmClient, DsmError, DsmFileEntry
+from common.dsm import DsmClient, DsmError, DsmFileEntry, FilePage
 from common.messages import JOB_CHUNK, JobChunk, TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
@@ -45,6 +45,30 @@ class ChunkGenerator:
         self.tasks_exchange = topology.exchange("tasks")
         self.jobs_exchange = topology.exchange("jobs")
         self.on_committed = on_committed
+        # The next page of the task just served, read while the loop decides what to do next: the DSM's time
+        # overlaps ours. One slot; a page fetched for another task or cursor is simply dropped.
+        self._prefetched: tuple[tuple[int, int, int], asyncio.Task[FilePage]] | None = None
+
+    def _prefetch(self, task_id: int, dataset: str, after: int, limit: int) -> None:
+        self._drop_prefetch()
+        fetch = asyncio.create_task(self.dsm.list_files(dataset, after=after, limit=limit))
+        self._prefetched = ((task_id, after, limit), fetch)
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetched is not None:
+            self._prefetched[1].cancel()
+            self._prefetched[1].add_done_callback(_consume_result)
+            self._prefetched = None
+
+    async def _page(self, task_id: int, dataset: str, after: int, limit: int) -> FilePage:
+        if self._prefetched is not None and self._prefetched[0] == (task_id, after, limit):
+            fetch, self._prefetched = self._prefetched[1], None
+            return await fetch
+        self._drop_prefetch()
+        return await self.dsm.list_files(dataset, after=after, limit=limit)
+
+    def close(self) -> None:
+        self._drop_prefetch()
 
     async def generate(self, task: sa.Row, max_jobs: int) -> ChunkResult:
         """Generate at most ``max_jobs`` jobs of ``task`` from its next stretch of dataset."""
@@ -52,7 +76,7 @@ class ChunkGenerator:
         if task.split_by == "files":
             limit = min(limit, max_jobs * task.split_size)
         try:
-            page = await self.dsm.list_files(task.input_dataset, after=task.dsm_cursor, limit=limit)
+            page = await self._page(task.id, task.input_dataset, task.dsm_cursor, limit)
         except DsmError as exc:
             if exc.status != 404:
                 raise
@@ -101,6 +125,8 @@ class ChunkGenerator:
                 )
                 await add_event(conn, self.jobs_exchange, JOB_CHUNK, wrap(JOB_CHUNK, chunk))
         self.on_committed()
+        if not complete:
+            self._prefetch(task.id, task.input_dataset, new_cursor, limit)
         log.info("chunk generated", extra={"task_id": task.id, "jobs": len(groups), "files": consumed,
                                            "cursor": new_cursor, "generation_complete": complete})
         return ChunkResult(len(groups), consumed, False)
@@ -118,6 +144,11 @@ class ChunkGenerator:
                 await add_event(conn, self.tasks_exchange, TaskEventType.FAILED, wrap(TaskEventType.FAILED, event))
         self.on_committed()
         log.warning("task failed", extra={"task_id": task_id, "error": error})
+
+
+def _consume_result(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed prefetch nobody awaits is not an error worth a warning
 
 
 def _input(e: DsmFileEntry) -> InputFile:

@@ -16,20 +16,19 @@ def _diagram_edges(name: str) -> set[tuple[str, str]]:
     text = DOC.read_text()
     section = text.split(f"## {name.capitalize()}\n", 1)[1].split("\n## ", 1)[0]
     block = section.split("```mermaid", 1)[1].split("```", 1)[0]
-    edges = set(re.findall(r"^\s*(\w+) --> (\w+)\s*$", block, flags=re.M))
-    return edges
+    return set(re.findall(r"^\s*(\w+|\[\*\]) --> (\w+|\[\*\])\s*$", block, flags=re.M))
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.name)
 def test_diagram_matches_table(machine: StateMachine) -> None:
     table = {(src, dst) for src, dsts in machine.transitions.items() for dst in dsts}
+    table |= {("[*]", s) for s in machine.initial} | {(s, "[*]") for s in machine.terminal}
     assert _diagram_edges(machine.name) == table
 
 
 @pytest.mark.parametrize("machine", MACHINES, ids=lambda m: m.name)
-def test_every_state_reachable_from_the_first(machine: StateMachine) -> None:
-    first = next(iter(machine.transitions))
-    seen, frontier = {first}, [first]
+def test_every_state_reachable_from_an_initial_one(machine: StateMachine) -> None:
+    seen, frontier = set(machine.initial), list(machine.initial)
     while frontier:
         for nxt in machine.transitions[frontier.pop()]:
             if nxt not in seen:
@@ -67,4 +66,14 @@ def test_terminal_states_are_final() -> None:
 
 def test_table_naming_unknown_state_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown states"):
-        StateMachine("broken", {"a": frozenset({"b"})})
+        StateMachine("broken", {"a": frozenset({"b"})}, initial=("a",))
+    with pytest.raises(ValueError, match="initial"):
+        StateMachine("broken", {"a": frozenset()}, initial=("z",))
+
+
+def test_rows_are_created_only_in_initial_states() -> None:
+    assert JOB_MACHINE.check_initial(JobState.READY) == JobState.READY
+    with pytest.raises(ValueError):
+        JOB_MACHINE.check_initial(JobState.RUNNING)
+    with pytest.raises(ValueError):
+        TASK_MACHINE.check_initial(TaskState.DONE)
