@@ -34,9 +34,20 @@ async def select_dataset(conn: AsyncConnection, name: str, for_update: bool = Fa
     return (await conn.execute(stmt)).first()
 
 
+_EXISTING_FILES = sa.text(
+    """
+    SELECT f.lfn, f.url, f.size, f.adler32, f.events
+    FROM unnest(CAST(:lfns AS text[])) AS wanted(lfn)
+    JOIN dsm_file f ON f.dataset_id = :dataset_id AND f.lfn = wanted.lfn
+    """
+)
+
+
 async def existing_files(conn: AsyncConnection, dataset_id: int, lfns: list[str]) -> dict[str, sa.Row]:
-    stmt = sa.select(dsm_files).where(dsm_files.c.dataset_id == dataset_id, dsm_files.c.lfn.in_(lfns))
-    return {r.lfn: r for r in (await conn.execute(stmt)).all()}
+    # A join on an unnested array probes the (dataset_id, lfn) index per name; a 10,000-element IN list was
+    # planned as a scan of the whole dataset (seconds per request at a million files).
+    rows = await conn.execute(_EXISTING_FILES, {"dataset_id": dataset_id, "lfns": lfns})
+    return {r.lfn: r for r in rows.all()}
 
 
 async def append_files(conn: AsyncConnection, dataset: sa.Row, files: list[DsmFile]) -> None:

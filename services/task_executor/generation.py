@@ -30,6 +30,9 @@ from services.task_executor.splitter import InputFile, SplitError, split
 
 log = logging.getLogger("wms.task_executor")
 
+BACKLOG_RECOUNT_S = 1.0
+BACKLOG_RECOUNT_WHEN_FULL_S = 0.2  # a full resource type is re-counted sooner, to notice dispatches
+
 
 @dataclass(frozen=True)
 class ChunkResult:
@@ -163,6 +166,12 @@ class GenerationLoop:
         self.scheduler = StrideScheduler()
         self._idle_until: dict[int, float] = {}  # tasks waiting for new files in an open dataset
         self._wakeup = asyncio.Event()
+        # Backlog as last counted, plus the jobs generated since: an upper bound of the true backlog (dispatch
+        # only lowers it), so the bound holds while the count is refreshed about once a second, not per chunk.
+        self._counted: dict[str, int] = {}
+        self._counted_at = -1e9
+        self._generated_since: dict[str, int] = {}
+        self._was_full = False
 
     def wake(self) -> None:
         """A task changed (registered, resumed, reprioritised...): look again now."""
@@ -171,13 +180,19 @@ class GenerationLoop:
 
     async def run_once(self) -> bool:
         """Generate one chunk if any task may have one; False when there was nothing to do."""
+        now = time.monotonic()
         async with self.engine.connect() as conn:
             candidates = await queries.tasks_to_generate(conn)
-            backlog = await queries.backlog_by_resource(conn)
             pilots = await queries.live_pilots_by_resource(conn, self.settings.pilot_heartbeat_timeout_s)
+            bounds = backlog_bounds(pilots, self.settings.backlog_floor, self.settings.backlog_per_pilot)
+            age = now - self._counted_at
+            if age > BACKLOG_RECOUNT_S or (self._was_full and age > BACKLOG_RECOUNT_WHEN_FULL_S):
+                self._counted = await queries.backlog_by_resource(conn, bounds)
+                self._counted_at, self._generated_since = now, {}
+        backlog = {rt: self._counted.get(rt, 0) + self._generated_since.get(rt, 0) for rt in bounds}
+        room = headroom(bounds, backlog)
+        self._was_full = any(room[t.resource_type] == 0 for t in candidates)
         self.scheduler.sync({t.id: t.priority for t in candidates})
-        room = headroom(backlog_bounds(pilots, self.settings.backlog_floor, self.settings.backlog_per_pilot), backlog)
-        now = time.monotonic()
         eligible = [t.id for t in candidates if room[t.resource_type] > 0 and self._idle_until.get(t.id, 0) <= now]
         chosen = self.scheduler.pick(eligible)
         if chosen is None:
@@ -187,6 +202,8 @@ class GenerationLoop:
         if result.waiting_for_files:
             self._idle_until[task.id] = now + self.settings.dsm_poll_interval_s
         self.scheduler.charge(task.id, result.jobs)
+        rt = task.resource_type
+        self._generated_since[rt] = self._generated_since.get(rt, 0) + result.jobs
         return True
 
     async def run(self) -> None:

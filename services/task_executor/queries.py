@@ -25,23 +25,27 @@ async def tasks_to_generate(conn: AsyncConnection) -> list[sa.Row]:
     return list((await conn.execute(stmt)).all())
 
 
-async def backlog_by_resource(conn: AsyncConnection) -> dict[str, int]:
-    """Jobs generated but not dispatched, per resource type: registered and waiting (defined/ready; held jobs
-    of paused tasks compete for nothing), plus chunks still on their way to the job-manager."""
-    waiting = (
-        sa.select(jobs.c.resource_type, sa.func.count())
-        .where(jobs.c.status.in_([JobState.DEFINED, JobState.READY]))
-        .group_by(jobs.c.resource_type)
-    )
+async def backlog_by_resource(conn: AsyncConnection, caps: dict[str, int]) -> dict[str, int]:
+    """Jobs generated but not dispatched, per resource type, counted up to ``caps`` (the bounds: past them the
+    exact figure does not matter, and counting stays O(bound)). That is the jobs registered and waiting
+    (defined/ready; held jobs of paused tasks compete for nothing) plus chunks still on their way to the
+    job-manager."""
+    backlog: dict[str, int] = {}
+    for rt, cap in caps.items():
+        waiting = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.resource_type == rt, jobs.c.status.in_([JobState.DEFINED, JobState.READY]))
+            .limit(cap)
+            .subquery()
+        )
+        backlog[rt] = (await conn.execute(sa.select(sa.func.count()).select_from(waiting))).scalar_one()
     in_flight = (
         sa.select(tasks.c.resource_type, sa.func.sum(tasks.c.jobs_total - tasks.c.jobs_registered))
         .where(tasks.c.status.in_(sorted(TASK_MACHINE.active)))
         .group_by(tasks.c.resource_type)
     )
-    backlog: dict[str, int] = {}
-    for stmt in (waiting, in_flight):
-        for rt, n in (await conn.execute(stmt)).all():
-            backlog[rt] = backlog.get(rt, 0) + int(n or 0)
+    for rt, n in (await conn.execute(in_flight)).all():
+        backlog[rt] = backlog.get(rt, 0) + int(n or 0)
     return backlog
 
 
