@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import make_url
 
-from tests.conftest import SERVICE_TOKEN, WFMS_TOKEN, free_port
+from tests.conftest import SERVICE_TOKEN, WFMS_TOKEN, free_ports
 
 BIN = Path(sys.executable).parent
 PORT_VARS = {
@@ -35,7 +35,7 @@ class Deployment:
 
     @classmethod
     def create(cls, server_url: str, database: str, amqp_url: str, namespace: str, logs: Path, **extra: str):
-        ports = {name: free_port() for name in PORT_VARS}
+        ports = dict(zip(PORT_VARS, free_ports(len(PORT_VARS))))
         env = {
             **os.environ,
             "WMS_DATABASE_URL": make_url(server_url).set(database=database).render_as_string(hide_password=False),

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,22 +16,16 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from common.messages import decode
-from tests.conftest import drop_database, get_message
+from tests.conftest import drop_database, free_port, get_message
 from tests.factories import task_description
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_migrate_then_serve_over_http(postgres_server_url, amqp_url, amqp, broker_namespace, tmp_path) -> None:
     name = f"wms_e2e_{uuid.uuid4().hex[:8]}"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "WMS_DATABASE_URL": make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False),
