@@ -30,7 +30,7 @@ class QueueSpec:
 
 
 # Exchanges (all topic, durable) and the queues bound to them. Names get the deployment's namespace prefix.
-EXCHANGES: tuple[str, ...] = ("tasks", "jobs")
+EXCHANGES: tuple[str, ...] = ("tasks", "jobs", "pilots")
 QUEUES: tuple[QueueSpec, ...] = (
     # Task changes for the task-executor (generation starts, stops, follows priority).
     QueueSpec("task-executor.task-events", "tasks", ("task.#",)),
@@ -38,6 +38,13 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("job-manager.job-chunks", "jobs", ("jobs.chunk",)),
     # Registered, ready jobs for the job-executor (routing key jobs.ready.<resource type>).
     QueueSpec("job-executor.ready-jobs", "jobs", ("jobs.ready.#",)),
+    # Task commands the job-executor carries to jobs (cancel, pause, resume, priority).
+    QueueSpec("job-executor.task-events", "tasks", ("task.#",)),
+    # Pilots in message-queue mode: claims from the cpu or gpu queue, everything else as pilot events.
+    QueueSpec("job-executor.claims.cpu", "pilots", ("pilot.claim.cpu",)),
+    QueueSpec("job-executor.claims.gpu", "pilots", ("pilot.claim.gpu",)),
+    QueueSpec("job-executor.pilot-events", "pilots",
+              ("pilot.register", "pilot.heartbeat", "pilot.report", "pilot.exit")),
 )
 DEAD_LETTER_EXCHANGE = "dlx"
 
@@ -163,6 +170,26 @@ class Broker:
             target.publish(message, routing_key=routing_key, mandatory=True),
             timeout=self.settings.publish_timeout_s,
         )
+
+    async def reply(self, request: AbstractIncomingMessage, envelope: Envelope) -> None:
+        """Answer a request on its reply_to queue (default exchange). A requester that is gone is not an error
+        of ours: the reply is dropped with a warning."""
+        assert self._publish_channel is not None, "Broker.connect() first"
+        message = aio_pika.Message(
+            body=envelope.model_dump_json().encode(),
+            content_type="application/json",
+            correlation_id=request.correlation_id,
+            message_id=str(envelope.message_id),
+            type=envelope.type,
+        )
+        try:
+            await asyncio.wait_for(
+                self._publish_channel.default_exchange.publish(message, routing_key=request.reply_to or "",
+                                                               mandatory=True),
+                timeout=self.settings.publish_timeout_s,
+            )
+        except aio_pika.exceptions.DeliveryError:
+            log.warning("reply to a vanished requester dropped", extra={"reply_to": request.reply_to})
 
     async def consume(self, queue_name: str, handler: MessageHandler, prefetch: int = 100) -> None:
         """Consume ``queue_name`` (namespaced) with manual acks.

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.pilot_protocol import Heartbeat, JobReport, PilotRegistration
 from common.states import TaskState
 
 ENVELOPE_VERSION = 1
@@ -34,6 +35,8 @@ class TaskEventType(enum.StrEnum):
     REPRIORITISED = "task.reprioritised"
     PAUSED = "task.paused"
     RESUMED = "task.resumed"
+    DONE = "task.done"
+    FINISHED = "task.finished"
 
 
 class TaskEvent(BaseModel):
@@ -95,6 +98,32 @@ class JobsReady(BaseModel):
     job_ids: list[int] = Field(min_length=1)
 
 
+class PilotCall(BaseModel):
+    """A pilot's request over RabbitMQ (the operation is the envelope's type, e.g. pilot.claim.gpu)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pilot_id: int | None = None
+    session: str | None = None
+    job_id: int | None = None
+    registration: PilotRegistration | None = None
+    heartbeat: Heartbeat | None = None
+    report: JobReport | None = None
+
+
+class PilotReply(BaseModel):
+    """The job-executor's answer: the REST API's status code and body."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    status: int
+    detail: str | None = None
+    body: dict[str, Any] | None = None
+
+
+PILOT_OPERATIONS = ("pilot.register", "pilot.claim.cpu", "pilot.claim.gpu", "pilot.heartbeat", "pilot.report",
+                    "pilot.exit")
+
 JOB_CHUNK = "jobs.chunk"
 JOBS_READY = "jobs.ready"
 
@@ -102,6 +131,8 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     **{t.value: TaskEvent for t in TaskEventType},
     JOB_CHUNK: JobChunk,
     JOBS_READY: JobsReady,
+    **{op: PilotCall for op in PILOT_OPERATIONS},
+    "pilot.reply": PilotReply,
 }
 
 

@@ -51,13 +51,27 @@ class Settings(BaseSettings):
     backlog_floor: int = Field(1000, ge=1)
     backlog_per_pilot: int = Field(2, ge=1)
     dsm_poll_interval_s: float = Field(2.0, gt=0)
-    pilot_heartbeat_timeout_s: float = Field(90.0, gt=0)
+    # An input dataset that does not exist yet (DAQ not started, the producing task not started) is waited for
+    # this long after the task's registration, then the task fails.
+    dataset_wait_s: float = Field(300.0, ge=0)
+
+    # Dispatch and oversight (job-executor, pilots). An online filter wants minutes, not hours: pilots beat
+    # every heartbeat_interval_s and are declared dead (their jobs lost and retried) after pilot_timeout_s.
+    heartbeat_interval_s: float = Field(15.0, gt=0)
+    pilot_timeout_s: float = Field(60.0, gt=0)
+    retry_backoff_s: float = Field(10.0, ge=0)
+    retry_backoff_max_s: float = Field(300.0, ge=0)
+    oversight_interval_s: float = Field(2.0, gt=0)
+    job_wall_time_s: int = Field(3600, ge=1)
+    # Where pilots stage outputs (a shared filesystem in this version): file://<storage_root>/<dataset>/...
+    storage_root: str = "/var/tmp/spd-wms/storage"
 
     listen_host: str = "127.0.0.1"
     task_manager_port: int = Field(8081, ge=1, le=65535)
     job_manager_port: int = Field(8082, ge=1, le=65535)
     task_executor_port: int = Field(8083, ge=1, le=65535)
     dsm_port: int = Field(8084, ge=1, le=65535)
+    job_executor_port: int = Field(8085, ge=1, le=65535)
 
     log_level: str = "INFO"
 

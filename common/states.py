@@ -47,6 +47,7 @@ class FileState(enum.StrEnum):
     DONE = "done"  # input file processed
     FAILED = "failed"  # input file whose job exhausted its attempts
     CANCELLED = "cancelled"  # input file of a cancelled task
+    STAGED = "staged"  # output or log file in FILE_DAT and on storage, not yet registered in the DSM
     REGISTERED = "registered"  # output or log file registered in FILE_DAT and the DSM
 
 

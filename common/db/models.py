@@ -14,6 +14,7 @@ from common.states import FileState, JobState, PilotState, TaskState, TASK_MACHI
 RESOURCE_TYPES = ("cpu", "gpu")
 SPLIT_RULES = ("files", "bytes", "events")
 FILE_ROLES = ("input", "output", "log")
+ATTEMPT_OUTCOMES = ("running", "finished", "failed", "lost", "cancelled")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -76,6 +77,9 @@ class Task(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    # When the job-executor closed the output dataset in the DSM (after the task ended and its outputs were
+    # registered there).
+    output_closed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (
         sa.CheckConstraint(_in("status", TASK_MACHINE.states), name="status"),
@@ -104,6 +108,9 @@ class Pilot(Base):
     gpus: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     status: Mapped[str] = mapped_column(sa.Text, server_default=PilotState.IDLE.value)
     version: Mapped[str] = mapped_column(sa.Text)
+    # sha256 of the session secret handed out at registration: only this pilot can speak for itself.
+    session_hash: Mapped[str] = mapped_column(sa.Text, server_default="")
+    channel: Mapped[str] = mapped_column(sa.Text, server_default="rest")
     current_job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     registered_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     heartbeat_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
@@ -142,6 +149,8 @@ class Job(Base):
     exit_code: Mapped[int | None] = mapped_column(sa.Integer)
     error_category: Mapped[str | None] = mapped_column(sa.Text)
     error_message: Mapped[str | None] = mapped_column(sa.Text)
+    # A retried job waits for its backoff before it can be claimed again.
+    not_before: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (
         sa.CheckConstraint(_in("status", JOB_MACHINE.states), name="status"),
@@ -172,6 +181,26 @@ class Job(Base):
             "pilot_id",
             postgresql_where=sa.text("pilot_id IS NOT NULL"),
         ),
+    )
+
+
+class JobAttempt(Base):
+    """Every attempt of a job: which pilot, when, and how it ended."""
+
+    __tablename__ = "job_attempt"
+
+    job_id: Mapped[int] = mapped_column(sa.ForeignKey("job_dat.id", ondelete="CASCADE"), primary_key=True)
+    attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    pilot_id: Mapped[int | None] = mapped_column(sa.ForeignKey("pilot_dat.id", ondelete="SET NULL"))
+    outcome: Mapped[str] = mapped_column(sa.Text, server_default="running")
+    started_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    exit_code: Mapped[int | None] = mapped_column(sa.Integer)
+    error_category: Mapped[str | None] = mapped_column(sa.Text)
+    error_message: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("outcome", ATTEMPT_OUTCOMES), name="outcome"),
     )
 
 
@@ -215,6 +244,8 @@ class File(Base):
         sa.Index("ix_file_dat_job", "job_id"),
         sa.Index("ix_file_dat_lfn", "lfn"),
         sa.Index("ix_file_dat_task_role_id", "task_id", "role", "id"),
+        # The DSM registrar's work: outputs and logs on storage, not yet in the DSM.
+        sa.Index("ix_file_dat_staged", "id", postgresql_where=sa.text(f"status = '{FileState.STAGED}'")),
     )
 
 
@@ -255,3 +286,4 @@ pilots = Pilot.__table__
 files = File.__table__
 outbox = OutboxMessage.__table__
 consumed_messages = ConsumedMessage.__table__
+job_attempts = JobAttempt.__table__

@@ -83,8 +83,14 @@ class ChunkGenerator:
         except DsmError as exc:
             if exc.status != 404:
                 raise
-            await self.fail(task.id, f"input dataset {task.input_dataset} not found in the DSM")
+            if task.age_s < self.settings.dataset_wait_s:
+                return ChunkResult(0, 0, True)  # not there yet: wait for it
+            await self.fail(task.id, f"input dataset {task.input_dataset} not found in the DSM after "
+                                     f"{self.settings.dataset_wait_s:.0f} s")
             return ChunkResult(0, 0, False)
+        if task.status == TaskState.REGISTERED:
+            # The task starts: its output dataset exists (open) from now on, so a task reading it can follow it.
+            await self.dsm.create_dataset(task.output_dataset)
         entries = page.files
         last_seq = entries[-1].seq if entries else task.dsm_cursor
         final = page.status == "closed" and last_seq >= page.n_files
@@ -183,7 +189,7 @@ class GenerationLoop:
         now = time.monotonic()
         async with self.engine.connect() as conn:
             candidates = await queries.tasks_to_generate(conn)
-            pilots = await queries.live_pilots_by_resource(conn, self.settings.pilot_heartbeat_timeout_s)
+            pilots = await queries.live_pilots_by_resource(conn, self.settings.pilot_timeout_s)
             bounds = backlog_bounds(pilots, self.settings.backlog_floor, self.settings.backlog_per_pilot)
             age = now - self._counted_at
             if age > BACKLOG_RECOUNT_S or (self._was_full and age > BACKLOG_RECOUNT_WHEN_FULL_S):

@@ -18,6 +18,8 @@ async def tasks_to_generate(conn: AsyncConnection) -> list[sa.Row]:
         sa.select(
             tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type, tasks.c.input_dataset,
             tasks.c.split_by, tasks.c.split_size, tasks.c.dsm_cursor, tasks.c.files_assigned,
+            tasks.c.output_dataset,
+            sa.func.extract("epoch", sa.func.now() - tasks.c.created_at).label("age_s"),
         )
         .where(tasks.c.status.in_(GENERATING), tasks.c.files_total.is_(None))
         .order_by(tasks.c.id)

@@ -248,7 +248,7 @@ async def test_tasks_that_cannot_be_split_fail_with_a_reason(pipeline_settings, 
     await make_dataset(dsm, "spd.raw.noevents", 10, events=None)
     missing = await submit(task_manager, input_dataset="spd.raw.nowhere")
     no_events = await submit(task_manager, input_dataset="spd.raw.noevents", split={"by": "events", "size": 5})
-    async with executors(pipeline_settings):
+    async with executors(pipeline_settings, dataset_wait_s=1.0):
         await wait_for(lambda: _status(db, missing, "failed"))
         await wait_for(lambda: _status(db, no_events, "failed"))
     assert "spd.raw.nowhere not found" in (await task_row(db, missing)).error

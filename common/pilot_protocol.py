@@ -1,0 +1,86 @@
+"""The conversation between pilots and the job-executor, the same over REST and over RabbitMQ.
+
+Every report names (job id, attempt): a pilot whose attempt was superseded (it was declared dead, the job was
+retried elsewhere) is refused with 409 and must stop its payload.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "lost", "cancelled", "pilot"]
+
+
+class PilotRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    resource_type: Literal["cpu", "gpu"]
+    cores: int = Field(ge=1, le=4096)
+    memory_mb: int = Field(ge=1, le=2**24)
+    gpus: int = Field(0, ge=0, le=64)
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PilotSession(BaseModel):
+    pilot_id: int
+    session: str = Field(description="secret to present with every later call (X-Pilot-Session)")
+    heartbeat_interval_s: float
+
+
+class InputFile(BaseModel):
+    lfn: str
+    url: str
+    size: int | None
+    adler32: str | None
+
+
+class JobSpec(BaseModel):
+    """What a pilot needs to run one attempt of a job."""
+
+    job_id: int
+    attempt: int
+    task_id: int
+    command: str
+    args: list[str]
+    env: dict[str, str]
+    container_image: str | None
+    inputs: list[InputFile]
+    output_dataset: str
+    output_url_prefix: str = Field(description="file:// URL of the directory the outputs are staged to")
+    wall_time_s: int
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int | None = None
+    attempt: int | None = None
+
+
+class HeartbeatReply(BaseModel):
+    abort: bool = Field(description="stop the payload now (job cancelled or attempt superseded)")
+    reason: str | None = None
+
+
+class StagedFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lfn: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9_.:/+=-]+$")]
+    url: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    size: int = Field(ge=0)
+    adler32: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}$")]
+    events: int | None = Field(None, ge=0)
+
+
+class JobReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int = Field(ge=1)
+    state: Literal["running", "finished", "failed"]
+    exit_code: int | None = None
+    error_category: ErrorCategory | None = None
+    error_message: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    outputs: list[StagedFile] = Field(default_factory=list, max_length=10_000)
+    log: StagedFile | None = None

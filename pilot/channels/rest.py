@@ -1,0 +1,51 @@
+"""REST channel of the pilot (aiohttp, one session for the pilot's life)."""
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
+from pilot.channels import ChannelRefused
+
+
+class RestChannel:
+    def __init__(self, server_url: str, token: str, timeout_s: float) -> None:
+        self.base = server_url.rstrip("/") + "/pilot/v1"
+        self._http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"},
+                                           timeout=aiohttp.ClientTimeout(total=timeout_s))
+        self.pilot_id: int | None = None
+
+    async def _post(self, path: str, body: Any = None) -> tuple[int, bytes]:
+        async with self._http.post(self.base + path, json=body, headers=self._session_header) as response:
+            data = await response.read()
+            if response.status >= 300:
+                raise ChannelRefused(response.status, data[:1000].decode(errors="replace"))
+            return response.status, data
+
+    @property
+    def _session_header(self) -> dict[str, str]:
+        return {"X-Pilot-Session": self._session} if self.pilot_id is not None else {}
+
+    async def register(self, registration: PilotRegistration) -> PilotSession:
+        _, data = await self._post("/pilots", registration.model_dump())
+        session = PilotSession.model_validate_json(data)
+        self.pilot_id, self._session = session.pilot_id, session.session
+        return session
+
+    async def claim(self) -> JobSpec | None:
+        status, data = await self._post(f"/pilots/{self.pilot_id}/claim")
+        return None if status == 204 else JobSpec.model_validate_json(data)
+
+    async def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:
+        _, data = await self._post(f"/pilots/{self.pilot_id}/heartbeat", beat.model_dump())
+        return HeartbeatReply.model_validate_json(data)
+
+    async def report(self, job_id: int, report: JobReport) -> None:
+        await self._post(f"/pilots/{self.pilot_id}/jobs/{job_id}/report", report.model_dump(mode="json"))
+
+    async def exit(self) -> None:
+        await self._post(f"/pilots/{self.pilot_id}/exit")
+
+    async def close(self) -> None:
+        await self._http.close()

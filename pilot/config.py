@@ -1,0 +1,28 @@
+"""Pilot configuration: environment variables WMS_PILOT_* (the project's WMS_ prefix)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PilotSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WMS_PILOT_", extra="ignore")
+
+    channel: Literal["rest", "mq"] = "rest"
+    server_url: str = "http://127.0.0.1:8085"  # job-executor (REST channel)
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"  # RabbitMQ (mq channel)
+    broker_namespace: str = "wms"
+    token: str = "dev-pilot-token"
+    workdir: str = "/var/tmp/spd-wms/pilot"
+    lifetime_s: float = Field(3600.0, gt=0)  # no new job is taken after this
+    idle_limit_s: float = Field(120.0, gt=0)  # exit after this long without work
+    idle_poll_s: float = Field(2.0, gt=0)
+    request_timeout_s: float = Field(30.0, gt=0)
+    # Resources: detected, unless set (tests, or a site that wants to offer less than the node has).
+    resource_type: Literal["cpu", "gpu"] | None = None
+    cores: int | None = Field(None, ge=1)
+    memory_mb: int | None = Field(None, ge=1)
+    gpus: int | None = Field(None, ge=0)
+    host: str | None = None

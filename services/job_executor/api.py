@@ -1,0 +1,55 @@
+"""Pilot REST API: register, claim, heartbeat, report, exit. A pilot token (role 'pilot') and the pilot's own
+session secret (header X-Pilot-Session) are needed for every call after registration."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+
+from common.auth import require_role
+from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
+from services.job_executor.dispatch import Dispatcher
+
+PILOTS_ONLY = require_role("act as a pilot", {"pilot"})
+MAX_ID = 2**63 - 1
+
+router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(PILOTS_ONLY)])
+
+
+def _dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
+
+
+DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
+PilotId = Annotated[int, Path(ge=1, le=MAX_ID)]
+Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
+
+
+@router.post("/pilots", response_model=PilotSession, status_code=201)
+async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep) -> PilotSession:
+    return await dispatcher.register(registration, channel="rest")
+
+
+@router.post("/pilots/{pilot_id}/claim", response_model=JobSpec, responses={204: {"description": "no work"}})
+async def claim_job(pilot_id: PilotId, dispatcher: DispatcherDep, session: Session = None) -> JobSpec | Response:
+    job = await dispatcher.claim(pilot_id, session)
+    return job if job is not None else Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/pilots/{pilot_id}/heartbeat", response_model=HeartbeatReply)
+async def heartbeat(pilot_id: PilotId, beat: Heartbeat, dispatcher: DispatcherDep,
+                    session: Session = None) -> HeartbeatReply:
+    return await dispatcher.heartbeat(pilot_id, session, beat)
+
+
+@router.post("/pilots/{pilot_id}/jobs/{job_id}/report")
+async def report_job(pilot_id: PilotId, job_id: Annotated[int, Path(ge=1, le=MAX_ID)], report: JobReport,
+                     dispatcher: DispatcherDep, session: Session = None) -> dict[str, bool]:
+    await dispatcher.report(pilot_id, session, job_id, report)
+    return {"accepted": True}
+
+
+@router.post("/pilots/{pilot_id}/exit", status_code=204)
+async def pilot_exit(pilot_id: PilotId, dispatcher: DispatcherDep, session: Session = None) -> Response:
+    await dispatcher.pilot_exit(pilot_id, session)
+    return Response(status_code=204)

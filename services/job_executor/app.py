@@ -1,0 +1,88 @@
+"""job-executor application: pilot REST API and RabbitMQ channel, oversight loop, task commands, health."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aio_pika.abc import AbstractIncomingMessage
+from fastapi import FastAPI
+
+from common.broker import Broker
+from common.db.session import create_engine
+from common.dsm import DsmClient
+from common.messages import Envelope, TaskEvent
+from common.observability import add_health_routes, error_response, instrument, observe_message, run_service
+from common.outbox import OutboxRelay
+from common.settings import Settings
+from services.job_executor.api import router
+from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
+from services.job_executor.mq_channel import PilotMqChannel
+from services.job_executor.oversight import Oversight
+
+SERVICE = "job-executor"
+log = logging.getLogger("wms.job_executor")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = create_engine(settings)
+    broker = Broker(settings)
+    await broker.connect()
+    dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
+    relay = OutboxRelay(engine, broker, settings.outbox_batch_size, settings.outbox_poll_interval_s)
+    oversight = Oversight(engine, settings, dsm, broker.topology, relay.wake)
+    dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
+
+    async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
+        assert isinstance(event, TaskEvent)
+        with observe_message(SERVICE, "task-events"):
+            await oversight.apply_task_event(envelope.type, event)
+
+    async def on_jobs_ready(_envelope: Envelope, _payload: object, _: AbstractIncomingMessage) -> None:
+        # Ready jobs are claimed from PostgreSQL; the announcement is counted and acknowledged.
+        with observe_message(SERVICE, "ready-jobs"):
+            pass
+
+    await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
+    await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
+    await PilotMqChannel(broker, dispatcher).start()
+    background = [
+        asyncio.create_task(relay.run(), name="outbox-relay"),
+        asyncio.create_task(oversight.run(), name="oversight"),
+    ]
+    app.state.engine, app.state.broker, app.state.dispatcher = engine, broker, dispatcher
+    app.state.oversight = oversight
+    log.info("job-executor started", extra={"broker_namespace": settings.broker_namespace})
+    try:
+        yield
+    finally:
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await broker.close()
+        await dsm.close()
+        await engine.dispose()
+        log.info("job-executor stopped")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="SPD WMS job-executor (pilot API)", version="1", lifespan=lifespan)
+    app.state.settings = settings or Settings()
+    app.include_router(router)
+    instrument(app, SERVICE)
+    add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
+    app.add_exception_handler(PilotRefused, lambda _r, exc: error_response(exc.status, exc.detail))
+    app.add_exception_handler(
+        ReportRefused, lambda _r, exc: error_response(409, exc.detail, current_state=exc.current_state)
+    )
+    return app
+
+
+def main() -> None:
+    settings = Settings()
+    run_service(create_app(settings), SERVICE, settings, settings.job_executor_port)

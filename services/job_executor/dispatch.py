@@ -1,0 +1,200 @@
+"""The pilot conversation's domain (whatever the channel): registration, claims, heartbeats, reports.
+
+Fencing: every change a pilot asks for is applied with ``WHERE id = job AND attempt = attempt AND pilot_id =
+pilot AND status IN (...)``; a superseded pilot's late report matches nothing and is refused (409).
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from common.pilot_protocol import (
+    Heartbeat,
+    HeartbeatReply,
+    InputFile,
+    JobReport,
+    JobSpec,
+    PilotRegistration,
+    PilotSession,
+    StagedFile,
+)
+from common.settings import Settings
+from common.states import FileState, JobState, PilotState
+from services.job_executor import queries
+
+
+class PilotRefused(Exception):
+    """Unknown pilot (404), wrong session (403), or a pilot declared dead or ended (409)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class ReportRefused(Exception):
+    """The report names an attempt this pilot no longer holds (409): it must stop its payload."""
+
+    def __init__(self, detail: str, current_state: str | None) -> None:
+        super().__init__(detail)
+        self.detail, self.current_state = detail, current_state
+
+
+def _hash(session: str) -> str:
+    return hashlib.sha256(session.encode()).hexdigest()
+
+
+def storage_prefix(settings: Settings, dataset: str, job_id: int) -> str:
+    return f"file://{settings.storage_root.rstrip('/')}/{dataset}/{job_id}/"
+
+
+class Dispatcher:
+    def __init__(self, engine: AsyncEngine, settings: Settings, on_job_ended: Callable[[int], None]) -> None:
+        self.engine, self.settings = engine, settings
+        # Called with the task id when a job reached a terminal state: the task may be complete.
+        self.on_job_ended = on_job_ended
+
+    async def register(self, registration: PilotRegistration, channel: str) -> PilotSession:
+        session = secrets.token_urlsafe(24)
+        async with self.engine.begin() as conn:
+            pilot_id = await queries.insert_pilot(
+                conn, {**registration.model_dump(), "session_hash": _hash(session), "channel": channel}
+            )
+        return PilotSession(pilot_id=pilot_id, session=session, heartbeat_interval_s=self.settings.heartbeat_interval_s)
+
+    async def authenticate(self, conn: AsyncConnection, pilot_id: int, session: str | None) -> sa.Row:
+        pilot = await queries.select_pilot(conn, pilot_id)
+        if pilot is None:
+            raise PilotRefused(404, f"pilot {pilot_id} not registered")
+        if session is None or not secrets.compare_digest(pilot.session_hash, _hash(session)):
+            raise PilotRefused(403, f"wrong session for pilot {pilot_id}")
+        if pilot.status not in (PilotState.IDLE, PilotState.BUSY):
+            raise PilotRefused(409, f"pilot {pilot_id} is {pilot.status}: stop and exit")
+        return pilot
+
+    async def claim(self, pilot_id: int, session: str | None) -> JobSpec | None:
+        """Give the pilot its next job (a GPU pilot takes GPU work first, then CPU work), or None."""
+        async with self.engine.begin() as conn:
+            pilot = await self.authenticate(conn, pilot_id, session)
+            order = ("gpu", "cpu") if pilot.resource_type == "gpu" else ("cpu",)
+            claimed = None
+            for resource_type in order:
+                claimed = await queries.claim_job(conn, pilot_id, resource_type)
+                if claimed is not None:
+                    break
+            if claimed is None:
+                await queries.set_pilot_busy(conn, pilot_id, None)
+                return None
+            await queries.start_attempt(conn, claimed.id, claimed.attempt, pilot_id)
+            await queries.set_pilot_busy(conn, pilot_id, claimed.id)
+            task, inputs = await queries.job_context(conn, claimed.id)
+        payload = task.payload
+        return JobSpec(
+            job_id=claimed.id,
+            attempt=claimed.attempt,
+            task_id=task.id,
+            command=payload["command"],
+            args=payload.get("args", []),
+            env=payload.get("env", {}),
+            container_image=payload.get("container_image"),
+            inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
+            output_dataset=task.output_dataset,
+            output_url_prefix=storage_prefix(self.settings, task.output_dataset, claimed.id),
+            wall_time_s=int(payload.get("wall_time_s") or self.settings.job_wall_time_s),
+        )
+
+    async def heartbeat(self, pilot_id: int, session: str | None, beat: Heartbeat) -> HeartbeatReply:
+        async with self.engine.begin() as conn:
+            await self.authenticate(conn, pilot_id, session)
+            await queries.beat_pilot(conn, pilot_id)
+            if beat.job_id is None or beat.attempt is None:
+                return HeartbeatReply(abort=False)
+            if await queries.beat_job(conn, beat.job_id, beat.attempt, pilot_id):
+                return HeartbeatReply(abort=False)
+            job = await queries.select_job(conn, beat.job_id)
+        reason = "job unknown" if job is None else (
+            f"job {beat.job_id} is {job.status}, attempt {job.attempt}: this attempt ({beat.attempt}) must stop"
+        )
+        return HeartbeatReply(abort=True, reason=reason)
+
+    async def report(self, pilot_id: int, session: str | None, job_id: int, report: JobReport) -> None:
+        async with self.engine.begin() as conn:
+            await self.authenticate(conn, pilot_id, session)
+            where = queries.fenced(job_id, report.attempt, pilot_id)
+            if report.state == "running":
+                moved = await queries.move_job(conn, where, JobState.RUNNING, {"heartbeat_at": sa.func.now()})
+                if not moved:
+                    await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, JobState.RUNNING)
+                return
+            if report.state == "finished":
+                task_id = await self._finish(conn, pilot_id, job_id, report)
+            else:
+                task_id = await self._fail(conn, pilot_id, job_id, report)
+        if task_id is not None:
+            self.on_job_ended(task_id)
+
+    async def _finish(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
+        moved = await queries.move_job(
+            conn, queries.fenced(job_id, report.attempt, pilot_id), JobState.FINISHED,
+            {"finished_at": sa.func.now(), "exit_code": report.exit_code or 0, "error_category": None,
+             "error_message": None},
+        )
+        if not moved:
+            # The same final report again (a retry after a lost answer) changes nothing and is no error.
+            await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, JobState.FINISHED)
+            return None
+        task_id = moved[0].task_id
+        await self._stage(conn, task_id, job_id, report)
+        await queries.set_input_files(conn, [job_id], FileState.DONE)
+        await queries.end_attempts(conn, [(job_id, report.attempt)], "finished", report.exit_code or 0, None, None)
+        await queries.set_pilot_busy(conn, pilot_id, None)
+        return task_id
+
+    async def _fail(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
+        category = report.error_category or "payload"
+        retried, failed = await queries.retry_or_fail(
+            conn, queries.fenced(job_id, report.attempt, pilot_id), self.settings.retry_backoff_s,
+            self.settings.retry_backoff_max_s, category, report.error_message, report.exit_code,
+        )
+        if not retried and not failed:
+            await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, None)
+            return None
+        task_id = (retried or failed)[0].task_id
+        if report.log is not None:
+            await self._stage(conn, task_id, job_id, report.model_copy(update={"outputs": []}))
+        await queries.end_attempts(conn, [(job_id, report.attempt)], "failed", report.exit_code, category,
+                                   report.error_message)
+        await queries.set_pilot_busy(conn, pilot_id, None)
+        return task_id if failed else None
+
+    async def _stage(self, conn: AsyncConnection, task_id: int, job_id: int, report: JobReport) -> None:
+        dataset = (await queries.job_context(conn, job_id))[0].output_dataset
+
+        def row(f: StagedFile, role: str) -> dict[str, Any]:
+            return {"lfn": f.lfn, "dataset": dataset, "task_id": task_id, "job_id": job_id, "role": role,
+                    "url": f.url, "size": f.size, "adler32": f.adler32, "events": f.events,
+                    "status": FileState.STAGED.value}
+
+        rows = [row(f, "output") for f in report.outputs] + ([row(report.log, "log")] if report.log else [])
+        await queries.insert_staged_files(conn, rows)
+
+    async def _refuse_unless_repeat(self, conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int,
+                                    repeated_state: JobState | None) -> None:
+        job = await queries.select_job(conn, job_id)
+        if job is None:
+            raise ReportRefused(f"job {job_id} not found", None)
+        if repeated_state is not None and (job.status, job.attempt, job.pilot_id) == (repeated_state, attempt, pilot_id):
+            return
+        raise ReportRefused(
+            f"job {job_id} is {job.status} at attempt {job.attempt}; attempt {attempt} of pilot {pilot_id} is "
+            "no longer current", job.status,
+        )
+
+    async def pilot_exit(self, pilot_id: int, session: str | None) -> None:
+        async with self.engine.begin() as conn:
+            await self.authenticate(conn, pilot_id, session)
+            await queries.end_pilot(conn, pilot_id)

@@ -1,0 +1,73 @@
+"""The pilot conversation over RabbitMQ: request/reply on the pilots exchange.
+
+A pilot publishes ``pilot.claim.<cpu|gpu>`` (taken from the cpu or gpu claims queue) and ``pilot.register``,
+``pilot.heartbeat``, ``pilot.report``, ``pilot.exit`` (the pilot-events queue), each with reply_to and a
+correlation id; the answer carries the same status codes as the REST API. The request is acknowledged once the
+claim (or report) is committed and the reply published: a running job is tracked by its heartbeats in
+PostgreSQL, never by an unacknowledged delivery.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import BaseModel, ValidationError
+
+from common.broker import Broker
+from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
+from common.observability import observe_message
+from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
+
+log = logging.getLogger("wms.job_executor.mq")
+SERVICE = "job-executor"
+
+
+class PilotMqChannel:
+    def __init__(self, broker: Broker, dispatcher: Dispatcher) -> None:
+        self.broker, self.dispatcher = broker, dispatcher
+
+    async def start(self) -> None:
+        topology = self.broker.topology
+        for queue in ("job-executor.claims.cpu", "job-executor.claims.gpu", "job-executor.pilot-events"):
+            await self.broker.consume(topology.queue(queue), self._on_request, prefetch=50)
+
+    async def _on_request(self, envelope: Envelope, call: object, message: AbstractIncomingMessage) -> None:
+        if not isinstance(call, PilotCall) or not message.reply_to:
+            raise BadMessage(f"not a pilot request with reply_to: {envelope.type}")
+        with observe_message(SERVICE, envelope.type):
+            reply = await self._answer(envelope.type, call)
+        await self.broker.reply(message, wrap("pilot.reply", reply))
+
+    async def _answer(self, op: str, call: PilotCall) -> PilotReply:
+        handlers: dict[str, Callable[[], Awaitable[BaseModel | None]]] = {
+            "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq"),
+            "pilot.claim.cpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session),
+            "pilot.claim.gpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session),
+            "pilot.heartbeat": lambda: self.dispatcher.heartbeat(_need(call.pilot_id), call.session,
+                                                                 _need(call.heartbeat)),
+            "pilot.report": lambda: self.dispatcher.report(_need(call.pilot_id), call.session, _need(call.job_id),
+                                                           _need(call.report)),
+            "pilot.exit": lambda: self.dispatcher.pilot_exit(_need(call.pilot_id), call.session),
+        }
+        handler = handlers.get(op)
+        if handler is None:
+            return PilotReply(status=400, detail=f"unknown operation {op}")
+        try:
+            result = await handler()
+        except PilotRefused as exc:
+            return PilotReply(status=exc.status, detail=exc.detail)
+        except ReportRefused as exc:
+            return PilotReply(status=409, detail=exc.detail, body={"current_state": exc.current_state})
+        except (ValidationError, ValueError) as exc:
+            return PilotReply(status=422, detail=str(exc))
+        body: dict[str, Any] | None = result.model_dump(mode="json") if isinstance(result, BaseModel) else None
+        status = 204 if result is None and op.startswith("pilot.claim") else 200
+        return PilotReply(status=status, body=body)
+
+
+def _need(value: Any) -> Any:
+    if value is None:
+        raise ValueError("a required field of the request is missing")
+    return value

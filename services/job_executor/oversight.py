@@ -1,0 +1,189 @@
+"""Oversight: dead pilots and lost jobs, task commands, task completion, output registration in the DSM.
+
+Sweeps run in every job-executor replica; the lost-job sweep takes a transaction-level advisory lock so one
+replica does it at a time, and the DSM registrar takes its rows with SKIP LOCKED.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from common.broker import Topology
+from common.db.models import files, jobs, tasks
+from common.dsm import DsmClient, DsmError, DsmFile
+from common.messages import TaskEvent, TaskEventType, wrap
+from common.outbox import add_event
+from common.settings import Settings
+from common.states import JOB_MACHINE, TASK_MACHINE, FileState, JobState, TaskState, guarded_transition
+from services.job_executor import queries
+
+log = logging.getLogger("wms.job_executor")
+LOST_SWEEP_LOCK = 0x5BD_0001
+REGISTER_BATCH = 5000
+
+
+class Oversight:
+    def __init__(self, engine: AsyncEngine, settings: Settings, dsm: DsmClient, topology: Topology,
+                 on_committed: Callable[[], None]) -> None:
+        self.engine, self.settings, self.dsm = engine, settings, dsm
+        self.tasks_exchange = topology.exchange("tasks")
+        self.on_committed = on_committed
+        self._wakeup = asyncio.Event()
+
+    def wake(self, _task_id: int | None = None) -> None:
+        self._wakeup.set()
+
+    async def sweep_lost_jobs(self) -> int:
+        """Declare silent pilots dead; their jobs, and jobs whose heartbeat stopped, are lost: retried or failed."""
+        timeout = self.settings.pilot_timeout_s
+        async with self.engine.begin() as conn:
+            if not (await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(LOST_SWEEP_LOCK)))).scalar():
+                return 0
+            dead = await queries.declare_dead_pilots(conn, timeout)
+            condition = queries.lost_jobs_condition(dead, timeout)
+            keys = await queries.in_flight_keys(conn, condition)
+            if not keys:
+                return 0
+            message = "pilot stopped heartbeating"
+            retried, failed = await queries.retry_or_fail(
+                conn, [condition], self.settings.retry_backoff_s, self.settings.retry_backoff_max_s, "lost",
+                message, None,
+            )
+            await queries.end_attempts(conn, keys, "lost", None, "lost", message)
+        log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(retried), "failed": len(failed)})
+        if failed:
+            self.wake()
+        return len(keys)
+
+    async def apply_task_event(self, event_type: str, event: TaskEvent) -> None:
+        """Carry a task command to its jobs: cancel, pause (ready -> held), resume, priority."""
+        async with self.engine.begin() as conn:
+            job_ids = sa.select(jobs.c.id).where(jobs.c.task_id == event.task_id)
+            if event_type == TaskEventType.CANCELLED:
+                moved = await guarded_transition(
+                    conn, jobs, JOB_MACHINE, (await conn.execute(job_ids)).scalars(), JobState.CANCELLED,
+                    {"finished_at": sa.func.now(), "error_category": "cancelled"},
+                    returning=(jobs.c.id, jobs.c.attempt, jobs.c.status),
+                )
+                ids = [r.id for r in moved]
+                await queries.set_input_files(conn, ids, FileState.CANCELLED)
+                await queries.end_attempts(conn, [(r.id, r.attempt) for r in moved], "cancelled", None,
+                                           "cancelled", "task cancelled")
+            elif event_type == TaskEventType.PAUSED:
+                ready = job_ids.where(jobs.c.status == JobState.READY)
+                await guarded_transition(conn, jobs, JOB_MACHINE, (await conn.execute(ready)).scalars(), JobState.HELD)
+            elif event_type == TaskEventType.RESUMED:
+                held = job_ids.where(jobs.c.status == JobState.HELD)
+                await guarded_transition(conn, jobs, JOB_MACHINE, (await conn.execute(held)).scalars(), JobState.READY)
+            if event_type in (TaskEventType.REPRIORITISED, TaskEventType.RESUMED):
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.task_id == event.task_id,
+                           jobs.c.status.in_([JobState.DEFINED, JobState.READY, JobState.HELD]))
+                    .values(priority=sa.select(tasks.c.priority).where(tasks.c.id == event.task_id).scalar_subquery())
+                )
+        self.wake()
+
+    async def finalize_tasks(self) -> list[int]:
+        """A running task whose dataset is fully in jobs and whose jobs all ended is done (no failed file) or
+        finished (some failed)."""
+        unfinished = sa.exists().where(
+            jobs.c.task_id == tasks.c.id, jobs.c.status.in_(sorted(JOB_MACHINE.active))
+        )
+        candidates = sa.select(tasks.c.id).where(
+            tasks.c.status == TaskState.RUNNING,
+            tasks.c.files_total.is_not(None),
+            tasks.c.jobs_registered == tasks.c.jobs_total,
+            ~unfinished,
+        )
+        ended: list[int] = []
+        async with self.engine.begin() as conn:
+            for task_id in (await conn.execute(candidates)).scalars().all():
+                any_failed = (await conn.execute(sa.select(sa.exists().where(
+                    jobs.c.task_id == task_id, jobs.c.status == JobState.FAILED)))).scalar()
+                target = TaskState.FINISHED if any_failed else TaskState.DONE
+                rows = await guarded_transition(
+                    conn, tasks, TASK_MACHINE, [task_id], target,
+                    {"finished_at": sa.func.now(), "updated_at": sa.func.now()},
+                    returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
+                )
+                for row in rows:
+                    event_type = TaskEventType.DONE if target == TaskState.DONE else TaskEventType.FINISHED
+                    event = TaskEvent(task_id=row.id, status=row.status, priority=row.priority,
+                                      resource_type=row.resource_type)
+                    await add_event(conn, self.tasks_exchange, event_type, wrap(event_type, event))
+                    ended.append(row.id)
+        if ended:
+            self.on_committed()
+            log.info("tasks ended", extra={"task_ids": ended})
+        return ended
+
+    async def register_staged_files(self) -> int:
+        """Register staged outputs and logs in the DSM (idempotent there), then mark them registered."""
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(
+                sa.select(files.c.id, files.c.dataset, files.c.lfn, files.c.url, files.c.size, files.c.adler32,
+                          files.c.events)
+                .where(files.c.status == FileState.STAGED)
+                .order_by(files.c.id)
+                .limit(REGISTER_BATCH)
+                .with_for_update(skip_locked=True)
+            )).all()
+            by_dataset: dict[str, list[sa.Row]] = {}
+            for r in rows:
+                by_dataset.setdefault(r.dataset, []).append(r)
+            for dataset, group in by_dataset.items():
+                entries = [DsmFile(lfn=r.lfn, url=r.url, size=r.size, adler32=r.adler32, events=r.events)
+                           for r in group]
+                try:
+                    await self.dsm.register_files(dataset, entries)
+                except DsmError as exc:
+                    if exc.status != 404:
+                        raise
+                    await self.dsm.create_dataset(dataset)
+                    await self.dsm.register_files(dataset, entries)
+            if rows:
+                await conn.execute(sa.update(files).where(files.c.id.in_([r.id for r in rows]))
+                                   .values(status=FileState.REGISTERED, updated_at=sa.func.now()))
+        return len(rows)
+
+    async def close_output_datasets(self) -> list[int]:
+        """Close the output dataset of each ended task once all its outputs are in the DSM."""
+        staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
+        async with self.engine.connect() as conn:
+            ended = (await conn.execute(
+                sa.select(tasks.c.id, tasks.c.output_dataset).where(
+                    tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_(None), ~staged)
+            )).all()
+        closed = []
+        for task_id, dataset in ended:
+            await self.dsm.create_dataset(dataset)  # idempotent: a task that never produced still closes one
+            await self.dsm.close_dataset(dataset)
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(output_closed_at=sa.func.now()))
+            closed.append(task_id)
+        return closed
+
+    async def run_once(self) -> None:
+        await self.sweep_lost_jobs()
+        await self.register_staged_files()
+        await self.finalize_tasks()
+        await self.close_output_datasets()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("oversight round failed")
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.oversight_interval_s)
+            except TimeoutError:
+                pass
