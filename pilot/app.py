@@ -75,9 +75,11 @@ class Pilot:
                 return EXIT_DEAD
             raise
         finally:
+            log.info("pilot ending", extra={"pilot_id": self.channel.pilot_id})
             with contextlib.suppress(Exception):
                 await self.channel.exit()
             await self.channel.close()
+            log.info("pilot ended", extra={"pilot_id": self.channel.pilot_id})
 
     async def run_job(self, job: JobSpec) -> None:
         ids = {"pilot_id": self.channel.pilot_id, "job_id": job.job_id, "attempt": job.attempt}

@@ -2,6 +2,7 @@
 as OS processes (REST or RabbitMQ channel), payloads as real programs."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -60,14 +61,18 @@ class Stack:
         self.pilots.append(process)
         return process
 
-    def stop_pilots(self) -> None:
+    async def stop_pilots(self) -> None:
+        """SIGTERM every pilot and wait for it without blocking the loop (the services answering their last
+        calls run in this very loop)."""
         for p in self.pilots:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
+        for _ in range(400):
+            if all(p.poll() is not None for p in self.pilots):
+                return
+            await asyncio.sleep(0.05)
         for p in self.pilots:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+            if p.poll() is None:
                 p.kill()
                 p.wait()
 
@@ -132,5 +137,5 @@ async def wms_stack(settings: Settings, db: AsyncEngine, tmp: Path, **overrides)
             try:
                 yield stack
             finally:
-                stack.stop_pilots()
+                await stack.stop_pilots()
                 await dsm.close()

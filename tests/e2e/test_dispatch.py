@@ -1,6 +1,10 @@
 """Dispatch end to end: real pilot processes (REST and RabbitMQ, CPU and GPU) running real payloads."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import sys
 
 import pytest
@@ -65,3 +69,168 @@ async def test_task_runs_to_done_on_rest_mq_and_gpu_pilots(settings, db, tmp_pat
         report = (await stack.task_manager.get(f"/api/v1/tasks/{task_id}/report", headers=WFMS)).json()
         assert report["final"] and report["files"]["done"] == 30 and report["outputs"]["files"] == 30
         assert report["jobs"]["finished"] == 15 and report["failures"] == []
+
+
+
+# Sleeps (so it can be killed mid-job), records its pid and its child's, then copies like COPY.
+SLOW = """
+import os, pathlib, subprocess, sys, time, json
+work = pathlib.Path(os.environ["WMS_WORKDIR"])
+child = subprocess.Popen(["sleep", "300"])
+pids = pathlib.Path(os.environ["PIDS_DIR"])
+pids.mkdir(parents=True, exist_ok=True)
+(pids / f"{os.environ['WMS_JOB_ID']}.{os.environ['WMS_ATTEMPT']}").write_text(f"{os.getpid()} {child.pid}")
+time.sleep(float(os.environ.get("SLEEP_S", "2")))
+child.kill()
+out = pathlib.Path(os.environ["WMS_OUTPUT_DIR"])
+for name in sys.argv[1:]:
+    (out / (pathlib.Path(name).stem + ".out")).write_bytes(pathlib.Path(name).read_bytes())
+"""
+
+
+def slow_payload(pids_dir, sleep_s: float) -> dict:
+    return {"command": sys.executable, "args": ["-c", SLOW, "{inputs}"],
+            "env": {"PIDS_DIR": str(pids_dir), "SLEEP_S": str(sleep_s)}}
+
+
+async def attempts_of(db, task_id: int) -> list[sa.Row]:
+    async with db.connect() as conn:
+        return list((await conn.execute(
+            sa.select(job_attempts).join(jobs, jobs.c.id == job_attempts.c.job_id)
+            .where(jobs.c.task_id == task_id).order_by(job_attempts.c.job_id, job_attempts.c.attempt))).all())
+
+
+async def output_lfns(db, task_id: int) -> list[str]:
+    async with db.connect() as conn:
+        return list((await conn.execute(sa.select(files.c.lfn).where(
+            files.c.task_id == task_id, files.c.role == "output"))).scalars())
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent, or for this machine's init, to reap it counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_sigkilled_pilot_job_is_retried_elsewhere_without_duplicate_output(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.k", 1)
+        task_id = await stack.submit(input_dataset="raw.k", output_dataset="out.k",
+                                     payload=slow_payload(tmp_path / "pids", 2), split={"by": "files", "size": 1})
+        victim = stack.start_pilot("rest")
+        await wait_for(lambda: _has_pid_files(tmp_path / "pids", 1))
+        victim.kill()  # SIGKILL mid-job
+        victim.wait()
+        stack.start_pilot("rest")
+        await wait_for(lambda: stack.ended(task_id), timeout=60)
+        assert (await stack.task(task_id)).status == "done"
+        attempts = await attempts_of(db, task_id)
+        assert [(a.attempt, a.outcome) for a in attempts] == [(1, "lost"), (2, "finished")]
+        assert attempts[0].pilot_id != attempts[1].pilot_id
+        assert await output_lfns(db, task_id) == ["out.k/1/f00000.out"]
+
+
+async def _has_pid_files(directory, n: int) -> bool:
+    return directory.exists() and len(list(directory.iterdir())) >= n
+
+
+FLAKY = """
+import os, pathlib, sys
+attempt = int(os.environ["WMS_ATTEMPT"])
+if "always" in sys.argv[1] or attempt < 3:
+    print("failing attempt", attempt)
+    sys.exit(7)
+(pathlib.Path(os.environ["WMS_OUTPUT_DIR"]) / "ok.out").write_text("ok")
+"""
+
+
+async def test_retries_until_success_and_exhausted_attempts_fail_the_file(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.f", 2)
+        flaky = await stack.submit(input_dataset="raw.f", output_dataset="out.flaky", max_attempts=3,
+                                   payload={"command": sys.executable, "args": ["-c", FLAKY, "{inputs}"]},
+                                   split={"by": "files", "size": 2})
+        broken = await stack.submit(input_dataset="raw.f", output_dataset="out.broken", max_attempts=3,
+                                    payload={"command": sys.executable, "args": ["-c", FLAKY, "always"]},
+                                    split={"by": "files", "size": 2})
+        stack.start_pilot("rest")
+        stack.start_pilot("mq")
+        await wait_for(lambda: stack.ended(flaky), timeout=60)
+        await wait_for(lambda: stack.ended(broken), timeout=60)
+
+        assert (await stack.task(flaky)).status == "done"
+        assert [(a.attempt, a.outcome, a.exit_code) for a in await attempts_of(db, flaky)] == [
+            (1, "failed", 7), (2, "failed", 7), (3, "finished", 0)]
+        assert (await stack.task(broken)).status == "finished"  # partial: its file failed
+        assert [a.outcome for a in await attempts_of(db, broken)] == ["failed"] * 3
+        report = (await stack.task_manager.get(f"/api/v1/tasks/{broken}/report", headers=WFMS)).json()
+        assert report["files"]["failed"] == 2 and report["files"]["done"] == 0
+        assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 7", "jobs": 1,
+                                       "files": 2}]
+        async with db.connect() as conn:
+            states = set((await conn.execute(sa.select(files.c.status).where(
+                files.c.task_id == broken, files.c.role == "input"))).scalars())
+            logs = (await conn.execute(sa.select(sa.func.count()).where(
+                files.c.task_id == broken, files.c.role == "log"))).scalar()
+        assert states == {"failed"} and logs == 3  # every attempt's log is kept
+        assert (await stack.dsm.dataset("out.broken")).status == "closed"
+
+
+async def test_cancel_kills_running_payloads_within_a_heartbeat(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.c", 2)
+        task_id = await stack.submit(input_dataset="raw.c", output_dataset="out.c",
+                                     payload=slow_payload(tmp_path / "pids", 300), split={"by": "files", "size": 1})
+        stack.start_pilot("rest")
+        stack.start_pilot("mq")
+        await wait_for(lambda: _has_pid_files(tmp_path / "pids", 2))
+        pids = [int(p) for f in (tmp_path / "pids").iterdir() for p in f.read_text().split()]
+        assert all(alive(p) for p in pids)
+
+        response = await stack.task_manager.post(f"/api/v1/tasks/{task_id}/cancel", headers=WFMS)
+        assert response.status_code == 200
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await wait_for(lambda: _all_dead(pids), timeout=10, interval=0.05)
+        # the heartbeat interval is 0.5 s here; SIGTERM, then the process group is gone
+        assert loop.time() - start < 0.5 + 1.5
+        await wait_for(lambda: stack.ended(task_id))
+        async with db.connect() as conn:
+            states = set((await conn.execute(sa.select(jobs.c.status).where(jobs.c.task_id == task_id))).scalars())
+        assert states == {"cancelled"}
+        assert await output_lfns(db, task_id) == []
+
+
+async def _all_dead(pids: list[int]) -> bool:
+    return not any(alive(p) for p in pids)
+
+
+async def test_pilot_declared_dead_is_fenced_when_it_comes_back(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.z", 1)
+        task_id = await stack.submit(input_dataset="raw.z", output_dataset="out.z",
+                                     payload=slow_payload(tmp_path / "pids", 2), split={"by": "files", "size": 1})
+        frozen = stack.start_pilot("rest")
+        await wait_for(lambda: _has_pid_files(tmp_path / "pids", 1))
+        payload_pids = [int(p) for p in next((tmp_path / "pids").iterdir()).read_text().split()]
+        frozen.send_signal(signal.SIGSTOP)
+        for pid in payload_pids:  # the whole node freezes
+            os.kill(pid, signal.SIGSTOP)
+        stack.start_pilot("rest")
+        await wait_for(lambda: stack.ended(task_id), timeout=60)  # retried and done meanwhile
+        for pid in payload_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        frozen.send_signal(signal.SIGCONT)
+        # back: its heartbeat is refused, it kills its payload and exits as a dead pilot
+        assert await asyncio.to_thread(frozen.wait, 20) == 4
+        await wait_for(lambda: _all_dead(payload_pids), timeout=10)
+        attempts = await attempts_of(db, task_id)
+        assert [(a.attempt, a.outcome) for a in attempts] == [(1, "lost"), (2, "finished")]
+        assert await output_lfns(db, task_id) == ["out.z/1/f00000.out"]
+        async with db.connect() as conn:
+            job = (await conn.execute(sa.select(jobs).where(jobs.c.task_id == task_id))).one()
+        assert (job.status, job.attempt, job.pilot_id) == ("finished", 2, attempts[1].pilot_id)
