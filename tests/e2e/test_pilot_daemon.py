@@ -1,0 +1,51 @@
+"""The pilot daemon: pilots one after another, backoff when idle, SIGTERM lets the running job finish."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import sqlalchemy as sa
+
+from common.db.models import pilots
+from tests.conftest import PILOT_TOKEN, wait_for
+from tests.e2e.stack import wms_stack
+from tests.e2e.test_dispatch import slow_payload, _has_pid_files
+
+pytestmark = pytest.mark.e2e
+
+
+def daemon(stack, *args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pilot.daemon", *args],
+        env={**os.environ, "WMS_PILOT_SERVER_URL": stack.job_executor_url, "WMS_PILOT_TOKEN": PILOT_TOKEN,
+             "WMS_PILOT_WORKDIR": str(stack.tmp / "daemon"), "WMS_PILOT_IDLE_POLL_S": "0.1", **env},
+        stdout=(stack.tmp / "daemon.log").open("a"), stderr=subprocess.STDOUT,
+    )
+
+
+async def test_idle_pilots_are_relaunched_with_backoff(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        process = daemon(stack, "--max-pilots", "3", "--backoff", "0.2", WMS_PILOT_IDLE_LIMIT_S="0.3")
+        assert await asyncio.to_thread(process.wait, 60) == 0
+        async with db.connect() as conn:
+            states = (await conn.execute(sa.select(pilots.c.status))).scalars().all()
+        assert states == ["exited"] * 3  # three pilots, one after another, each ended cleanly
+        log = (tmp_path / "daemon.log").read_text()
+        assert log.count('"msg": "pilot ended", "exit_code": 3') == 3
+
+
+async def test_sigterm_lets_the_running_job_finish(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.t", 1)
+        task_id = await stack.submit(input_dataset="raw.t", output_dataset="out.t",
+                                     payload=slow_payload(tmp_path / "pids", 1.5), split={"by": "files", "size": 1})
+        process = daemon(stack, "--backoff", "0.2")
+        await wait_for(lambda: _has_pid_files(tmp_path / "pids", 1))
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(process.wait, 30) == 0
+        await wait_for(lambda: stack.ended(task_id))
+        assert (await stack.task(task_id)).status == "done"
