@@ -48,6 +48,8 @@ class JobSpec(BaseModel):
     container_image: str | None
     inputs: list[InputFile]
     output_dataset: str
+    log_dataset: str = Field(description="where the job's log goes: <output_dataset>.log, so the output dataset "
+                             "holds only outputs and a following task can read it")
     output_url_prefix: str = Field(description="file:// URL of the directory the outputs are staged to")
     wall_time_s: int
 

@@ -138,7 +138,7 @@ class Pilot:
         named = log_path.with_name(f"{job.job_id}.{job.attempt}.log")
         try:
             log_path.rename(named)
-            return stage_out(named, job.output_url_prefix + "logs/", f"{job.output_dataset}/logs/{named.name}")
+            return stage_out(named, job.output_url_prefix + "logs/", f"{job.log_dataset}/{named.name}")
         except (OSError, StagingError):
             log.exception("log could not be staged", extra={"job_id": job.job_id})
             return None

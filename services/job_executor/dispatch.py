@@ -48,6 +48,10 @@ def _hash(session: str) -> str:
     return hashlib.sha256(session.encode()).hexdigest()
 
 
+def log_dataset(output_dataset: str) -> str:
+    return f"{output_dataset}.log"
+
+
 def storage_prefix(settings: Settings, dataset: str, job_id: int) -> str:
     return f"file://{settings.storage_root.rstrip('/')}/{dataset}/{job_id}/"
 
@@ -103,6 +107,7 @@ class Dispatcher:
             container_image=payload.get("container_image"),
             inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
             output_dataset=task.output_dataset,
+            log_dataset=log_dataset(task.output_dataset),
             output_url_prefix=storage_prefix(self.settings, task.output_dataset, claimed.id),
             wall_time_s=int(payload.get("wall_time_s") or self.settings.job_wall_time_s),
         )
@@ -175,7 +180,7 @@ class Dispatcher:
         dataset = (await queries.job_context(conn, job_id))[0].output_dataset
 
         def row(f: StagedFile, role: str) -> dict[str, Any]:
-            return {"lfn": f.lfn, "dataset": dataset, "task_id": task_id, "job_id": job_id, "role": role,
+            return {"lfn": f.lfn, "dataset": dataset if role == "output" else log_dataset(dataset), "task_id": task_id, "job_id": job_id, "role": role,
                     "url": f.url, "size": f.size, "adler32": f.adler32, "events": f.events,
                     "status": FileState.STAGED.value}
 

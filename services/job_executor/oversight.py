@@ -20,6 +20,7 @@ from common.outbox import add_event
 from common.settings import Settings
 from common.states import JOB_MACHINE, TASK_MACHINE, FileState, JobState, TaskState, guarded_transition
 from services.job_executor import queries
+from services.job_executor.dispatch import log_dataset
 
 log = logging.getLogger("wms.job_executor")
 LOST_SWEEP_LOCK = 0x5BD_0001
@@ -152,7 +153,7 @@ class Oversight:
         return len(rows)
 
     async def close_output_datasets(self) -> list[int]:
-        """Close the output dataset of each ended task once all its outputs are in the DSM."""
+        """Close the output (and log) dataset of each ended task once all its files are in the DSM."""
         staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
         async with self.engine.connect() as conn:
             ended = (await conn.execute(
@@ -161,8 +162,9 @@ class Oversight:
             )).all()
         closed = []
         for task_id, dataset in ended:
-            await self.dsm.create_dataset(dataset)  # idempotent: a task that never produced still closes one
-            await self.dsm.close_dataset(dataset)
+            for name in (dataset, log_dataset(dataset)):
+                await self.dsm.create_dataset(name)  # idempotent: a task that never produced still closes one
+                await self.dsm.close_dataset(name)
             async with self.engine.begin() as conn:
                 await conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(output_closed_at=sa.func.now()))
             closed.append(task_id)

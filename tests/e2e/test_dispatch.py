@@ -65,7 +65,9 @@ async def test_task_runs_to_done_on_rest_mq_and_gpu_pilots(settings, db, tmp_pat
         assert open(first.url.removeprefix("file://"), "rb").read() == b"FILE 0 OF RAW.A\n"
 
         dataset = await stack.dsm.dataset("out.a")
-        assert dataset.status == "closed" and dataset.n_files == 45  # 30 outputs + 15 logs
+        assert dataset.status == "closed" and dataset.n_files == 30
+        logs_dataset = await stack.dsm.dataset("out.a.log")
+        assert logs_dataset.status == "closed" and logs_dataset.n_files == 15
         report = (await stack.task_manager.get(f"/api/v1/tasks/{task_id}/report", headers=WFMS)).json()
         assert report["final"] and report["files"]["done"] == 30 and report["outputs"]["files"] == 30
         assert report["jobs"]["finished"] == 15 and report["failures"] == []

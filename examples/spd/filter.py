@@ -1,0 +1,32 @@
+"""Keep 'hot' events: total energy above ENERGY_MIN with at least CHANNELS_MIN channels hit."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ENERGY_MIN = int(os.environ.get("SPD_ENERGY_MIN", "20000"))
+CHANNELS_MIN = int(os.environ.get("SPD_CHANNELS_MIN", "15"))
+
+
+def is_hot(event: dict) -> bool:
+    return event["energy"] >= ENERGY_MIN and len(event["channels"]) >= CHANNELS_MIN
+
+
+def main(paths: list[str]) -> None:
+    out_dir = Path(os.environ["WMS_OUTPUT_DIR"])
+    manifest, seen, kept = {}, 0, 0
+    for path in map(Path, paths):
+        events = [json.loads(line) for line in path.read_text().splitlines() if line]
+        hot = [e for e in events if is_hot(e)]
+        seen, kept = seen + len(events), kept + len(hot)
+        target = out_dir / path.name.replace(".events.", ".hot.")
+        target.write_text("".join(json.dumps(e) + "\n" for e in hot))
+        manifest[target.name] = {"events": len(hot)}
+    Path(os.environ.get("WMS_WORKDIR", ".")).joinpath("outputs.json").write_text(json.dumps(manifest))
+    print(f"filtered {seen} events, kept {kept} hot ones")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
