@@ -47,6 +47,7 @@ QUEUES: tuple[QueueSpec, ...] = (
               ("pilot.register", "pilot.heartbeat", "pilot.report", "pilot.exit")),
 )
 DEAD_LETTER_EXCHANGE = "dlx"
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,13 @@ class Broker:
         )
 
     async def close(self) -> None:
+        # aio-pika's close of a robust connection can hang (pending confirms, reconnect in progress): a process
+        # that is shutting down must not wait for it forever.
         if self._connection is not None:
-            await self._connection.close()
+            try:
+                await asyncio.wait_for(self._connection.close(), timeout=CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("broker connection did not close in time; abandoned")
         self._connection = self._publish_channel = None
         self._exchanges.clear()
         self._consumer_channels.clear()

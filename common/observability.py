@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 import uvicorn
@@ -59,26 +60,40 @@ def configure_logging(service: str, level: str) -> None:
 
 
 def instrument(app: FastAPI, service: str) -> None:
-    """Add RED metrics middleware and the /metrics route."""
-
-    @app.middleware("http")
-    async def record_red_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            # The route template, never the raw path: ids in paths would explode the label set.
-            template = getattr(route, "path", "unmatched")
-            HTTP_REQUESTS.labels(service, request.method, template, str(status)).inc()
-            HTTP_DURATION.labels(service, request.method, template).observe(time.perf_counter() - start)
+    """Add RED metrics (a plain ASGI middleware: BaseHTTPMiddleware costs a task group per request) and the
+    /metrics route."""
+    app.add_middleware(RedMetricsMiddleware, service=service)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class RedMetricsMiddleware:
+    def __init__(self, app: Callable[..., Awaitable[None]], service: str) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            # The route template, never the raw path: ids in paths would explode the label set.
+            template = getattr(scope.get("route"), "path", "unmatched")
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
+            HTTP_DURATION.labels(self.service, method, template).observe(time.perf_counter() - start)
 
 
 def error_response(status: int, detail: str, **extra: object) -> JSONResponse:
@@ -137,3 +152,19 @@ def observe_message(service: str, consumer: str) -> Iterator[None]:
     finally:
         MESSAGES.labels(service, consumer, outcome).inc()
         MESSAGE_DURATION.labels(service, consumer).observe(time.perf_counter() - start)
+
+
+def map_error(
+    app: FastAPI,
+    exc_type: type[Exception],
+    status: int | Callable[[Any], int],
+    extra: Callable[[Any], dict[str, Any]] = lambda _exc: {},
+) -> None:
+    """Answer ``exc_type`` with ``status`` and ``{"detail": str(exc), **extra(exc)}`` (an async handler: a sync
+    one would run in the thread pool)."""
+
+    async def handler(_request: Request, exc: Exception) -> JSONResponse:
+        code = status(exc) if callable(status) else status
+        return error_response(code, str(exc), **extra(exc))
+
+    app.add_exception_handler(exc_type, handler)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.background import Loop
 from common.broker import Broker
 from common.db.models import outbox
 from common.messages import Envelope
@@ -45,12 +46,12 @@ class OutboxRelay:
         self.broker = broker
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
-        self._wakeup = asyncio.Event()
         self._last_purge = 0.0
+        self.loop = Loop("outbox-relay", self.run_round, poll_interval_s)
 
     def wake(self) -> None:
         """Called after a commit that added events, so they go out without waiting for the next poll."""
-        self._wakeup.set()
+        self.loop.wake()
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows were published."""
@@ -108,25 +109,13 @@ class OutboxRelay:
                 sa.delete(outbox).where(outbox.c.published_at < sa.func.now() - sa.text(f"interval '{RETENTION}'"))
             )
 
-    async def run(self) -> None:
-        while True:
-            try:
-                published = await self.publish_pending()
-                if time.monotonic() - self._last_purge > PURGE_EVERY_S:
-                    await self.purge_published()
-                    self._last_purge = time.monotonic()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay iteration failed")
-                published = 0
-            if published >= self.batch_size:
-                continue  # more may be waiting
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll_interval_s)
-            except TimeoutError:
-                pass
+    async def run_round(self) -> bool:
+        """One round; True when a full batch went out (more may be waiting)."""
+        published = await self.publish_pending()
+        if time.monotonic() - self._last_purge > PURGE_EVERY_S:
+            await self.purge_published()
+            self._last_purge = time.monotonic()
+        return published >= self.batch_size
 
 
 async def unpublished_count(conn: AsyncConnection) -> int:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from common.db.session import create_engine
-from common.observability import add_health_routes, error_response, instrument, run_service
+from common.observability import add_health_routes, instrument, map_error, run_service
 from common.settings import Settings
 from services.dsm.api import router
 from services.dsm.catalog import Catalog, CatalogConflict, UnknownDataset
@@ -32,8 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {})
-    app.add_exception_handler(UnknownDataset, lambda _r, exc: error_response(404, str(exc)))
-    app.add_exception_handler(CatalogConflict, lambda _r, exc: error_response(409, str(exc)))
+    map_error(app, UnknownDataset, 404)
+    map_error(app, CatalogConflict, 409)
     return app
 
 

@@ -1,7 +1,6 @@
 """job-executor application: pilot REST API and RabbitMQ channel, oversight loop, task commands, health."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,11 +8,12 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common import background
 from common.broker import Broker
 from common.db.session import create_engine
 from common.dsm import DsmClient
 from common.messages import Envelope, TaskEvent
-from common.observability import add_health_routes, error_response, instrument, observe_message, run_service
+from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.outbox import OutboxRelay
 from common.settings import Settings
 from services.job_executor.api import router
@@ -49,21 +49,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
     await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
     await PilotMqChannel(broker, dispatcher).start()
-    background = [
-        asyncio.create_task(relay.run(), name="outbox-relay"),
-        asyncio.create_task(oversight.run(), name="oversight"),
-    ]
+    running = background.start(relay.loop, oversight.loop)
     app.state.engine, app.state.broker, app.state.dispatcher = engine, broker, dispatcher
     app.state.oversight = oversight
     log.info("job-executor started", extra={"broker_namespace": settings.broker_namespace})
     try:
         yield
     finally:
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(running)
         await broker.close()
         await dsm.close()
         await engine.dispose()
@@ -76,10 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
-    app.add_exception_handler(PilotRefused, lambda _r, exc: error_response(exc.status, exc.detail))
-    app.add_exception_handler(
-        ReportRefused, lambda _r, exc: error_response(409, exc.detail, current_state=exc.current_state)
-    )
+    map_error(app, PilotRefused, lambda exc: exc.status)
+    map_error(app, ReportRefused, 409, lambda exc: {"current_state": exc.current_state})
     return app
 
 

@@ -5,13 +5,13 @@ replica does it at a time, and the DSM registrar takes its rows with SKIP LOCKED
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.background import Loop
 from common.broker import Topology
 from common.db.models import files, jobs, tasks
 from common.dsm import DsmClient, DsmError, DsmFile
@@ -25,6 +25,7 @@ from services.job_executor.dispatch import log_dataset
 log = logging.getLogger("wms.job_executor")
 LOST_SWEEP_LOCK = 0x5BD_0001
 REGISTER_BATCH = 5000
+MIN_ROUND_S = 0.1
 
 
 class Oversight:
@@ -33,10 +34,12 @@ class Oversight:
         self.engine, self.settings, self.dsm = engine, settings, dsm
         self.tasks_exchange = topology.exchange("tasks")
         self.on_committed = on_committed
-        self._wakeup = asyncio.Event()
+        # Woken by every job that ends, but at most one round per MIN_ROUND_S: at hundreds of jobs per second a
+        # round per job would cost more than the jobs.
+        self.loop = Loop("oversight", self.run_once, settings.oversight_interval_s, min_pause_s=MIN_ROUND_S)
 
     def wake(self, _task_id: int | None = None) -> None:
-        self._wakeup.set()
+        self.loop.wake()
 
     async def sweep_lost_jobs(self) -> int:
         """Declare silent pilots dead; their jobs, and jobs whose heartbeat stopped, are lost: retried or failed."""
@@ -170,22 +173,9 @@ class Oversight:
             closed.append(task_id)
         return closed
 
-    async def run_once(self) -> None:
+    async def run_once(self) -> bool:
         await self.sweep_lost_jobs()
         await self.register_staged_files()
         await self.finalize_tasks()
         await self.close_output_datasets()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("oversight round failed")
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.settings.oversight_interval_s)
-            except TimeoutError:
-                pass
+        return False

@@ -1,7 +1,6 @@
 """job-manager application: consumes job chunks, registers them, relays 'jobs ready' events, serves metadata."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,10 +8,11 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common import background
 from common.broker import Broker
 from common.db.session import create_engine
 from common.messages import Envelope, JobChunk, BadMessage
-from common.observability import add_health_routes, error_response, instrument, observe_message, run_service
+from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.outbox import OutboxRelay
 from common.settings import Settings
 from common.states import RowNotFound
@@ -30,7 +30,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker = Broker(settings)
     await broker.connect()
     relay = OutboxRelay(engine, broker, settings.outbox_batch_size, settings.outbox_poll_interval_s)
-    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+    running = background.start(relay.loop)
     registrar = ChunkRegistrar(engine, broker.topology, on_committed=relay.wake)
 
     async def on_chunk(envelope: Envelope, chunk: object, _: AbstractIncomingMessage) -> None:
@@ -48,9 +48,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay_task
+        await background.stop(running)
         await broker.close()
         await engine.dispose()
         log.info("job-manager stopped")
@@ -62,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
-    app.add_exception_handler(RowNotFound, lambda _r, exc: error_response(404, str(exc)))
+    map_error(app, RowNotFound, 404)
     return app
 
 

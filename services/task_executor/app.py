@@ -1,7 +1,6 @@
 """task-executor application: the generation loop, its outbox relay, task events as wake-ups, health, metrics."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -9,6 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common import background
 from common.broker import Broker
 from common.db.session import create_engine
 from common.dsm import DsmClient
@@ -39,20 +39,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             loop.wake()
 
     await broker.consume(broker.topology.queue("task-executor.task-events"), on_task_event)
-    background = [
-        asyncio.create_task(relay.run(), name="outbox-relay"),
-        asyncio.create_task(loop.run(), name="generation-loop"),
-    ]
+    running = background.start(relay.loop, loop.loop)
     app.state.engine, app.state.broker, app.state.loop = engine, broker, loop
     log.info("task-executor started", extra={"broker_namespace": settings.broker_namespace})
     try:
         yield
     finally:
-        for task in background:
-            task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(running)
         generator.close()
         await broker.close()
         await dsm.close()

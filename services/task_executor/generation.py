@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.background import Loop
 from common.broker import Topology
 from common.db.models import tasks
 from common.dsm import DsmClient, DsmError, DsmFileEntry, FilePage
@@ -171,7 +172,7 @@ class GenerationLoop:
         self.engine, self.generator, self.settings = engine, generator, settings
         self.scheduler = StrideScheduler()
         self._idle_until: dict[int, float] = {}  # tasks waiting for new files in an open dataset
-        self._wakeup = asyncio.Event()
+        self.loop = Loop("generation", self.run_once, min(settings.dsm_poll_interval_s, 1.0))
         # Backlog as last counted, plus the jobs generated since: an upper bound of the true backlog (dispatch
         # only lowers it), so the bound holds while the count is refreshed about once a second, not per chunk.
         self._counted: dict[str, int] = {}
@@ -182,7 +183,7 @@ class GenerationLoop:
     def wake(self) -> None:
         """A task changed (registered, resumed, reprioritised...): look again now."""
         self._idle_until.clear()
-        self._wakeup.set()
+        self.loop.wake()
 
     async def run_once(self) -> bool:
         """Generate one chunk if any task may have one; False when there was nothing to do."""
@@ -211,20 +212,3 @@ class GenerationLoop:
         rt = task.resource_type
         self._generated_since[rt] = self._generated_since.get(rt, 0) + result.jobs
         return True
-
-    async def run(self) -> None:
-        while True:
-            try:
-                busy = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("generation round failed")
-                busy = False
-            if busy:
-                continue
-            self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), timeout=min(self.settings.dsm_poll_interval_s, 1.0))
-            except TimeoutError:
-                pass

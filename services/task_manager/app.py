@@ -1,16 +1,16 @@
 """task-manager application: factory, lifespan (database, broker, outbox relay), error mapping, health."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from common import background
 from common.broker import Broker
 from common.db.session import create_engine
-from common.observability import add_health_routes, error_response, instrument, run_service
+from common.observability import add_health_routes, instrument, map_error, run_service
 from common.outbox import OutboxRelay
 from common.settings import Settings
 from common.states import IllegalTransition, RowNotFound
@@ -28,16 +28,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker = Broker(settings)
     await broker.connect()
     relay = OutboxRelay(engine, broker, settings.outbox_batch_size, settings.outbox_poll_interval_s)
-    relay_task = asyncio.create_task(relay.run(), name="outbox-relay")
+    running = background.start(relay.loop)
     app.state.engine, app.state.broker, app.state.relay = engine, broker, relay
     app.state.lifecycle = TaskLifecycle(engine, broker.topology, on_committed=relay.wake)
     log.info("task-manager started", extra={"broker_namespace": settings.broker_namespace})
     try:
         yield
     finally:
-        relay_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay_task
+        await background.stop(running)
         await broker.close()
         await engine.dispose()
         log.info("task-manager stopped")
@@ -55,10 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
-    app.add_exception_handler(RowNotFound, lambda _r, exc: error_response(404, str(exc)))
+    map_error(app, RowNotFound, 404)
     for conflict in (IllegalTransition, TaskEnded):
-        app.add_exception_handler(conflict, lambda _r, exc: error_response(409, str(exc), current_state=exc.current))
-    app.add_exception_handler(RequestIdReused, lambda _r, exc: error_response(409, str(exc), task_id=exc.task_id))
+        map_error(app, conflict, 409, lambda exc: {"current_state": exc.current})
+    map_error(app, RequestIdReused, 409, lambda exc: {"task_id": exc.task_id})
     return app
 
 

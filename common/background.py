@@ -1,0 +1,64 @@
+"""Background loops of a service (outbox relay, generation, oversight) and their graceful stop.
+
+A loop is asked to stop and finishes its round: cancelling it in the middle of a database transaction can
+leave asyncpg waiting for an answer to a cancelled query while the rollback waits for it. Cancellation stays
+the last resort after a bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("wms.background")
+STOP_TIMEOUT_S = 10.0
+
+
+class Loop:
+    """Runs ``round`` until stopped; between rounds waits ``interval_s`` or until woken."""
+
+    def __init__(self, name: str, round_: Callable[[], Awaitable[bool]], interval_s: float,
+                 min_pause_s: float = 0.0) -> None:
+        self.name, self._round, self.interval_s, self.min_pause_s = name, round_, interval_s, min_pause_s
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                busy = await self._round()
+            except Exception:
+                log.exception("background round failed", extra={"loop": self.name})
+                busy = False
+            if busy or self._stopping.is_set():
+                continue
+            if self.min_pause_s:
+                await asyncio.sleep(self.min_pause_s)
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self.interval_s)
+
+
+def start(*loops: Loop) -> list[tuple[Loop, asyncio.Task[None]]]:
+    return [(loop, asyncio.create_task(loop.run(), name=loop.name)) for loop in loops]
+
+
+async def stop(running: list[tuple[Loop, asyncio.Task[None]]]) -> None:
+    for loop, _ in running:
+        loop.stop()
+    for loop, task in running:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("background loop did not stop in time; cancelled", extra={"loop": loop.name})
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
