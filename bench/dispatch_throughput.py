@@ -31,7 +31,7 @@ from common.dsm import DsmClient, DsmFile  # noqa: E402
 from common.pilot_protocol import JobReport, PilotRegistration  # noqa: E402
 from pilot.channels.mq import MqChannel  # noqa: E402
 from pilot.channels.rest import RestChannel  # noqa: E402
-from tests.conftest import PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, drop_database  # noqa: E402
+from tests.conftest import delete_namespace, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, drop_database  # noqa: E402
 from tests.e2e.processes import Deployment  # noqa: E402
 from tests.factories import task_description  # noqa: E402
 
@@ -61,11 +61,12 @@ async def simulated_pilot(n: int, d: Deployment, channel_kind: str, running_at: 
     return done
 
 
-async def run(n_pilots: int, n_jobs: int, channel_kind: str) -> dict:
+async def run(n_pilots: int, n_jobs: int, channel_kind: str, floor: int, per_pilot: int) -> dict:
     database = f"wms_bench_{uuid.uuid4().hex[:8]}"
     d = Deployment.create(SERVER, database, AMQP, f"bench-{uuid.uuid4().hex[:8]}",
                           Path(tempfile.mkdtemp(prefix="wms-bench-")), WMS_LOG_LEVEL="WARNING",
-                          WMS_DB_POOL_SIZE="20", WMS_OUTBOX_POLL_INTERVAL_S="0.2")
+                          WMS_DB_POOL_SIZE="20", WMS_OUTBOX_POLL_INTERVAL_S="0.2",
+                          WMS_BACKLOG_FLOOR=str(floor), WMS_BACKLOG_PER_PILOT=str(per_pilot))
     d.migrate()
     engine = create_async_engine(d.env["WMS_DATABASE_URL"])
     stop = asyncio.Event()
@@ -103,7 +104,8 @@ async def run(n_pilots: int, n_jobs: int, channel_kind: str) -> dict:
                 jobs.c.task_id == task_id))).all())
         latencies = sorted(running_at[j] - float(q) for j, q in queued.items() if j in running_at)
         pct = statistics.quantiles(latencies, n=100)
-        return {"channel": channel_kind, "pilots": n_pilots, "jobs": n_jobs, "seconds": round(elapsed, 2),
+        return {"channel": channel_kind, "pilots": n_pilots, "jobs": n_jobs, "backlog_floor": floor,
+                "backlog_per_pilot": per_pilot, "seconds": round(elapsed, 2),
                 "jobs_per_s": round(n_jobs / elapsed), "latency_p50_ms": round(1000 * pct[49], 1),
                 "latency_p99_ms": round(1000 * pct[98], 1), "status": status}
     finally:
@@ -111,6 +113,7 @@ async def run(n_pilots: int, n_jobs: int, channel_kind: str) -> dict:
         d.stop_all()
         await engine.dispose()
         await drop_database(SERVER, database)
+        await delete_namespace(AMQP, d.env["WMS_BROKER_NAMESPACE"])
 
 
 async def main() -> None:
@@ -118,9 +121,12 @@ async def main() -> None:
     parser.add_argument("--pilots", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--channel", choices=["rest", "mq"], default="rest")
+    parser.add_argument("--backlog-floor", type=int, default=1000, help="WMS_BACKLOG_FLOOR (default as deployed)")
+    parser.add_argument("--backlog-per-pilot", type=int, default=2, help="WMS_BACKLOG_PER_PILOT")
     args = parser.parse_args()
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()}))
-    print(json.dumps(await run(args.pilots, args.jobs, args.channel)), flush=True)
+    print(json.dumps(await run(args.pilots, args.jobs, args.channel, args.backlog_floor, args.backlog_per_pilot)),
+          flush=True)
 
 
 if __name__ == "__main__":

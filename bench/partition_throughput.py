@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.db.models import tasks  # noqa: E402
 from common.dsm import DsmClient, DsmFile  # noqa: E402
-from tests.conftest import SERVICE_TOKEN, WFMS_TOKEN, drop_database  # noqa: E402
+from tests.conftest import delete_namespace, SERVICE_TOKEN, WFMS_TOKEN, drop_database  # noqa: E402
 from tests.e2e.processes import Deployment  # noqa: E402
 from tests.factories import task_description  # noqa: E402
 
@@ -81,6 +81,7 @@ async def run(n_files: int, files_per_job: int, chunk_files: int) -> dict:
         d.stop_all()
         await engine.dispose()
         await drop_database(SERVER, database)
+        await delete_namespace(AMQP, d.env["WMS_BROKER_NAMESPACE"])
 
 
 async def main() -> None:

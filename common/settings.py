@@ -17,6 +17,7 @@ DEV_TOKENS: dict[str, Role] = {
     "dev-wfms-token": "wfms",
     "dev-operator-token": "operator",
     "dev-service-token": "service",
+    "dev-pilot-token": "pilot",
 }
 
 

@@ -130,11 +130,8 @@ async def db(engine: AsyncEngine) -> AsyncEngine:
     return engine
 
 
-@pytest.fixture
-async def broker_namespace(amqp_url: str) -> AsyncIterator[str]:
-    """A namespace of its own on the broker; its exchanges and queues are deleted after the test."""
-    namespace = f"t-{uuid.uuid4().hex[:10]}"
-    yield namespace
+async def delete_namespace(amqp_url: str, namespace: str) -> None:
+    """Delete a namespace's exchanges and queues (a closed channel per missing one is expected)."""
     topology = Topology(namespace)
     connection = await aio_pika.connect(amqp_url)
     async with connection:
@@ -146,6 +143,14 @@ async def broker_namespace(amqp_url: str) -> AsyncIterator[str]:
             channel = await connection.channel()
             with contextlib.suppress(aio_pika.exceptions.ChannelClosed):
                 await channel.exchange_delete(name)
+
+
+@pytest.fixture
+async def broker_namespace(amqp_url: str) -> AsyncIterator[str]:
+    """A namespace of its own on the broker; its exchanges and queues are deleted after the test."""
+    namespace = f"t-{uuid.uuid4().hex[:10]}"
+    yield namespace
+    await delete_namespace(amqp_url, namespace)
 
 
 @pytest.fixture

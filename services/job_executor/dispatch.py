@@ -177,6 +177,8 @@ class Dispatcher:
         return task_id if failed else None
 
     async def _stage(self, conn: AsyncConnection, task_id: int, job_id: int, report: JobReport) -> None:
+        if not report.outputs and report.log is None:
+            return
         dataset = (await queries.job_context(conn, job_id))[0].output_dataset
 
         def row(f: StagedFile, role: str) -> dict[str, Any]:
