@@ -139,6 +139,21 @@ class Broker:
         self._exchanges.clear()
         self._consumer_channels.clear()
 
+    async def open_channel(self, publisher_confirms: bool = False) -> AbstractChannel:
+        """A channel of its own for a short operation (closing it requeues whatever it left unacked)."""
+        assert self._connection is not None, "Broker.connect() first"
+        return await self._connection.channel(publisher_confirms=publisher_confirms,
+                                              on_return_raises=publisher_confirms)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages waiting in each queue and dead-letter queue of the topology (by namespaced name)."""
+        channel = await self.open_channel()
+        try:
+            return {name: (await channel.declare_queue(name, passive=True)).declaration_result.message_count
+                    for name in self.topology.all_queues()}
+        finally:
+            await channel.close()
+
     async def _exchange(self, name: str) -> AbstractExchange:
         if name not in self._exchanges:
             assert self._publish_channel is not None, "Broker.connect() first"

@@ -174,12 +174,14 @@ async def amqp(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractRobustConnec
     await connection.close()
 
 
-async def get_message(queue: aio_pika.abc.AbstractQueue, timeout: float = 10.0) -> aio_pika.abc.AbstractIncomingMessage:
-    """Poll ``queue`` until a message arrives (acked on receipt) or fail after ``timeout`` seconds."""
+async def get_message(queue: aio_pika.abc.AbstractQueue, timeout: float = 10.0,
+                      no_ack: bool = True) -> aio_pika.abc.AbstractIncomingMessage:
+    """Poll ``queue`` until a message arrives (acked on receipt unless ``no_ack`` is false) or fail after
+    ``timeout`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
-        message = await queue.get(no_ack=True, fail=False)
+        message = await queue.get(no_ack=no_ack, fail=False)
         if message is not None:
             return message
         await asyncio.sleep(0.05)

@@ -14,7 +14,9 @@ from common.observability import add_health_routes, instrument, map_error, run_s
 from common.outbox import OutboxRelay
 from common.settings import Settings
 from common.states import IllegalTransition, RowNotFound
+from services.task_manager import operations_api
 from services.task_manager.api import router
+from services.task_manager.dead_letters import DeadLetterNotFound, UnknownQueue
 from services.task_manager.lifecycle import RequestIdReused, TaskEnded, TaskLifecycle
 
 SERVICE = "task-manager"
@@ -51,9 +53,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     app.include_router(router)
+    app.include_router(operations_api.router)
+    app.include_router(operations_api.pages)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
     map_error(app, RowNotFound, 404)
+    map_error(app, UnknownQueue, 404)
+    map_error(app, DeadLetterNotFound, 404)
     for conflict in (IllegalTransition, TaskEnded):
         map_error(app, conflict, 409, lambda exc: {"current_state": exc.current})
     map_error(app, RequestIdReused, 409, lambda exc: {"task_id": exc.task_id})

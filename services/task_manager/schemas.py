@@ -197,3 +197,108 @@ def task_view(row: Any, progress: Progress | None = None) -> TaskView:
         split=SplitRule(by=m["split_by"], size=m["split_size"]),
         progress=progress,
     )
+
+
+# Operators' views (queue summary, jobs, pilots, explanations, throughput, dead letters).
+
+
+class QueueLine(BaseModel):
+    task_id: int
+    name: str
+    status: TaskState
+    priority: int
+    resource_type: str
+    queued: int = Field(description="jobs defined, ready or held")
+    running: int = Field(description="jobs dispatched or running")
+    done: int
+    failed: int
+    cancelled: int
+    files_done: int
+    files_assigned: int
+    files_total: int | None
+
+
+class JobView(BaseModel):
+    id: int
+    task_id: int
+    status: JobState
+    attempt: int
+    resource_type: str
+    priority: int
+    pilot_id: int | None
+    n_files: int
+    n_bytes: int
+    created_at: dt.datetime
+    queued_at: dt.datetime | None
+    started_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    exit_code: int | None
+    error_category: str | None
+    error_message: str | None
+    not_before: dt.datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobView]
+    next_after: int | None
+
+
+class PilotView(BaseModel):
+    id: int
+    host: str
+    resource_type: str
+    channel: str
+    cores: int
+    memory_mb: int
+    gpus: int
+    status: str
+    current_job_id: int | None
+    registered_at: dt.datetime
+    heartbeat_at: dt.datetime
+    ended_at: dt.datetime | None
+
+
+class AttemptView(BaseModel):
+    attempt: int
+    pilot_id: int | None
+    host: str | None
+    pilot_status: str | None
+    outcome: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    exit_code: int | None
+    error_category: str | None
+    error_message: str | None
+
+
+class Explanation(BaseModel):
+    job: JobView
+    task_status: TaskState
+    max_attempts: int
+    reasons: list[str] = Field(description="why the job is where it is, most important first")
+    attempts: list[AttemptView]
+    log_url: str | None
+    log_tail: str | None = Field(description="the end of the last attempt's log, when the log is readable here")
+
+
+class ThroughputPoint(BaseModel):
+    minute: dt.datetime
+    jobs: int
+    files: int
+
+
+class DeadLetter(BaseModel):
+    queue: str = Field(description="the queue the message was dead-lettered from (without the namespace)")
+    message_id: str | None
+    routing_key: str | None
+    exchange: str | None
+    reason: str | None = Field(description="rejected (poison) or delivery_limit (kept failing)")
+    dead_lettered_at: dt.datetime | None
+    body: str = Field(description="the message body as text (cut at 2,000 characters)")
+
+
+class ReplayResult(BaseModel):
+    queue: str
+    message_id: str
+    republished_to: str

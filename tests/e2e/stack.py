@@ -128,7 +128,9 @@ async def wms_stack(settings: Settings, db: AsyncEngine, tmp: Path, **overrides)
         tuned = base.model_copy(update={"dsm_url": dsm_url})
         async with (
             serve_in_process(job_executor_app(tuned)) as je_url,
-            running_app(task_manager_app(tuned)) as tm,
+            # over real HTTP: browsers and the CLI (other processes) use it too
+            serve_in_process(task_manager_app(tuned)) as tm_url,
+            httpx.AsyncClient(base_url=tm_url, timeout=30) as tm,
             running_app(job_manager_app(tuned)),
             running_app(task_executor_app(tuned)),
         ):

@@ -1,0 +1,180 @@
+"""What operators look at: the queue summary, jobs and pilots, why a job is not running, throughput over time.
+
+Every view is one or two grouped queries, never one query per task or job.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from common.db.models import files, job_attempts, jobs, pilots, tasks
+from common.states import PILOT_MACHINE, TASK_MACHINE, JobState, RowNotFound, TaskState
+from services.task_manager.schemas import (
+    AttemptView,
+    Explanation,
+    JobView,
+    PilotView,
+    QueueLine,
+    ThroughputPoint,
+)
+
+LOG_TAIL_BYTES = 4000
+# Job states as a condor_q-like summary groups them.
+QUEUED = (JobState.DEFINED, JobState.READY, JobState.HELD)
+RUNNING = (JobState.DISPATCHED, JobState.RUNNING)
+
+
+async def queue_summary(conn: AsyncConnection, include_ended: bool) -> list[QueueLine]:
+    """One line per task: queued / running / done / failed job counts and files done."""
+    counts = (
+        sa.select(
+            jobs.c.task_id,
+            *(sa.func.count().filter(jobs.c.status.in_(group)).label(name)
+              for name, group in (("queued", QUEUED), ("running", RUNNING), ("done", (JobState.FINISHED,)),
+                                  ("failed", (JobState.FAILED,)), ("cancelled", (JobState.CANCELLED,)))),
+            sa.func.coalesce(sa.func.sum(jobs.c.n_files).filter(jobs.c.status == JobState.FINISHED), 0)
+            .label("files_done"),
+        )
+        .group_by(jobs.c.task_id)
+        .subquery()
+    )
+    stmt = (
+        sa.select(tasks.c.id, tasks.c.name, tasks.c.status, tasks.c.priority, tasks.c.resource_type,
+                  tasks.c.files_total, tasks.c.files_assigned, counts)
+        .outerjoin(counts, counts.c.task_id == tasks.c.id)
+        .order_by(tasks.c.id)
+    )
+    if not include_ended:
+        stmt = stmt.where(tasks.c.status.in_(sorted(TASK_MACHINE.active)))
+    return [
+        QueueLine(task_id=r.id, name=r.name, status=r.status, priority=r.priority, resource_type=r.resource_type,
+                  queued=r.queued or 0, running=r.running or 0, done=r.done or 0, failed=r.failed or 0,
+                  cancelled=r.cancelled or 0, files_done=int(r.files_done or 0), files_total=r.files_total,
+                  files_assigned=r.files_assigned)
+        for r in (await conn.execute(stmt)).all()
+    ]
+
+
+async def list_jobs(conn: AsyncConnection, task_id: int | None, status: JobState | None, after: int | None,
+                    limit: int) -> list[JobView]:
+    stmt = sa.select(jobs).order_by(jobs.c.id).limit(limit)
+    if task_id is not None:
+        stmt = stmt.where(jobs.c.task_id == task_id)
+    if status is not None:
+        stmt = stmt.where(jobs.c.status == status)
+    if after is not None:
+        stmt = stmt.where(jobs.c.id > after)
+    return [JobView.model_validate(r, from_attributes=True) for r in (await conn.execute(stmt)).all()]
+
+
+async def list_pilots(conn: AsyncConnection, live_only: bool, limit: int) -> list[PilotView]:
+    stmt = sa.select(pilots).order_by(pilots.c.id.desc()).limit(limit)
+    if live_only:
+        stmt = stmt.where(pilots.c.status.in_(sorted(PILOT_MACHINE.active)))
+    return [PilotView.model_validate(r, from_attributes=True) for r in (await conn.execute(stmt)).all()]
+
+
+async def throughput(conn: AsyncConnection, minutes: int, task_id: int | None) -> list[ThroughputPoint]:
+    """Jobs and input files finished per minute over the last ``minutes`` minutes (empty minutes included)."""
+    finished = (
+        sa.select(sa.func.date_trunc("minute", jobs.c.finished_at).label("minute"),
+                  sa.func.count().label("jobs"), sa.func.sum(jobs.c.n_files).label("files"))
+        .where(jobs.c.status == JobState.FINISHED,
+               jobs.c.finished_at >= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, minutes))
+        .group_by(sa.text("1"))
+    )
+    if task_id is not None:
+        finished = finished.where(jobs.c.task_id == task_id)
+    finished = finished.subquery()
+    series = sa.func.generate_series(
+        sa.func.date_trunc("minute", sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, minutes - 1)),
+        sa.func.date_trunc("minute", sa.func.now()),
+        sa.text("interval '1 minute'"),
+    ).table_valued("minute").render_derived()
+    stmt = (
+        sa.select(series.c.minute, sa.func.coalesce(finished.c.jobs, 0), sa.func.coalesce(finished.c.files, 0))
+        .outerjoin(finished, finished.c.minute == series.c.minute)
+        .order_by(series.c.minute)
+    )
+    return [ThroughputPoint(minute=m, jobs=int(j), files=int(f)) for m, j, f in (await conn.execute(stmt)).all()]
+
+
+def _log_tail(url: str | None) -> str | None:
+    """The end of a job's log, when it is on storage this process can read (file://)."""
+    if not url or not url.startswith("file://"):
+        return None
+    path = Path(url.removeprefix("file://"))
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return None
+
+
+async def explain_job(conn: AsyncConnection, job_id: int, now: dt.datetime | None = None) -> Explanation:
+    """Why a job is not running, or why it failed: its task's state, its queue position, attempts, log."""
+    job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+    if job is None:
+        raise RowNotFound("job", job_id)
+    task = (await conn.execute(sa.select(tasks).where(tasks.c.id == job.task_id))).one()
+    attempts = (await conn.execute(
+        sa.select(job_attempts, pilots.c.host, pilots.c.status.label("pilot_status"))
+        .outerjoin(pilots, pilots.c.id == job_attempts.c.pilot_id)
+        .where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.attempt))).all()
+    log = (await conn.execute(
+        sa.select(files.c.url).where(files.c.job_id == job_id, files.c.role == "log")
+        .order_by(files.c.id.desc()).limit(1))).scalar()
+    now = now or (await conn.execute(sa.select(sa.func.now()))).scalar_one()
+    reasons: list[str] = []
+    status = JobState(job.status)
+
+    if status in (JobState.READY, JobState.DEFINED, JobState.HELD):
+        if task.status == TaskState.PAUSED:
+            reasons.append(f"task {task.id} is paused: its jobs are held until it is resumed")
+        if status == JobState.DEFINED:
+            reasons.append("registered, not yet handed to the job-executor (it reads ready jobs from RabbitMQ)")
+        if job.not_before is not None and job.not_before > now:
+            wait = (job.not_before - now).total_seconds()
+            reasons.append(f"retry backoff after attempt {job.attempt}: claimable in {wait:.0f} s")
+        if status == JobState.READY:
+            ahead = (await conn.execute(
+                sa.select(sa.func.count()).where(
+                    jobs.c.status == JobState.READY, jobs.c.resource_type == job.resource_type,
+                    sa.or_(jobs.c.priority > job.priority,
+                           sa.and_(jobs.c.priority == job.priority, jobs.c.id < job.id))))).scalar_one()
+            fitting = (await conn.execute(
+                sa.select(sa.func.count()).where(
+                    pilots.c.status.in_(sorted(PILOT_MACHINE.active)),
+                    pilots.c.cores >= task.cores, pilots.c.memory_mb >= task.memory_mb,
+                    # GPU pilots also take CPU work; CPU pilots never take GPU work
+                    pilots.c.resource_type.in_(["cpu", "gpu"] if job.resource_type == "cpu" else ["gpu"])))
+            ).scalar_one()
+            reasons.append(f"{ahead} ready {job.resource_type} jobs are ahead of it (priority, then age)")
+            if fitting == 0:
+                reasons.append(f"no live pilot offers {job.resource_type} with >= {task.cores} cores and "
+                               f">= {task.memory_mb} MB: it cannot run until such a pilot registers")
+    elif status in RUNNING:
+        reasons.append(f"{status} on pilot {job.pilot_id} since "
+                       f"{(job.started_at or job.queued_at or now).isoformat()}; last heartbeat "
+                       f"{job.heartbeat_at.isoformat() if job.heartbeat_at else 'none yet'}")
+    elif status == JobState.FAILED:
+        reasons.append(f"failed after {job.attempt} of {task.max_attempts} attempts: "
+                       f"{job.error_category or 'error'}: {job.error_message or 'no message'}")
+    elif status == JobState.CANCELLED:
+        reasons.append(f"cancelled with its task ({task.status})")
+    else:
+        reasons.append("finished")
+    return Explanation(
+        job=JobView.model_validate(job, from_attributes=True),
+        task_status=task.status,
+        max_attempts=task.max_attempts,
+        reasons=reasons,
+        attempts=[AttemptView.model_validate(a, from_attributes=True) for a in attempts],
+        log_url=log,
+        log_tail=_log_tail(log),
+    )
+

@@ -1,0 +1,97 @@
+"""Routes for operators (and the web monitor): queue summary, jobs, pilots, explanations, throughput, dead
+letters. Parse -> call operations / dead_letters -> shape; no SQL here."""
+from __future__ import annotations
+
+from pathlib import Path as FilePath
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+
+from common.auth import require_role
+from common.states import JobState
+from services.task_manager import dead_letters, operations
+from services.task_manager.api import MAX_ID, After, Conn, Limit
+from services.task_manager.schemas import (
+    DeadLetter,
+    Explanation,
+    JobPage,
+    PilotView,
+    QueueLine,
+    ReplayResult,
+    ThroughputPoint,
+)
+
+router = APIRouter(prefix="/api/v1")
+pages = APIRouter()
+READ_OPERATIONS = require_role("read jobs and pilots", {"wfms", "operator"})
+HANDLE_DEAD_LETTERS = require_role("read or replay dead letters", {"operator"})
+MONITOR_PAGE = FilePath(__file__).with_name("monitor.html")
+Minutes = Annotated[int, Query(ge=1, le=24 * 60, description="how far back, in minutes")]
+
+
+class MonitorSnapshot(BaseModel):
+    tasks: list[QueueLine]
+    pilots: list[PilotView]
+    throughput: list[ThroughputPoint]
+
+
+@router.get("/summary", response_model=list[QueueLine], dependencies=[Depends(READ_OPERATIONS)])
+async def queue_summary(conn: Conn, all: bool = Query(False, description="include ended tasks")) -> list[QueueLine]:
+    return await operations.queue_summary(conn, include_ended=all)
+
+
+@router.get("/jobs", response_model=JobPage, dependencies=[Depends(READ_OPERATIONS)])
+async def list_jobs(
+    conn: Conn,
+    task_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    status: JobState | None = None,
+    after: After = None,
+    limit: Limit = 100,
+) -> JobPage:
+    items = await operations.list_jobs(conn, task_id, status, after, limit)
+    return JobPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+
+
+@router.get("/jobs/{job_id}/explain", response_model=Explanation, dependencies=[Depends(READ_OPERATIONS)])
+async def explain_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], conn: Conn) -> Explanation:
+    return await operations.explain_job(conn, job_id)
+
+
+@router.get("/pilots", response_model=list[PilotView], dependencies=[Depends(READ_OPERATIONS)])
+async def list_pilots(conn: Conn, live: bool = Query(False, description="live pilots only"),
+                      limit: Limit = 100) -> list[PilotView]:
+    return await operations.list_pilots(conn, live, limit)
+
+
+@router.get("/throughput", response_model=list[ThroughputPoint], dependencies=[Depends(READ_OPERATIONS)])
+async def throughput(conn: Conn, minutes: Minutes = 30,
+                     task_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None) -> list[ThroughputPoint]:
+    return await operations.throughput(conn, minutes, task_id)
+
+
+@router.get("/monitor", response_model=MonitorSnapshot, dependencies=[Depends(READ_OPERATIONS)])
+async def monitor_snapshot(conn: Conn, minutes: Minutes = 30) -> MonitorSnapshot:
+    """Everything the web monitor shows, in one request."""
+    return MonitorSnapshot(
+        tasks=await operations.queue_summary(conn, include_ended=True),
+        pilots=await operations.list_pilots(conn, live_only=False, limit=200),
+        throughput=await operations.throughput(conn, minutes, None),
+    )
+
+
+@router.get("/dead-letters", response_model=list[DeadLetter], dependencies=[Depends(HANDLE_DEAD_LETTERS)])
+async def list_dead_letters(request: Request, queue: str | None = None, limit: Limit = 100) -> list[DeadLetter]:
+    return await dead_letters.browse(request.app.state.broker, queue, limit)
+
+
+@router.post("/dead-letters/{queue}/{message_id}/replay", response_model=ReplayResult,
+             dependencies=[Depends(HANDLE_DEAD_LETTERS)])
+async def replay_dead_letter(request: Request, queue: str, message_id: str) -> ReplayResult:
+    return await dead_letters.replay(request.app.state.broker, queue, message_id)
+
+
+@pages.get("/monitor", response_class=HTMLResponse, include_in_schema=False)
+async def monitor_page() -> HTMLResponse:
+    return HTMLResponse(MONITOR_PAGE.read_text())

@@ -1,0 +1,99 @@
+"""What operators see while tasks run: queue summary, jobs, pilots, explanations, throughput, and the web monitor
+in headless Chromium."""
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import OPERATOR_TOKEN, wait_for
+from tests.e2e.stack import wms_stack
+from tests.e2e.test_dispatch import copy_payload
+
+pytestmark = pytest.mark.e2e
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+FAIL = {"command": sys.executable, "args": ["-c", "print('boom-marker: detector map missing'); raise SystemExit(3)"],
+        "env": {}}
+
+
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Debian's chromium is needed for the monitor test (scripts/setup installs it)")
+    return path
+
+
+async def dump_dom(url: str) -> str:
+    """The page's DOM after its scripts have run (headless Chromium, virtual time)."""
+    process = await asyncio.create_subprocess_exec(
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--virtual-time-budget=6000", "--dump-dom", url,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    return out.decode()
+
+
+async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.ok", 6)
+        await stack.make_dataset("raw.bad", 1)
+        await stack.make_dataset("raw.gpu", 2)
+        ok = await stack.submit(name="copy six", input_dataset="raw.ok", output_dataset="out.ok",
+                                payload=copy_payload(), split={"by": "files", "size": 1})
+        bad = await stack.submit(name="always fails", input_dataset="raw.bad", output_dataset="out.bad",
+                                 payload=FAIL, split={"by": "files", "size": 1}, max_attempts=2)
+        gpu = await stack.submit(name="needs a gpu", input_dataset="raw.gpu", output_dataset="out.gpu",
+                                 payload=copy_payload(), split={"by": "files", "size": 1}, resource_type="gpu")
+        stack.start_pilot("rest")
+        await wait_for(lambda: stack.ended(ok), timeout=120)
+        await wait_for(lambda: stack.ended(bad), timeout=120)
+        tm = stack.task_manager
+
+        summary = {line["task_id"]: line for line in (await tm.get("/api/v1/summary?all=true", headers=OPERATOR)).json()}
+        assert (summary[ok]["status"], summary[ok]["done"], summary[ok]["files_done"]) == ("done", 6, 6)
+        assert (summary[bad]["status"], summary[bad]["failed"]) == ("finished", 1)
+        assert summary[gpu]["status"] == "running" and summary[gpu]["queued"] == 2 and summary[gpu]["running"] == 0
+        active = [line["task_id"] for line in (await tm.get("/api/v1/summary", headers=OPERATOR)).json()]
+        assert active == [gpu]
+
+        failed = (await tm.get(f"/api/v1/jobs?task_id={bad}", headers=OPERATOR)).json()["items"]
+        assert [j["status"] for j in failed] == ["failed"]
+        why = (await tm.get(f"/api/v1/jobs/{failed[0]['id']}/explain", headers=OPERATOR)).json()
+        assert "failed after 2 of 2 attempts" in why["reasons"][0]
+        assert [a["outcome"] for a in why["attempts"]] == ["failed", "failed"]
+        assert all(a["exit_code"] == 3 and a["host"] == "wn0" for a in why["attempts"])
+        assert "boom-marker: detector map missing" in why["log_tail"]
+
+        waiting = (await tm.get(f"/api/v1/jobs?task_id={gpu}&status=ready", headers=OPERATOR)).json()["items"]
+        assert len(waiting) == 2
+        why = (await tm.get(f"/api/v1/jobs/{waiting[1]['id']}/explain", headers=OPERATOR)).json()
+        assert any("1 ready gpu jobs are ahead" in r for r in why["reasons"]), why["reasons"]
+        assert any("no live pilot offers gpu" in r for r in why["reasons"]), why["reasons"]
+
+        pilots = (await tm.get("/api/v1/pilots?live=true", headers=OPERATOR)).json()
+        assert [(p["host"], p["resource_type"], p["channel"]) for p in pilots] == [("wn0", "cpu", "rest")]
+        points = (await tm.get("/api/v1/throughput?minutes=5", headers=OPERATOR)).json()
+        assert len(points) == 5 and sum(p["jobs"] for p in points) == 6  # the failed job is not throughput
+
+        missing = await tm.get("/api/v1/jobs/999999/explain", headers=OPERATOR)
+        assert missing.status_code == 404 and "job 999999 not found" in missing.json()["detail"]
+        assert (await tm.get("/api/v1/jobs?status=lost", headers=OPERATOR)).status_code == 422
+
+        # The web monitor, as a browser shows it: tasks with state and progress, pilots, the throughput plot.
+        base = str(tm.base_url).rstrip("/")
+        dom = await dump_dom(f"{base}/monitor#token={OPERATOR_TOKEN}")
+        rows = dict(re.findall(r'<tr data-task-id="(\d+)">(.*?)</tr>', dom))
+        assert set(rows) == {str(ok), str(bad), str(gpu)}, dom[:2000]
+        assert "state-done" in rows[str(ok)] and "6/6 files" in rows[str(ok)] and "width:100%" in rows[str(ok)]
+        assert "state-finished" in rows[str(bad)] and "state-running" in rows[str(gpu)]
+        assert "1 alive (1 cpu)" in dom and 'data-pilot-id="' in dom
+        assert 'data-total-jobs="6"' in dom and "<polyline" in dom
+        assert "updated " in dom
+
+        refused = await dump_dom(f"{base}/monitor#token=wrong")
+        assert "refresh failed: unknown bearer token" in refused and "<form id=\"login\">" in refused
+        assert 'data-task-id="' not in refused
