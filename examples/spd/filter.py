@@ -28,5 +28,10 @@ def main(paths: list[str]) -> None:
     print(f"filtered {seen} events, kept {kept} hot ones")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script (spd-filter): input paths as arguments."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

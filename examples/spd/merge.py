@@ -22,5 +22,10 @@ def main(paths: list[str]) -> None:
     print(f"merged {len(paths)} files, {n} events")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script (spd-merge): input paths as arguments."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -37,5 +37,10 @@ def main(paths: list[str]) -> None:
     print(f"unscrambled {len(paths)} slices into {sum(m['events'] for m in manifest.values())} events")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console script (spd-unscramble): input paths as arguments."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,270 @@
+"""``wms``: submit and steer tasks, look at jobs and pilots, handle dead letters, run the demo.
+
+Talks to the task-manager (WMS_CLI_URL, token WMS_CLI_TOKEN). Exit codes: 0 ok, 1 the API refused or the
+watched task did not end done, 2 bad usage or input, 3 the WMS cannot be reached.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+from rich.live import Live
+from rich.table import Table
+
+from services.cli import render
+from services.cli.client import Api, CliError, CliSettings
+
+ENDED = {"done", "finished", "failed", "cancelled"}
+EXIT_USAGE = 2
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+dlq = typer.Typer(help="Dead-lettered messages: list them, replay one.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+
+class State:
+    api: Api
+    json: bool = False
+
+
+state = State()
+TaskId = Annotated[int, typer.Argument(min=1, help="task id")]
+
+
+@app.callback()
+def options(
+    json_output: Annotated[bool, typer.Option("--json", help="machine-readable JSON output")] = False,
+    url: Annotated[Optional[str], typer.Option(help="task-manager URL (WMS_CLI_URL)")] = None,
+    token: Annotated[Optional[str], typer.Option(help="bearer token (WMS_CLI_TOKEN)")] = None,
+) -> None:
+    settings = CliSettings()
+    state.api = Api(url or settings.url, token or settings.token, settings.timeout_s)
+    state.json = json_output
+
+
+def _show(value: Any, human) -> None:
+    if state.json:
+        render.as_json(value)
+    else:
+        human(value)
+
+
+def load_description(path: Path) -> dict:
+    """A task description from a YAML or JSON file (JSON is YAML too); exits 2 with the reason if unreadable."""
+    try:
+        text = path.read_text() if str(path) != "-" else typer.get_text_stream("stdin").read()
+        body = yaml.safe_load(text)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from exc
+    except yaml.YAMLError as exc:
+        raise CliError(f"{path} is neither YAML nor JSON: {exc}", EXIT_USAGE) from exc
+    if not isinstance(body, dict):
+        raise CliError(f"{path} must hold one task description (a mapping), not {type(body).__name__}", EXIT_USAGE)
+    return body
+
+
+@app.command()
+def submit(
+    path: Annotated[Path, typer.Argument(help="task description, YAML or JSON ('-' for stdin)")],
+    watch_it: Annotated[bool, typer.Option("--watch", help="then watch it until it ends")] = False,
+) -> None:
+    """Register a task."""
+    task = state.api.post("/api/v1/tasks", load_description(path))
+    _show(task, lambda t: render.console.print(f"task {t['id']} registered ({t['status']})"))
+    if watch_it:
+        watch(task["id"])
+
+
+@app.command("tasks")
+def list_tasks(all_tasks: Annotated[bool, typer.Option("--all", help="include ended tasks")] = False) -> None:
+    """Tasks with progress bars."""
+    _show(state.api.get("/api/v1/summary", all=all_tasks), render.summary_table)
+
+
+@app.command("q")
+def queue(all_tasks: Annotated[bool, typer.Option("--all", help="include ended tasks")] = False) -> None:
+    """One line per task: queued / running / done / failed jobs (like condor_q)."""
+    _show(state.api.get("/api/v1/summary", all=all_tasks), render.queue_lines)
+
+
+@app.command()
+def show(task_id: TaskId) -> None:
+    """One task, its progress and job counts."""
+    _show(state.api.get(f"/api/v1/tasks/{task_id}"), render.task_detail)
+
+
+@app.command()
+def watch(task_id: TaskId, interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 2.0
+          ) -> None:
+    """Follow a task live until it ends; exit 0 if it ended done, 1 otherwise."""
+    def fetch() -> dict:
+        return state.api.get(f"/api/v1/tasks/{task_id}")
+
+    task = fetch()
+    if state.json:
+        while task["status"] not in ENDED:
+            time.sleep(interval)
+            task = fetch()
+        render.as_json(task)
+    else:
+        with Live(console=render.console, refresh_per_second=4, transient=False) as live:
+            while True:
+                live.update(_watch_view(task))
+                if task["status"] in ENDED:
+                    break
+                time.sleep(interval)
+                task = fetch()
+        render.end_live()
+    if task["status"] != "done":
+        raise typer.Exit(1)
+
+
+def _watch_view(task: dict) -> Table:
+    files = (task.get("progress") or {}).get("files") or {}
+    total = files.get("total") or files.get("assigned")
+    jobs = ", ".join(f"{n} {s}" for s, n in sorted(((task.get("progress") or {}).get("jobs") or {}).items()) if n)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(f"task {task['id']} {task['name']}", task["status"],
+                 render.progress_bar(files.get("done", 0), total, width=40),
+                 f"{render.files_text(files.get('done', 0), files.get('total'))} files, {files.get('failed', 0)} failed")
+    grid.add_row("", "", f"jobs: {jobs or 'none yet'}", "")
+    return grid
+
+
+@app.command()
+def cancel(task_id: TaskId) -> None:
+    """Cancel a task: no new jobs, running payloads are killed."""
+    _show(state.api.post(f"/api/v1/tasks/{task_id}/cancel"),
+          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+
+
+@app.command()
+def pause(task_id: TaskId) -> None:
+    """Pause a task: no new job is generated or dispatched; running jobs go on."""
+    _show(state.api.post(f"/api/v1/tasks/{task_id}/pause"),
+          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+
+
+@app.command()
+def resume(task_id: TaskId) -> None:
+    """Resume a paused task."""
+    _show(state.api.post(f"/api/v1/tasks/{task_id}/resume"),
+          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+
+
+@app.command()
+def priority(task_id: TaskId, value: Annotated[int, typer.Argument(min=1, max=1000, help="1..1000")]) -> None:
+    """Change a task's priority (its next chunks and its ready jobs follow)."""
+    _show(state.api.patch(f"/api/v1/tasks/{task_id}", {"priority": value}),
+          lambda t: render.console.print(f"task {t['id']}: priority {t['priority']}"))
+
+
+@app.command()
+def report(task_id: TaskId) -> None:
+    """The task's report (final once it has ended)."""
+    def human(r: dict) -> None:
+        render.console.print(f"[bold]task {r['task_id']}[/bold] {r['status']} "
+                             f"({'final' if r['final'] else 'not final'}), wall time {r['wall_time_s']:.0f} s")
+        f = r["files"]
+        render.console.print(f"  files: {f['done']} done, {f['failed']} failed, {f['cancelled']} cancelled "
+                             f"of {f['total'] if f['total'] is not None else '?'}", highlight=False)
+        render.console.print(f"  jobs: {', '.join(f'{n} {s}' for s, n in sorted(r['jobs'].items()) if n)}; "
+                             f"{r['attempts_total']} attempts, {r['jobs_retried']} jobs retried", highlight=False)
+        render.console.print(f"  outputs: {r['outputs']}", highlight=False)
+        for failure in r["failures"]:
+            render.console.print(f"  [red]{failure}[/red]", highlight=False)
+
+    _show(state.api.get(f"/api/v1/tasks/{task_id}/report"), human)
+
+
+@app.command()
+def jobs(
+    task: Annotated[Optional[int], typer.Option(min=1, help="jobs of this task")] = None,
+    status: Annotated[Optional[str], typer.Option(help="only jobs in this state")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+) -> None:
+    """Jobs, oldest first."""
+    page = state.api.get("/api/v1/jobs", task_id=task, status=status, limit=limit)
+    _show(page["items"], lambda items: render.table(
+        "Jobs", ["id", "task", "state", "attempt", "type", "prio", "pilot", "files", "error"],
+        [[j["id"], j["task_id"], j["status"], j["attempt"], j["resource_type"], j["priority"], j["pilot_id"],
+          j["n_files"], j["error_message"]] for j in items]))
+
+
+@app.command()
+def pilots(live: Annotated[bool, typer.Option("--live", help="live pilots only")] = False,
+           limit: Annotated[int, typer.Option(min=1, max=1000)] = 100) -> None:
+    """Pilots, newest first."""
+    _show(state.api.get("/api/v1/pilots", live=live, limit=limit), lambda items: render.table(
+        "Pilots", ["id", "host", "type", "channel", "cores", "state", "job", "heartbeat"],
+        [[p["id"], p["host"], p["resource_type"], p["channel"], p["cores"], p["status"], p["current_job_id"],
+          p["heartbeat_at"]] for p in items]))
+
+
+@app.command()
+def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> None:
+    """Why a job is not running, or why it failed: reasons, attempts, pilots, the log's tail."""
+    def human(e: dict) -> None:
+        j = e["job"]
+        render.console.print(f"[bold]job {j['id']}[/bold] of task {j['task_id']} ({e['task_status']}): "
+                             f"{j['status']}, attempt {j['attempt']} of {e['max_attempts']}")
+        for reason in e["reasons"]:
+            render.console.print(f"  - {reason}", highlight=False)
+        if e["attempts"]:
+            render.table("Attempts", ["#", "pilot", "host", "outcome", "exit", "error"],
+                         [[a["attempt"], a["pilot_id"], a["host"], a["outcome"], a["exit_code"],
+                           f"{a['error_category'] or ''} {a['error_message'] or ''}".strip()]
+                          for a in e["attempts"]])
+        if e["log_tail"]:
+            render.console.print(f"[bold]log[/bold] {e['log_url']} (tail):", highlight=False)
+            render.console.print(e["log_tail"], markup=False, highlight=False)
+        elif e["log_url"]:
+            render.console.print(f"log: {e['log_url']} (not readable from here)", highlight=False)
+
+    _show(state.api.get(f"/api/v1/jobs/{job_id}/explain"), human)
+
+
+@dlq.command("list")
+def dlq_list(queue: Annotated[Optional[str], typer.Option(help="one queue, e.g. job-manager.job-chunks")] = None,
+             limit: Annotated[int, typer.Option(min=1, max=1000)] = 100) -> None:
+    """Dead-lettered messages (left where they are)."""
+    _show(state.api.get("/api/v1/dead-letters", queue=queue, limit=limit), lambda items: render.table(
+        "Dead letters", ["queue", "message id", "reason", "routing key", "when", "body"],
+        [[d["queue"], d["message_id"], d["reason"], d["routing_key"], d["dead_lettered_at"], d["body"][:60]]
+         for d in items]))
+
+
+@dlq.command("replay")
+def dlq_replay(queue: Annotated[str, typer.Argument(help="the queue it was dead-lettered from")],
+               message_id: Annotated[str, typer.Argument(help="its message id (wms dlq list)")]) -> None:
+    """Put one dead-lettered message back on its queue (after the cause is fixed)."""
+    _show(state.api.post(f"/api/v1/dead-letters/{queue}/{message_id}/replay"),
+          lambda r: render.console.print(f"{r['message_id']} replayed to {r['republished_to']}"))
+
+
+@app.command()
+def demo(
+    slices: Annotated[int, typer.Option(min=1, max=100_000, help="raw time slices to generate")] = 60,
+    data_dir: Annotated[Optional[Path], typer.Option(help="where the raw slices are written (shared storage)")] = None,
+    run: Annotated[Optional[str], typer.Option(help="run name (default: demo-<time>)")] = None,
+) -> None:
+    """Generate a synthetic SPD run and process it: unscramble -> filter -> merge, with live progress."""
+    from services.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(state.api, CliSettings(), slices, data_dir, run))
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        render.errors.print(f"wms: {exc}", markup=False, highlight=False)
+        raise SystemExit(exc.exit_code) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""wms-launch: migrations, then the DSM and the four services, then N pilot daemons, as local processes.
+
+Everything is configured by the usual WMS_* environment (PostgreSQL, RabbitMQ, ports, tokens). Each child runs
+in its own session so that Ctrl-C reaches only the launcher, which then stops the pilots first (they finish or
+fail their jobs cleanly), then the services in reverse order. A service that dies stops the whole launch.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.settings import Settings
+
+BIN = Path(sys.executable).parent
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    essential: bool
+
+
+@dataclass
+class Launch:
+    env: dict[str, str]
+    logs: Path
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    def start(self, name: str, command: list[str], essential: bool = True, **env: str) -> Child:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        child = Child(name, process, essential)
+        self.children.append(child)
+        return child
+
+    def wait_ready(self, child: Child, url: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not self.stopping:
+            if child.process.poll() is not None:
+                raise LaunchFailed(f"{child.name} exited with {child.process.returncode}; "
+                                   f"see {self.logs / (child.name + '.log')}")
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        if not self.stopping:
+            raise LaunchFailed(f"{child.name} not ready within {READY_TIMEOUT_S:.0f} s; "
+                               f"see {self.logs / (child.name + '.log')}")
+
+    def stop(self) -> None:
+        """Pilots first, then the services in reverse start order: SIGTERM, wait, SIGKILL if need be."""
+        self.stopping = True
+        pilots = [c for c in self.children if not c.essential]
+        services = [c for c in reversed(self.children) if c.essential]
+        for group in (pilots, services):
+            for child in group:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for child in group:
+                try:
+                    child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"wms-launch: {child.name} did not stop in time; killed", file=sys.stderr)
+                    child.process.kill()
+                    child.process.wait()
+
+
+class LaunchFailed(Exception):
+    pass
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="wms-launch", description=__doc__.split("\n")[0])
+    parser.add_argument("--pilots", type=int, default=2, help="CPU pilot daemons (default 2)")
+    parser.add_argument("--gpu-pilots", type=int, default=0, help="pilot daemons that offer a GPU (default 0)")
+    parser.add_argument("--channel", choices=["rest", "mq"], default="rest", help="the pilots' channel")
+    parser.add_argument("--pilot-cores", type=int, default=1, help="cores each pilot offers (default 1)")
+    parser.add_argument("--no-dsm", action="store_true", help="the site runs its own DSM at WMS_DSM_URL")
+    parser.add_argument("--logs", type=Path, default=None, help="log directory (default <storage>/../logs)")
+    args = parser.parse_args(argv)
+    for name in ("pilots", "gpu_pilots", "pilot_cores"):
+        if getattr(args, name) < 0 or (name == "pilot_cores" and args.pilot_cores < 1):
+            parser.error(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'pilot_cores' else '>= 0'}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings()
+    base = Path(settings.storage_root).parent
+    logs = args.logs or base / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
+    url = {name: f"http://{host}:{port}" for name, port in (
+        ("dsm", settings.dsm_port), ("task-manager", settings.task_manager_port),
+        ("job-manager", settings.job_manager_port), ("task-executor", settings.task_executor_port),
+        ("job-executor", settings.job_executor_port))}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if not args.no_dsm:
+        env.setdefault("WMS_DSM_URL", url["dsm"])
+    launch = Launch(env=env, logs=logs)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if not launch.stopping:
+            print(f"\nwms-launch: {signal.Signals(signum).name}: stopping pilots, then services", file=sys.stderr)
+        launch.stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    print(f"wms-launch: migrating {settings.database_url.split('@')[-1]}", flush=True)
+    migrated = subprocess.run([BIN / "wms-migrate"], env=env, capture_output=True, text=True)
+    if migrated.returncode != 0:
+        print(f"wms-launch: migration failed:\n{migrated.stderr[-3000:]}", file=sys.stderr)
+        return 1
+    try:
+        services = ["dsm"] * (not args.no_dsm) + ["task-manager", "job-manager", "task-executor", "job-executor"]
+        for name in services:
+            launch.wait_ready(launch.start(name, [str(BIN / f"wms-{name}")]), url[name])
+            if launch.stopping:
+                break
+        pilot_env = {
+            "WMS_PILOT_CHANNEL": args.channel, "WMS_PILOT_SERVER_URL": url["job-executor"],
+            "WMS_PILOT_AMQP_URL": settings.amqp_url, "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace,
+            "WMS_PILOT_CORES": str(args.pilot_cores),
+        }
+        kinds = ["cpu"] * args.pilots + ["gpu"] * args.gpu_pilots
+        for i, kind in enumerate(kinds):
+            if launch.stopping:
+                break
+            launch.start(f"pilot{i}", [str(BIN / "wms-pilot-daemon"), "--backoff", "2", "--max-backoff", "10"],
+                         essential=False, **pilot_env, WMS_PILOT_RESOURCE_TYPE=kind,
+                         WMS_PILOT_GPUS="1" if kind == "gpu" else "0",
+                         WMS_PILOT_HOST=f"{socket.gethostname()}-pilot{i}",
+                         WMS_PILOT_WORKDIR=str(base / "pilots" / f"pilot{i}"))
+        if not launch.stopping:
+            token_hint = "dev-operator-token" if settings.uses_dev_tokens else "<operator token>"
+            print(f"wms-launch: up: {', '.join(services)} and {len(kinds)} pilot daemons ({args.channel})\n"
+                  f"  task-manager API  {url['task-manager']}/api/v1   (OpenAPI: {url['task-manager']}/docs)\n"
+                  f"  web monitor       {url['task-manager']}/monitor#token={token_hint}\n"
+                  f"  pilot API         {url['job-executor']}/pilot/v1\n"
+                  f"  logs              {logs}\n"
+                  f"  try: wms demo     Ctrl-C stops everything", flush=True)
+        while not launch.stopping:
+            for child in launch.children:
+                if child.process.poll() is not None and child.essential:
+                    raise LaunchFailed(f"{child.name} exited with {child.process.returncode}; "
+                                       f"see {logs / (child.name + '.log')}")
+            time.sleep(0.5)
+        return 0
+    except LaunchFailed as exc:
+        print(f"wms-launch: {exc}; stopping everything", file=sys.stderr)
+        return 1
+    finally:
+        launch.stop()
+        print("wms-launch: stopped", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

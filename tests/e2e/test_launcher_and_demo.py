@@ -1,0 +1,80 @@
+"""The one-machine launcher as an operator runs it: migrations, services and pilot daemons as processes; the
+demo (unscramble -> filter -> merge) through the CLI; Ctrl-C stops everything."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from common.db.models import pilots
+from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, free_ports
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+PORTS = ("WMS_TASK_MANAGER_PORT", "WMS_JOB_MANAGER_PORT", "WMS_TASK_EXECUTOR_PORT", "WMS_DSM_PORT",
+         "WMS_JOB_EXECUTOR_PORT")
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([BIN / "wms", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+async def wait_for_line(path: Path, text: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    for _ in range(int(timeout / 0.1)):
+        if text in path.read_text():
+            return
+        assert process.poll() is None, path.read_text()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path.read_text()}")
+
+
+async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
+    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS)))))
+    env = {
+        **os.environ, **ports,
+        "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
+        "WMS_BROKER_NAMESPACE": settings.broker_namespace, "WMS_STORAGE_ROOT": str(tmp_path / "storage"),
+        "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot",
+                                      SERVICE_TOKEN: "service"}),
+        "WMS_SERVICE_TOKEN": SERVICE_TOKEN, "WMS_PILOT_TOKEN": PILOT_TOKEN, "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
+        "WMS_CLI_URL": f"http://127.0.0.1:{ports['WMS_TASK_MANAGER_PORT']}",
+        "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['WMS_DSM_PORT']}", "WMS_CLI_TOKEN": OPERATOR_TOKEN,
+    }
+    out = tmp_path / "launch.out"
+    launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "2", "--logs", str(tmp_path / "logs")], env=env,
+                                stdout=out.open("w"), stderr=subprocess.STDOUT)
+    try:
+        await wait_for_line(out, "wms-launch: up:", launcher)
+        assert f"/monitor#token=<operator token>" in out.read_text()  # dev tokens are not in use here
+
+        demo = await asyncio.to_thread(run_cli, env, "demo", "--slices", "24", "--run", "t1", timeout=240)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        lines = [line for line in demo.stdout.splitlines() if line.startswith("task ")]
+        assert len(lines) == 3 and all(": done, 24 input files done" in line for line in lines), demo.stdout
+        assert "-> spd.merged.t1" in demo.stdout
+
+        queue = await asyncio.to_thread(run_cli, env, "--json", "q", "--all")
+        summary = json.loads(queue.stdout)
+        assert [(t["name"], t["status"], t["files_done"]) for t in summary] == [
+            ("unscramble t1", "done", 24), ("filter t1", "done", 24), ("merge t1", "done", 24)]
+        live = json.loads((await asyncio.to_thread(run_cli, env, "--json", "pilots", "--live")).stdout)
+        assert sorted(p["host"].rsplit("-", 1)[1] for p in live) == ["pilot0", "pilot1"]
+        again = await asyncio.to_thread(run_cli, env, "demo", "--slices", "2", "--run", "t1")
+        assert again.returncode == 1 and "spd.raw.t1 exists already" in again.stderr, again.stderr
+    finally:
+        launcher.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        code = await asyncio.to_thread(launcher.wait, 90)
+    assert code == 0, out.read_text()
+    assert "wms-launch: stopped" in out.read_text()
+    async with db.connect() as conn:  # the pilots ended cleanly (told the WMS), none was declared dead
+        states = (await conn.execute(sa.select(pilots.c.status))).scalars().all()
+    assert states and set(states) == {"exited"}, states
+    refused = await asyncio.to_thread(run_cli, env, "q")
+    assert refused.returncode == 3 and "cannot reach" in refused.stderr
