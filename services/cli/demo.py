@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from common.settings import Settings
 from examples.spd.generate import write_slices
@@ -98,6 +99,6 @@ def _progress_table(tasks: list[dict]) -> Table:
     for task in tasks:
         files = (task.get("progress") or {}).get("files") or {}
         total = files.get("total") if files.get("total") is not None else files.get("assigned")
-        grid.add_row(task["name"], task["status"], render.progress_bar(files.get("done", 0), total, width=40),
+        grid.add_row(Text(task["name"]), task["status"], render.progress_bar(files.get("done", 0), total, width=40),
                      f"{render.files_text(files.get('done', 0), files.get('total'))} files")
     return grid

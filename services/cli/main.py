@@ -14,6 +14,7 @@ import typer
 import yaml
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from services.cli import render
 from services.cli.client import Api, CliError, CliSettings
@@ -128,7 +129,7 @@ def _watch_view(task: dict) -> Table:
     total = files.get("total") or files.get("assigned")
     jobs = ", ".join(f"{n} {s}" for s, n in sorted(((task.get("progress") or {}).get("jobs") or {}).items()) if n)
     grid = Table.grid(padding=(0, 2))
-    grid.add_row(f"task {task['id']} {task['name']}", task["status"],
+    grid.add_row(Text(f"task {task['id']} {task['name']}"), task["status"],
                  render.progress_bar(files.get("done", 0), total, width=40),
                  f"{render.files_text(files.get('done', 0), files.get('total'))} files, {files.get('failed', 0)} failed")
     grid.add_row("", "", f"jobs: {jobs or 'none yet'}", "")
@@ -176,7 +177,7 @@ def report(task_id: TaskId) -> None:
                              f"{r['attempts_total']} attempts, {r['jobs_retried']} jobs retried", highlight=False)
         render.console.print(f"  outputs: {r['outputs']}", highlight=False)
         for failure in r["failures"]:
-            render.console.print(f"  [red]{failure}[/red]", highlight=False)
+            render.console.print(f"  {failure}", markup=False, highlight=False)
 
     _show(state.api.get(f"/api/v1/tasks/{task_id}/report"), human)
 

@@ -5,8 +5,10 @@ import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
@@ -31,7 +33,8 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for column in columns:
         out.add_column(column)
     for row in rows:
-        out.add_row(*(cell if hasattr(cell, "__rich_console__") else ("" if cell is None else str(cell))
+        # cells are data, never markup
+        out.add_row(*(cell if hasattr(cell, "__rich_console__") else Text("" if cell is None else str(cell))
                       for cell in row))
     console.print(out)
 
@@ -64,11 +67,12 @@ def queue_lines(lines: list[dict]) -> None:
 def task_detail(task: dict) -> None:
     progress = task.get("progress") or {}
     files = progress.get("files") or {}
-    console.print(f"[bold]task {task['id']}[/bold] {task['name']}  [{task['status']}]  priority {task['priority']}")
+    console.print(f"[bold]task {task['id']}[/bold] {escape(task['name'])}  \\[{task['status']}]  "
+                  f"priority {task['priority']}")
     console.print(f"  {task['input_dataset']} -> {task['output_dataset']}  ({task['resource_type']}, "
                   f"split by {task['split']['by']} {task['split']['size']}, max attempts {task['max_attempts']})")
     if task.get("error"):
-        console.print(f"  [red]error:[/red] {task['error']}")
+        console.print(f"  [red]error:[/red] {escape(task['error'])}")
     if files:
         console.print(progress_bar(files.get("done", 0), files.get("total") or files.get("assigned")))
         console.print(f"  files: {files_text(files.get('done', 0), files.get('total'))} done, "
