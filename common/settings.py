@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     dsm_port: int = Field(8084, ge=1, le=65535)
     job_executor_port: int = Field(8085, ge=1, le=65535)
 
+    # How often the job-executor samples the system-wide gauges (jobs by state, queue depths, live pilots).
+    metrics_interval_s: float = Field(10.0, gt=0)
+
     log_level: str = "INFO"
 
     @field_validator("api_tokens")

@@ -20,6 +20,7 @@ from services.job_executor.api import router
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
 from services.job_executor.mq_channel import PilotMqChannel
 from services.job_executor.oversight import Oversight
+from services.job_executor.telemetry import Telemetry
 
 SERVICE = "job-executor"
 log = logging.getLogger("wms.job_executor")
@@ -49,7 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
     await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
     await PilotMqChannel(broker, dispatcher).start()
-    running = background.start(relay.loop, oversight.loop)
+    telemetry = Telemetry(engine, broker, settings.metrics_interval_s)
+    running = background.start(relay.loop, oversight.loop, telemetry.loop)
     app.state.engine, app.state.broker, app.state.dispatcher = engine, broker, dispatcher
     app.state.oversight = oversight
     log.info("job-executor started", extra={"broker_namespace": settings.broker_namespace})

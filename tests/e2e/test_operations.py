@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import pytest
 
 from tests.conftest import OPERATOR_TOKEN, wait_for
@@ -38,7 +39,7 @@ async def dump_dom(url: str) -> str:
 
 
 async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
-    async with wms_stack(settings, db, tmp_path) as stack:
+    async with wms_stack(settings, db, tmp_path, metrics_interval_s=0.2) as stack:
         await stack.make_dataset("raw.ok", 6)
         await stack.make_dataset("raw.bad", 1)
         await stack.make_dataset("raw.gpu", 2)
@@ -82,6 +83,24 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
         missing = await tm.get("/api/v1/jobs/999999/explain", headers=OPERATOR)
         assert missing.status_code == 404 and "job 999999 not found" in missing.json()["detail"]
         assert (await tm.get("/api/v1/jobs?status=lost", headers=OPERATOR)).status_code == 422
+
+        # Prometheus: system gauges (sampled by the job-executor) and the RED metrics of routes and consumers.
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient(base_url=stack.job_executor_url) as je:
+            metrics = (await je.get("/metrics")).text
+        ns = settings.broker_namespace
+        for line in ('wms_jobs{resource_type="cpu",state="finished"} 6.0',
+                     'wms_jobs{resource_type="cpu",state="failed"} 1.0',
+                     'wms_jobs{resource_type="gpu",state="ready"} 2.0',
+                     'wms_pilots_live{channel="rest",resource_type="cpu"} 1.0',
+                     'wms_pilots_live{channel="mq",resource_type="gpu"} 0.0',
+                     f'wms_queue_messages{{queue="{ns}.job-executor.claims.gpu"}} 0.0',
+                     f'wms_queue_messages{{queue="{ns}.task-executor.task-events.dlq"}} 0.0'):
+            assert line in metrics, line
+        assert re.search(r'wms_http_requests_total\{[^}]*route="/pilot/v1/pilots/\{pilot_id\}/claim"', metrics)
+        assert re.search(r'wms_messages_total\{[^}]*consumer="task-events"', metrics)
+        tm_metrics = (await tm.get("/metrics")).text
+        assert re.search(r'wms_http_request_duration_seconds_count\{[^}]*route="/api/v1/summary"', tm_metrics)
 
         # The web monitor, as a browser shows it: tasks with state and progress, pilots, the throughput plot.
         base = str(tm.base_url).rstrip("/")

@@ -1,0 +1,49 @@
+"""Gauges of the whole system for Prometheus, sampled by the job-executor: jobs by state and resource type,
+messages waiting per queue (dead-letter queues included), live pilots by resource type and channel.
+
+One grouped query per table and one passive declare per queue every ``metrics_interval_s``: the cost does not
+grow with the number of scrapes. Every replica reports the same figures (aggregate them with max()).
+"""
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy as sa
+from prometheus_client import Gauge
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common import background
+from common.broker import Broker
+from common.db.models import RESOURCE_TYPES, jobs, pilots
+from common.states import JOB_MACHINE, PILOT_MACHINE
+
+log = logging.getLogger("wms.job_executor.telemetry")
+JOBS = Gauge("wms_jobs", "Jobs by state and resource type", ["state", "resource_type"])
+QUEUE_MESSAGES = Gauge("wms_queue_messages", "Messages waiting in a RabbitMQ queue", ["queue"])
+LIVE_PILOTS = Gauge("wms_pilots_live", "Live (idle or busy) pilots", ["resource_type", "channel"])
+CHANNELS = ("rest", "mq")
+
+
+class Telemetry:
+    def __init__(self, engine: AsyncEngine, broker: Broker, interval_s: float) -> None:
+        self.engine, self.broker = engine, broker
+        self.loop = background.Loop("telemetry", self.sample, interval_s)
+
+    async def sample(self) -> bool:
+        async with self.engine.connect() as conn:
+            job_counts = dict(((s, r), n) for s, r, n in (await conn.execute(
+                sa.select(jobs.c.status, jobs.c.resource_type, sa.func.count()).group_by(
+                    jobs.c.status, jobs.c.resource_type))).all())
+            pilot_counts = dict(((r, c), n) for r, c, n in (await conn.execute(
+                sa.select(pilots.c.resource_type, pilots.c.channel, sa.func.count())
+                .where(pilots.c.status.in_(sorted(PILOT_MACHINE.active)))
+                .group_by(pilots.c.resource_type, pilots.c.channel))).all())
+        for state in JOB_MACHINE.states:
+            for resource_type in RESOURCE_TYPES:
+                JOBS.labels(state, resource_type).set(job_counts.get((state, resource_type), 0))
+        for resource_type in RESOURCE_TYPES:
+            for channel in CHANNELS:
+                LIVE_PILOTS.labels(resource_type, channel).set(pilot_counts.get((resource_type, channel), 0))
+        for queue, depth in (await self.broker.queue_depths()).items():
+            QUEUE_MESSAGES.labels(queue).set(depth)
+        return False
