@@ -3,10 +3,12 @@ in headless Chromium."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from tests.e2e.stack import wms_stack
 from tests.e2e.test_dispatch import copy_payload
 
 pytestmark = pytest.mark.e2e
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "grafana" / "dashboards" / "wms.json"
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 FAIL = {"command": sys.executable, "args": ["-c", "print('boom-marker: detector map missing'); raise SystemExit(3)"],
         "env": {}}
@@ -101,6 +104,10 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
         assert re.search(r'wms_messages_total\{[^}]*consumer="task-events"', metrics)
         tm_metrics = (await tm.get("/metrics")).text
         assert re.search(r'wms_http_request_duration_seconds_count\{[^}]*route="/api/v1/summary"', tm_metrics)
+        # every series the provisioned Grafana dashboard plots is one the services expose
+        dashboard = json.loads(DASHBOARD.read_text())
+        plotted = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"wms_[a-z_]+", t["expr"])}
+        assert plotted and all(f"\n{m}" in metrics + tm_metrics for m in plotted), plotted
 
         # The web monitor, as a browser shows it: tasks with state and progress, pilots, the throughput plot.
         base = str(tm.base_url).rstrip("/")
