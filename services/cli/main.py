@@ -5,7 +5,6 @@ watched task did not end done, 2 bad usage or input, 3 the WMS cannot be reached
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional

@@ -8,13 +8,10 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
-from common import background
-from common.broker import Broker
-from common.db.session import create_engine
 from common.dsm import DsmClient
 from common.messages import Envelope, TaskEvent
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
-from common.outbox import OutboxRelay
+from common.runtime import ServiceRuntime
 from common.settings import Settings
 from services.job_executor.api import router
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
@@ -28,41 +25,29 @@ log = logging.getLogger("wms.job_executor")
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    engine = create_engine(settings)
-    broker = Broker(settings)
-    await broker.connect()
-    dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
-    relay = OutboxRelay(engine, broker, settings.outbox_batch_size, settings.outbox_poll_interval_s)
-    oversight = Oversight(engine, settings, dsm, broker.topology, relay.wake)
-    dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
+    async with ServiceRuntime(app, SERVICE) as runtime:
+        settings, engine, broker = runtime.settings, runtime.engine, runtime.broker
+        dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
+        runtime.close_later(dsm.close)
+        oversight = Oversight(engine, settings, dsm, broker.topology, runtime.relay.wake)
+        dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
 
-    async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
-        assert isinstance(event, TaskEvent)
-        with observe_message(SERVICE, "task-events"):
-            await oversight.apply_task_event(envelope.type, event)
+        async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
+            assert isinstance(event, TaskEvent)
+            with observe_message(SERVICE, "task-events"):
+                await oversight.apply_task_event(envelope.type, event)
 
-    async def on_jobs_ready(_envelope: Envelope, _payload: object, _: AbstractIncomingMessage) -> None:
-        # Ready jobs are claimed from PostgreSQL; the announcement is counted and acknowledged.
-        with observe_message(SERVICE, "ready-jobs"):
-            pass
+        async def on_jobs_ready(_envelope: Envelope, _payload: object, _: AbstractIncomingMessage) -> None:
+            # Ready jobs are claimed from PostgreSQL; the announcement is counted and acknowledged.
+            with observe_message(SERVICE, "ready-jobs"):
+                pass
 
-    await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
-    await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
-    await PilotMqChannel(broker, dispatcher).start()
-    telemetry = Telemetry(engine, broker, settings.metrics_interval_s)
-    running = background.start(relay.loop, oversight.loop, telemetry.loop)
-    app.state.engine, app.state.broker, app.state.dispatcher = engine, broker, dispatcher
-    app.state.oversight = oversight
-    log.info("job-executor started", extra={"broker_namespace": settings.broker_namespace})
-    try:
+        await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
+        await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
+        await PilotMqChannel(broker, dispatcher).start()
+        runtime.run(oversight.loop, Telemetry(engine, broker, settings.metrics_interval_s).loop)
+        app.state.dispatcher, app.state.oversight = dispatcher, oversight
         yield
-    finally:
-        await background.stop(running)
-        await broker.close()
-        await dsm.close()
-        await engine.dispose()
-        log.info("job-executor stopped")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

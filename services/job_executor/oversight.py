@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.background import Loop
 from common.broker import Topology

@@ -9,7 +9,6 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import consumed_messages, files, jobs, tasks
-from common.states import FileState
 
 JOB_COLUMNS = ("id", "task_id", "status", "resource_type", "priority", "n_files", "n_bytes", "n_events", "queued_at")
 FILE_COLUMNS = ("lfn", "dataset", "task_id", "job_id", "role", "url", "size", "adler32", "events", "status")

@@ -7,11 +7,8 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from common import background
-from common.broker import Broker
-from common.db.session import create_engine
 from common.observability import add_health_routes, instrument, map_error, run_service
-from common.outbox import OutboxRelay
+from common.runtime import ServiceRuntime
 from common.settings import Settings
 from common.states import IllegalTransition, RowNotFound
 from services.task_manager import operations_api
@@ -25,22 +22,9 @@ log = logging.getLogger("wms.task_manager")
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    engine = create_engine(settings)
-    broker = Broker(settings)
-    await broker.connect()
-    relay = OutboxRelay(engine, broker, settings.outbox_batch_size, settings.outbox_poll_interval_s)
-    running = background.start(relay.loop)
-    app.state.engine, app.state.broker, app.state.relay = engine, broker, relay
-    app.state.lifecycle = TaskLifecycle(engine, broker.topology, on_committed=relay.wake)
-    log.info("task-manager started", extra={"broker_namespace": settings.broker_namespace})
-    try:
+    async with ServiceRuntime(app, SERVICE) as runtime:
+        app.state.lifecycle = TaskLifecycle(runtime.engine, runtime.broker.topology, on_committed=runtime.relay.wake)
         yield
-    finally:
-        await background.stop(running)
-        await broker.close()
-        await engine.dispose()
-        log.info("task-manager stopped")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 import yaml
 
-from tests.conftest import OPERATOR_TOKEN, WFMS_TOKEN, get_message, wait_for
+from tests.conftest import OPERATOR_TOKEN, WFMS_TOKEN, wait_for
 from tests.e2e.stack import wms_stack
 from tests.e2e.test_operations import FAIL
 from tests.factories import task_description

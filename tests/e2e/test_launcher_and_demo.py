@@ -52,7 +52,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
                                 stdout=out.open("w"), stderr=subprocess.STDOUT)
     try:
         await wait_for_line(out, "wms-launch: up:", launcher)
-        assert f"/monitor#token=<operator token>" in out.read_text()  # dev tokens are not in use here
+        assert "/monitor#token=<operator token>" in out.read_text()  # dev tokens are not in use here
 
         demo = await asyncio.to_thread(run_cli, env, "demo", "--slices", "24", "--run", "t1", timeout=240)
         assert demo.returncode == 0, demo.stdout + demo.stderr

@@ -52,7 +52,6 @@ async def test_dataset_life(dsm: DsmClient) -> None:
 async def test_concurrent_writers_leave_no_gap_for_a_cursor_reader(dsm: DsmClient) -> None:
     await dsm.create_dataset("spd.raw.growing")
     seen: list[str] = []
-    stop = asyncio.Event()
 
     async def follow() -> None:
         after = 0

@@ -1,7 +1,6 @@
 """job-manager: bulk, idempotent registration of job chunks from RabbitMQ, and its internal API."""
 from __future__ import annotations
 
-import aio_pika
 import pytest
 import sqlalchemy as sa
 
