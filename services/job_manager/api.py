@@ -10,7 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from common.auth import require_role
 from common.states import JobState, RowNotFound
 from services.job_manager import queries
-from services.job_manager.schemas import FileView, JobPage, JobView, JobWithFiles
+from common.job_listing import JobPage, JobView, job_page
+from services.job_manager.schemas import FileView, JobWithFiles
 
 MAX_ID = 2**63 - 1
 READ_JOBS = require_role("read job metadata", {"service", "operator", "wfms"})
@@ -34,10 +35,7 @@ async def list_jobs(
     after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JobPage:
-    rows = await queries.list_jobs(conn, task_id, status, after, limit)
-    return JobPage(
-        items=[JobView.model_validate(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None
-    )
+    return await job_page(conn, task_id, status, after, limit)
 
 
 @router.get("/jobs/{job_id}", response_model=JobWithFiles)

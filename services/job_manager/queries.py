@@ -46,19 +46,6 @@ async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...],
     await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
 
 
-async def list_jobs(
-    conn: AsyncConnection, task_id: int | None, status: str | None, after: int | None, limit: int
-) -> list[sa.Row]:
-    stmt = sa.select(jobs).order_by(jobs.c.id).limit(limit)
-    if task_id is not None:
-        stmt = stmt.where(jobs.c.task_id == task_id)
-    if status is not None:
-        stmt = stmt.where(jobs.c.status == status)
-    if after is not None:
-        stmt = stmt.where(jobs.c.id > after)
-    return list((await conn.execute(stmt)).all())
-
-
 async def select_job(conn: AsyncConnection, job_id: int) -> sa.Row | None:
     return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
 

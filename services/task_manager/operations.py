@@ -11,11 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import files, job_attempts, jobs, pilots, tasks
+from common.job_listing import JobView
 from common.states import PILOT_MACHINE, TASK_MACHINE, JobState, RowNotFound, TaskState
 from services.task_manager.schemas import (
     AttemptView,
     Explanation,
-    JobView,
     PilotView,
     QueueLine,
     ThroughputPoint,
@@ -56,18 +56,6 @@ async def queue_summary(conn: AsyncConnection, include_ended: bool) -> list[Queu
                   files_assigned=r.files_assigned)
         for r in (await conn.execute(stmt)).all()
     ]
-
-
-async def list_jobs(conn: AsyncConnection, task_id: int | None, status: JobState | None, after: int | None,
-                    limit: int) -> list[JobView]:
-    stmt = sa.select(jobs).order_by(jobs.c.id).limit(limit)
-    if task_id is not None:
-        stmt = stmt.where(jobs.c.task_id == task_id)
-    if status is not None:
-        stmt = stmt.where(jobs.c.status == status)
-    if after is not None:
-        stmt = stmt.where(jobs.c.id > after)
-    return [JobView.model_validate(r, from_attributes=True) for r in (await conn.execute(stmt)).all()]
 
 
 async def list_pilots(conn: AsyncConnection, live_only: bool, limit: int) -> list[PilotView]:
@@ -169,7 +157,7 @@ async def explain_job(conn: AsyncConnection, job_id: int, now: dt.datetime | Non
     else:
         reasons.append("finished")
     return Explanation(
-        job=JobView.model_validate(job, from_attributes=True),
+        job=JobView.model_validate(job),
         task_status=task.status,
         max_attempts=task.max_attempts,
         reasons=reasons,

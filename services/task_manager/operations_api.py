@@ -10,13 +10,13 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from common.auth import require_role
+from common.job_listing import JobPage, job_page
 from common.states import JobState
 from services.task_manager import dead_letters, operations
 from services.task_manager.api import MAX_ID, After, Conn, Limit
 from services.task_manager.schemas import (
     DeadLetter,
     Explanation,
-    JobPage,
     PilotView,
     QueueLine,
     ReplayResult,
@@ -50,8 +50,7 @@ async def list_jobs(
     after: After = None,
     limit: Limit = 100,
 ) -> JobPage:
-    items = await operations.list_jobs(conn, task_id, status, after, limit)
-    return JobPage(items=items, next_after=items[-1].id if len(items) == limit else None)
+    return await job_page(conn, task_id, status, after, limit)
 
 
 @router.get("/jobs/{job_id}/explain", response_model=Explanation, dependencies=[Depends(READ_OPERATIONS)])

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from common.job_listing import JobView
 from common.states import JobState, TaskState
 
 MAX_ID = 2**63 - 1
@@ -216,32 +217,6 @@ class QueueLine(BaseModel):
     files_done: int
     files_assigned: int
     files_total: int | None
-
-
-class JobView(BaseModel):
-    id: int
-    task_id: int
-    status: JobState
-    attempt: int
-    resource_type: str
-    priority: int
-    pilot_id: int | None
-    n_files: int
-    n_bytes: int
-    created_at: dt.datetime
-    queued_at: dt.datetime | None
-    started_at: dt.datetime | None
-    heartbeat_at: dt.datetime | None
-    finished_at: dt.datetime | None
-    exit_code: int | None
-    error_category: str | None
-    error_message: str | None
-    not_before: dt.datetime | None
-
-
-class JobPage(BaseModel):
-    items: list[JobView]
-    next_after: int | None
 
 
 class PilotView(BaseModel):
