@@ -163,28 +163,35 @@ async def guarded_transition(
     conn: AsyncConnection,
     table: sa.Table,
     machine: StateMachine,
-    ids: Iterable[int],
+    rows: Iterable[int] | sa.ColumnElement[bool],
     target: str,
     values: Mapping[str, Any] | None = None,
     returning: Iterable[sa.ColumnElement[Any]] = (),
     only_from: Iterable[str] | None = None,
 ) -> list[sa.Row]:
-    """Move the rows ``ids`` to ``target`` where their current state allows it; return the rows that moved
-    (their ``returning`` columns, by default the id). ``only_from`` narrows the allowed source states further
+    """Move ``rows`` (ids, or a condition such as ``jobs.c.task_id == 7`` for a whole set in one statement) to
+    ``target`` where their current state allows it; return the rows that moved (their ``returning`` columns,
+    by default the id). ``only_from`` narrows the allowed source states further
     (e.g. 'resume' reaches running from paused only, although the task-executor may start a registered task).
 
     Rows whose state forbids the move are left untouched and simply not returned: callers decide whether that
     is an error (see :func:`transition_one`) or a normal race (a batch sweep).
     """
-    id_list = list(ids)
+    if isinstance(rows, sa.ColumnElement):
+        selected = rows
+    else:
+        id_list = list(rows)
+        if not id_list:
+            return []
+        selected = table.c.id.in_(id_list)
     sources = machine.sources_of(target)
     if only_from is not None:
         sources &= frozenset(only_from)
-    if not id_list or not sources:
+    if not sources:
         return []
     stmt = (
         sa.update(table)
-        .where(table.c.id.in_(id_list), table.c.status.in_(sorted(sources)))
+        .where(selected, table.c.status.in_(sorted(sources)))
         .values(status=target, **(values or {}))
         .returning(*(tuple(returning) or (table.c.id,)))
     )

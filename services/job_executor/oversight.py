@@ -66,10 +66,10 @@ class Oversight:
     async def apply_task_event(self, event_type: str, event: TaskEvent) -> None:
         """Carry a task command to its jobs: cancel, pause (ready -> held), resume, priority."""
         async with self.engine.begin() as conn:
-            job_ids = sa.select(jobs.c.id).where(jobs.c.task_id == event.task_id)
+            of_task = jobs.c.task_id == event.task_id  # one statement per command, however many jobs
             if event_type == TaskEventType.CANCELLED:
                 moved = await guarded_transition(
-                    conn, jobs, JOB_MACHINE, (await conn.execute(job_ids)).scalars(), JobState.CANCELLED,
+                    conn, jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
                     {"finished_at": sa.func.now(), "error_category": "cancelled"},
                     returning=(jobs.c.id, jobs.c.attempt, jobs.c.status),
                 )
@@ -78,11 +78,9 @@ class Oversight:
                 await queries.end_attempts(conn, [(r.id, r.attempt) for r in moved], "cancelled", None,
                                            "cancelled", "task cancelled")
             elif event_type == TaskEventType.PAUSED:
-                ready = job_ids.where(jobs.c.status == JobState.READY)
-                await guarded_transition(conn, jobs, JOB_MACHINE, (await conn.execute(ready)).scalars(), JobState.HELD)
+                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, JobState.HELD, only_from=[JobState.READY])
             elif event_type == TaskEventType.RESUMED:
-                held = job_ids.where(jobs.c.status == JobState.HELD)
-                await guarded_transition(conn, jobs, JOB_MACHINE, (await conn.execute(held)).scalars(), JobState.READY)
+                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, JobState.READY, only_from=[JobState.HELD])
             if event_type in (TaskEventType.REPRIORITISED, TaskEventType.RESUMED):
                 await conn.execute(
                     sa.update(jobs)
@@ -98,7 +96,8 @@ class Oversight:
         unfinished = sa.exists().where(
             jobs.c.task_id == tasks.c.id, jobs.c.status.in_(sorted(JOB_MACHINE.active))
         )
-        candidates = sa.select(tasks.c.id).where(
+        any_failed = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status == JobState.FAILED)
+        candidates = sa.select(tasks.c.id, any_failed.label("any_failed")).where(
             tasks.c.status == TaskState.RUNNING,
             tasks.c.files_total.is_not(None),
             tasks.c.jobs_registered == tasks.c.jobs_total,
@@ -106,17 +105,19 @@ class Oversight:
         )
         ended: list[int] = []
         async with self.engine.begin() as conn:
-            for task_id in (await conn.execute(candidates)).scalars().all():
-                any_failed = (await conn.execute(sa.select(sa.exists().where(
-                    jobs.c.task_id == task_id, jobs.c.status == JobState.FAILED)))).scalar()
-                target = TaskState.FINISHED if any_failed else TaskState.DONE
+            by_target: dict[TaskState, list[int]] = {TaskState.DONE: [], TaskState.FINISHED: []}
+            for task_id, failed in (await conn.execute(candidates)).all():
+                by_target[TaskState.FINISHED if failed else TaskState.DONE].append(task_id)
+            for target, task_ids in by_target.items():
+                if not task_ids:
+                    continue
                 rows = await guarded_transition(
-                    conn, tasks, TASK_MACHINE, [task_id], target,
+                    conn, tasks, TASK_MACHINE, task_ids, target,
                     {"finished_at": sa.func.now(), "updated_at": sa.func.now()},
                     returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
                 )
+                event_type = TaskEventType.DONE if target == TaskState.DONE else TaskEventType.FINISHED
                 for row in rows:
-                    event_type = TaskEventType.DONE if target == TaskState.DONE else TaskEventType.FINISHED
                     event = TaskEvent(task_id=row.id, status=row.status, priority=row.priority,
                                       resource_type=row.resource_type)
                     await add_event(conn, self.tasks_exchange, event_type, wrap(event_type, event))
