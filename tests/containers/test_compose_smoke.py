@@ -1,6 +1,7 @@
 """Container smoke test: build the image offline from the wheelhouse, start the services and two pilots from it
 with docker-compose (this machine's PostgreSQL and RabbitMQ through tests/containers/compose.host-infra.yml),
-run the SPD demo chain through the containers, tear everything down.
+run the SPD demo chain through the containers (the CLI itself in a container, as the README says), tear
+everything down.
 
 Needs a Docker engine and docker-compose (../shared/tools/container-engine installs both here). CI sets
 WMS_CONTAINER_SMOKE=1, which makes a missing engine a failure; elsewhere the test is skipped without one.
@@ -11,7 +12,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.conftest import create_database, delete_namespace, drop_database, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 OVERRIDE = Path(__file__).with_name("compose.host-infra.yml")
 SERVICES = ["dsm", "task-manager", "job-manager", "task-executor", "job-executor"]
 
@@ -90,10 +89,12 @@ async def test_demo_chain_through_the_containers(postgres_server_url, amqp_url, 
                     pass
                 await asyncio.sleep(0.2)
 
-        cli_env = {**env, "WMS_CLI_URL": tm, "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['DSM']}",
-                   "WMS_STORAGE_ROOT": str(data / "storage")}
-        demo = await asyncio.to_thread(subprocess.run, [BIN / "wms", "demo", "--slices", "8", "--run", "smoke"],
-                                       env=cli_env, capture_output=True, text=True, timeout=300)
+        # The demo as the README runs it on compose: the wms CLI inside a container of the image.
+        demo = await asyncio.to_thread(subprocess.run, [
+            *stack, "exec", "-T", "-e", f"WMS_CLI_URL={tm}",
+            "-e", f"WMS_CLI_DSM_URL=http://127.0.0.1:{ports['DSM']}", "-e", f"WMS_STORAGE_ROOT={data / 'storage'}",
+            "pilot", "wms", "demo", "--slices", "8", "--run", "smoke"],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         logs = subprocess.run([*stack, "logs", "--tail", "40"], env=env, cwd=ROOT, capture_output=True, text=True)
         assert demo.returncode == 0, demo.stdout + demo.stderr + logs.stdout[-5000:]
         assert demo.stdout.count(": done, 8 input files done") == 3, demo.stdout
