@@ -86,6 +86,18 @@ async def test_cli_against_a_running_wms(settings, db, tmp_path, amqp) -> None:
         again = await wait_for(lambda: _dead_letters(url), timeout=20)
         assert [d["message_id"] for d in again] == [poison_id]
 
+        # a task no pilot can run (GPU): it waits, explained; then cancelled
+        await stack.make_dataset("raw.gpu", 1)
+        gpu = json.loads((await wms(url, "--json", "submit", "-", stdin=json.dumps(task_description(
+            name="gpu", input_dataset="raw.gpu", output_dataset="out.gpu", resource_type="gpu",
+            payload={"command": "true", "args": [], "env": {}})))).stdout)["id"]
+        waiting = await wait_for(lambda: _jobs(url, gpu, "ready"), timeout=20)
+        explained = await wms(url, "explain", str(waiting[0]["id"]))
+        assert "no live pilot offers gpu" in explained.stdout, explained.stdout
+        cancelled = await wms(url, "cancel", str(gpu))
+        assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"task {gpu}: cancelled"
+        assert [j["status"] for j in await wait_for(lambda: _jobs(url, gpu, "cancelled"))] == ["cancelled"]
+
         # errors: clear message, non-zero exit code
         (tmp_path / "bad.yaml").write_text("name: [unclosed")
         unreadable = await wms(url, "submit", str(tmp_path / "bad.yaml"))
@@ -98,6 +110,12 @@ async def test_cli_against_a_running_wms(settings, db, tmp_path, amqp) -> None:
         assert forbidden.returncode == 1 and "403" in forbidden.stderr
         assert (await wms(url, "show", "424242")).returncode == 1
         assert (await wms(url, "priority", str(good), "0")).returncode == 2
+
+
+async def _jobs(url: str, task_id: int, status: str) -> list[dict] | None:
+    answer = await wms(url, "--json", "jobs", "--task", str(task_id), "--status", status)
+    assert answer.returncode == 0, answer.stderr
+    return json.loads(answer.stdout) or None
 
 
 async def _dead_letters(url: str) -> list[dict] | None:

@@ -116,6 +116,7 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
         assert set(rows) == {str(ok), str(bad), str(gpu)}, dom[:2000]
         assert "state-done" in rows[str(ok)] and "6/6 files" in rows[str(ok)] and "width:100%" in rows[str(ok)]
         assert "state-finished" in rows[str(bad)] and "state-running" in rows[str(gpu)]
+        assert "0/2 files" in rows[str(gpu)] and "width:0%" in rows[str(gpu)]  # running, nothing done yet
         assert "1 alive (1 cpu)" in dom and 'data-pilot-id="' in dom
         assert 'data-total-jobs="6"' in dom and "<polyline" in dom
         assert "updated " in dom
