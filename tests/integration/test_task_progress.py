@@ -14,8 +14,17 @@ AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 NOW = sa.func.now()
 
 
+_base: dict[str, dt.datetime] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fixed_now() -> None:
+    """One reference instant per test, so that durations between ago() values are exact."""
+    _base["now"] = dt.datetime.now(dt.timezone.utc)
+
+
 def ago(seconds: int) -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=seconds)
+    return _base["now"] - dt.timedelta(seconds=seconds)
 
 
 async def _task_with_jobs(db) -> int:
