@@ -27,35 +27,31 @@ QUEUED = (JobState.DEFINED, JobState.READY, JobState.HELD)
 RUNNING = (JobState.DISPATCHED, JobState.RUNNING)
 
 
-async def queue_summary(conn: AsyncConnection, include_ended: bool) -> list[QueueLine]:
-    """One line per task: queued / running / done / failed job counts and files done."""
-    counts = (
-        sa.select(
-            jobs.c.task_id,
-            *(sa.func.count().filter(jobs.c.status.in_(group)).label(name)
-              for name, group in (("queued", QUEUED), ("running", RUNNING), ("done", (JobState.FINISHED,)),
-                                  ("failed", (JobState.FAILED,)), ("cancelled", (JobState.CANCELLED,)))),
-            sa.func.coalesce(sa.func.sum(jobs.c.n_files).filter(jobs.c.status == JobState.FINISHED), 0)
-            .label("files_done"),
-        )
-        .group_by(jobs.c.task_id)
-        .subquery()
-    )
-    stmt = (
-        sa.select(tasks.c.id, tasks.c.name, tasks.c.status, tasks.c.priority, tasks.c.resource_type,
-                  tasks.c.files_total, tasks.c.files_assigned, counts)
-        .outerjoin(counts, counts.c.task_id == tasks.c.id)
-        .order_by(tasks.c.id)
-    )
+async def queue_summary(conn: AsyncConnection, include_ended: bool, limit: int = 1000) -> list[QueueLine]:
+    """One line per task (active ones, or the newest ``limit`` of all): queued / running / done / failed job
+    counts and files done. Jobs are counted for the selected tasks only (ix_job_dat_task_status)."""
+    selected = sa.select(tasks.c.id, tasks.c.name, tasks.c.status, tasks.c.priority, tasks.c.resource_type,
+                         tasks.c.files_total, tasks.c.files_assigned).order_by(tasks.c.id.desc()).limit(limit)
     if not include_ended:
-        stmt = stmt.where(tasks.c.status.in_(sorted(TASK_MACHINE.active)))
-    return [
-        QueueLine(task_id=r.id, name=r.name, status=r.status, priority=r.priority, resource_type=r.resource_type,
-                  queued=r.queued or 0, running=r.running or 0, done=r.done or 0, failed=r.failed or 0,
-                  cancelled=r.cancelled or 0, files_done=int(r.files_done or 0), files_total=r.files_total,
-                  files_assigned=r.files_assigned)
-        for r in (await conn.execute(stmt)).all()
-    ]
+        selected = selected.where(tasks.c.status.in_(sorted(TASK_MACHINE.active)))
+    rows = (await conn.execute(selected)).all()
+    groups = (("queued", QUEUED), ("running", RUNNING), ("done", (JobState.FINISHED,)),
+              ("failed", (JobState.FAILED,)), ("cancelled", (JobState.CANCELLED,)))
+    counts = {r.task_id: r for r in (await conn.execute(
+        sa.select(jobs.c.task_id,
+                  *(sa.func.count().filter(jobs.c.status.in_(states)).label(name) for name, states in groups),
+                  sa.func.coalesce(sa.func.sum(jobs.c.n_files).filter(jobs.c.status == JobState.FINISHED), 0)
+                  .label("files_done"))
+        .where(jobs.c.task_id.in_([r.id for r in rows]))
+        .group_by(jobs.c.task_id))).all()} if rows else {}
+    lines = []
+    for r in reversed(rows):
+        c = counts.get(r.id)
+        lines.append(QueueLine(
+            task_id=r.id, name=r.name, status=r.status, priority=r.priority, resource_type=r.resource_type,
+            **{name: getattr(c, name) if c else 0 for name, _ in groups},
+            files_done=int(c.files_done) if c else 0, files_total=r.files_total, files_assigned=r.files_assigned))
+    return lines
 
 
 async def list_pilots(conn: AsyncConnection, live_only: bool, limit: int) -> list[PilotView]:

@@ -28,6 +28,7 @@ pages = APIRouter()
 READ_OPERATIONS = require_role("read jobs and pilots", {"wfms", "operator"})
 HANDLE_DEAD_LETTERS = require_role("read or replay dead letters", {"operator"})
 MONITOR_PAGE = FilePath(__file__).with_name("monitor.html")
+MONITOR_TASKS = 100  # the newest tasks the monitor shows
 Minutes = Annotated[int, Query(ge=1, le=24 * 60, description="how far back, in minutes")]
 
 
@@ -38,8 +39,10 @@ class MonitorSnapshot(BaseModel):
 
 
 @router.get("/summary", response_model=list[QueueLine], dependencies=[Depends(READ_OPERATIONS)])
-async def queue_summary(conn: Conn, all: bool = Query(False, description="include ended tasks")) -> list[QueueLine]:
-    return await operations.queue_summary(conn, include_ended=all)
+async def queue_summary(conn: Conn, all: bool = Query(False, description="include ended tasks"),
+                        limit: Limit = 1000) -> list[QueueLine]:
+    """Active tasks (or all), the newest ``limit``, in id order."""
+    return await operations.queue_summary(conn, include_ended=all, limit=limit)
 
 
 @router.get("/jobs", response_model=JobPage, dependencies=[Depends(READ_OPERATIONS)])
@@ -74,7 +77,7 @@ async def throughput(conn: Conn, minutes: Minutes = 30,
 async def monitor_snapshot(conn: Conn, minutes: Minutes = 30) -> MonitorSnapshot:
     """Everything the web monitor shows, in one request."""
     return MonitorSnapshot(
-        tasks=await operations.queue_summary(conn, include_ended=True),
+        tasks=await operations.queue_summary(conn, include_ended=True, limit=MONITOR_TASKS),
         pilots=await operations.list_pilots(conn, live_only=False, limit=200),
         throughput=await operations.throughput(conn, minutes, None),
     )
