@@ -159,6 +159,33 @@ class RowNotFound(Exception):
         self.what, self.row_id = what, row_id
 
 
+def guarded_update(
+    table: sa.Table,
+    machine: StateMachine,
+    rows: Iterable[int] | sa.ColumnElement[bool],
+    target: str,
+    values: Mapping[str, Any] | None = None,
+    only_from: Iterable[str] | None = None,
+) -> sa.Update | None:
+    """The UPDATE moving ``rows`` (ids, or a condition such as ``jobs.c.task_id == 7`` for a whole set in one
+    statement) to ``target`` where their current state allows it; None when nothing can move (no ids, or no
+    allowed source state). ``only_from`` narrows the allowed source states further (e.g. 'resume' reaches
+    running from paused only, although the task-executor may start a registered task)."""
+    if isinstance(rows, sa.ColumnElement):
+        selected = rows
+    else:
+        id_list = list(rows)
+        if not id_list:
+            return None
+        selected = table.c.id.in_(id_list)
+    sources = machine.sources_of(target)
+    if only_from is not None:
+        sources &= frozenset(only_from)
+    if not sources:
+        return None
+    return sa.update(table).where(selected, table.c.status.in_(sorted(sources))).values(status=target, **(values or {}))
+
+
 async def guarded_transition(
     conn: AsyncConnection,
     table: sa.Table,
@@ -169,33 +196,16 @@ async def guarded_transition(
     returning: Iterable[sa.ColumnElement[Any]] = (),
     only_from: Iterable[str] | None = None,
 ) -> list[sa.Row]:
-    """Move ``rows`` (ids, or a condition such as ``jobs.c.task_id == 7`` for a whole set in one statement) to
-    ``target`` where their current state allows it; return the rows that moved (their ``returning`` columns,
-    by default the id). ``only_from`` narrows the allowed source states further
-    (e.g. 'resume' reaches running from paused only, although the task-executor may start a registered task).
+    """Apply :func:`guarded_update` and return the rows that moved (their ``returning`` columns, by default the
+    id).
 
     Rows whose state forbids the move are left untouched and simply not returned: callers decide whether that
     is an error (see :func:`transition_one`) or a normal race (a batch sweep).
     """
-    if isinstance(rows, sa.ColumnElement):
-        selected = rows
-    else:
-        id_list = list(rows)
-        if not id_list:
-            return []
-        selected = table.c.id.in_(id_list)
-    sources = machine.sources_of(target)
-    if only_from is not None:
-        sources &= frozenset(only_from)
-    if not sources:
+    stmt = guarded_update(table, machine, rows, target, values, only_from)
+    if stmt is None:
         return []
-    stmt = (
-        sa.update(table)
-        .where(selected, table.c.status.in_(sorted(sources)))
-        .values(status=target, **(values or {}))
-        .returning(*(tuple(returning) or (table.c.id,)))
-    )
-    return list((await conn.execute(stmt)).all())
+    return list((await conn.execute(stmt.returning(*(tuple(returning) or (table.c.id,))))).all())
 
 
 async def transition_one(

@@ -18,7 +18,7 @@ from common.dsm import DsmClient, DsmError, DsmFile
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
-from common.states import JOB_MACHINE, TASK_MACHINE, FileState, JobState, TaskState, guarded_transition
+from common.states import JOB_MACHINE, TASK_MACHINE, FileState, JobState, TaskState, guarded_transition, guarded_update
 from services.job_executor import queries
 from services.job_executor.dispatch import log_dataset
 
@@ -68,15 +68,10 @@ class Oversight:
         async with self.engine.begin() as conn:
             of_task = jobs.c.task_id == event.task_id  # one statement per command, however many jobs
             if event_type == TaskEventType.CANCELLED:
-                moved = await guarded_transition(
-                    conn, jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
-                    {"finished_at": sa.func.now(), "error_category": "cancelled"},
-                    returning=(jobs.c.id, jobs.c.attempt, jobs.c.status),
-                )
-                ids = [r.id for r in moved]
-                await queries.set_input_files(conn, ids, FileState.CANCELLED)
-                await queries.end_attempts(conn, [(r.id, r.attempt) for r in moved], "cancelled", None,
-                                           "cancelled", "task cancelled")
+                # no RETURNING: a task of a million jobs is cancelled without shipping its ids around
+                await conn.execute(guarded_update(jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
+                                                  {"finished_at": sa.func.now(), "error_category": "cancelled"}))
+                await queries.cancel_task_leftovers(conn, event.task_id)
             elif event_type == TaskEventType.PAUSED:
                 await guarded_transition(conn, jobs, JOB_MACHINE, of_task, JobState.HELD, only_from=[JobState.READY])
             elif event_type == TaskEventType.RESUMED:

@@ -153,6 +153,23 @@ async def retry_or_fail(conn: AsyncConnection, where: list[sa.ColumnElement[bool
     return retried, failed
 
 
+async def cancel_task_leftovers(conn: AsyncConnection, task_id: int) -> None:
+    """After a task's jobs were cancelled: its pending input files are cancelled and its running attempts end
+    (two statements by task, whatever the number of jobs)."""
+    await conn.execute(
+        sa.update(files)
+        .where(files.c.task_id == task_id, files.c.role == "input", files.c.status == FileState.PENDING)
+        .values(status=FileState.CANCELLED, updated_at=sa.func.now())
+    )
+    await conn.execute(
+        sa.update(job_attempts)
+        .where(job_attempts.c.outcome == "running",
+               job_attempts.c.job_id.in_(sa.select(jobs.c.id).where(jobs.c.task_id == task_id)))
+        .values(outcome="cancelled", finished_at=sa.func.now(), error_category="cancelled",
+                error_message="task cancelled")
+    )
+
+
 async def set_input_files(conn: AsyncConnection, job_ids: list[int], state: FileState) -> None:
     await conn.execute(
         sa.update(files)

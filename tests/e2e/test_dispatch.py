@@ -204,6 +204,13 @@ async def test_cancel_kills_running_payloads_within_a_heartbeat(settings, db, tm
             states = set((await conn.execute(sa.select(jobs.c.status).where(jobs.c.task_id == task_id))).scalars())
         assert states == {"cancelled"}
         assert await output_lfns(db, task_id) == []
+        async with db.connect() as conn:
+            inputs = (await conn.execute(sa.select(files.c.status).where(
+                files.c.task_id == task_id, files.c.role == "input"))).scalars().all()
+            outcomes = (await conn.execute(sa.select(job_attempts.c.outcome, job_attempts.c.finished_at).join(
+                jobs, jobs.c.id == job_attempts.c.job_id).where(jobs.c.task_id == task_id))).all()
+        assert inputs == ["cancelled", "cancelled"]
+        assert len(outcomes) == 2 and all(o == "cancelled" and at is not None for o, at in outcomes)
 
 
 async def _all_dead(pids: list[int]) -> bool:
