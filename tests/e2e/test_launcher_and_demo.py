@@ -1,20 +1,24 @@
 """The one-machine launcher as an operator runs it: migrations, services and pilot daemons as processes; the
-demo (unscramble -> filter -> merge) through the CLI; Ctrl-C stops everything."""
+demo (unscramble -> filter -> merge) through the CLI; a real Prometheus (Debian's) scraping every service and
+evaluating every expression of the provisioned Grafana dashboard; Ctrl-C stops everything."""
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 import sqlalchemy as sa
 
 from common.db.models import pilots
-from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, free_ports
+from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, free_ports, wait_for
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -35,6 +39,44 @@ async def wait_for_line(path: Path, text: str, process: subprocess.Popen, timeou
     raise AssertionError(f"{text!r} not in {path.read_text()}")
 
 
+async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
+    binary = shutil.which("prometheus")
+    assert binary, "Debian's prometheus is needed for this test (scripts/setup installs it)"
+    port = free_ports(1)[0]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "wms", "static_configs": [
+            {"targets": [f"127.0.0.1:{p}" for p in ports.values()]}]}]}))
+    prometheus = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=5) as api:
+            async def query(expr: str) -> list[dict] | None:
+                try:
+                    answer = (await api.get("/query", params={"query": expr})).json()
+                except httpx.TransportError:
+                    return None
+                assert answer["status"] == "success", (expr, answer)
+                return answer["data"]["result"]
+
+            async def scraped() -> bool:
+                up = await query("up")
+                finished = await query('sum(wms_jobs{state="finished"})')
+                return bool(up) and len(up) == 5 and all(r["value"][1] == "1" for r in up) and bool(finished) \
+                    and float(finished[0]["value"][1]) > 0
+
+            await wait_for(scraped, timeout=60, interval=0.5)
+            dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "grafana" /
+                                    "dashboards" / "wms.json").read_text())
+            for panel in dashboard["panels"]:
+                for target in panel["targets"]:
+                    assert await query(target["expr"]) is not None, target["expr"]
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
 async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
     ports = dict(zip(PORTS, map(str, free_ports(len(PORTS)))))
     env = {
@@ -44,6 +86,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot",
                                       SERVICE_TOKEN: "service"}),
         "WMS_SERVICE_TOKEN": SERVICE_TOKEN, "WMS_PILOT_TOKEN": PILOT_TOKEN, "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
+        "WMS_METRICS_INTERVAL_S": "0.5",
         "WMS_CLI_URL": f"http://127.0.0.1:{ports['WMS_TASK_MANAGER_PORT']}",
         "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['WMS_DSM_PORT']}", "WMS_CLI_TOKEN": OPERATOR_TOKEN,
     }
@@ -66,6 +109,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
             ("unscramble t1", "done", 24), ("filter t1", "done", 24), ("merge t1", "done", 24)]
         live = json.loads((await asyncio.to_thread(run_cli, env, "--json", "pilots", "--live")).stdout)
         assert sorted(p["host"].rsplit("-", 1)[1] for p in live) == ["pilot0", "pilot1"]
+        await check_prometheus(tmp_path, ports)
         again = await asyncio.to_thread(run_cli, env, "demo", "--slices", "2", "--run", "t1")
         assert again.returncode == 1 and "spd.raw.t1 exists already" in again.stderr, again.stderr
     finally:
