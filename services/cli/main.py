@@ -135,25 +135,27 @@ def _watch_view(task: dict) -> Table:
     return grid
 
 
+def _task_command(task_id: int, action: str) -> None:
+    _show(state.api.post(f"/api/v1/tasks/{task_id}/{action}"),
+          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+
+
 @app.command()
 def cancel(task_id: TaskId) -> None:
     """Cancel a task: no new jobs, running payloads are killed."""
-    _show(state.api.post(f"/api/v1/tasks/{task_id}/cancel"),
-          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+    _task_command(task_id, "cancel")
 
 
 @app.command()
 def pause(task_id: TaskId) -> None:
     """Pause a task: no new job is generated or dispatched; running jobs go on."""
-    _show(state.api.post(f"/api/v1/tasks/{task_id}/pause"),
-          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+    _task_command(task_id, "pause")
 
 
 @app.command()
 def resume(task_id: TaskId) -> None:
     """Resume a paused task."""
-    _show(state.api.post(f"/api/v1/tasks/{task_id}/resume"),
-          lambda t: render.console.print(f"task {t['id']}: {t['status']}"))
+    _task_command(task_id, "resume")
 
 
 @app.command()

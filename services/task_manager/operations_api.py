@@ -39,10 +39,10 @@ class MonitorSnapshot(BaseModel):
 
 
 @router.get("/summary", response_model=list[QueueLine], dependencies=[Depends(READ_OPERATIONS)])
-async def queue_summary(conn: Conn, all: bool = Query(False, description="include ended tasks"),
+async def queue_summary(conn: Conn, include_ended: bool = Query(False, alias="all", description="include ended tasks"),
                         limit: Limit = 1000) -> list[QueueLine]:
     """Active tasks (or all), the newest ``limit``, in id order."""
-    return await operations.queue_summary(conn, include_ended=all, limit=limit)
+    return await operations.queue_summary(conn, include_ended=include_ended, limit=limit)
 
 
 @router.get("/jobs", response_model=JobPage, dependencies=[Depends(READ_OPERATIONS)])
