@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,19 +89,27 @@ class LaunchFailed(Exception):
     pass
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}")
+        return value
+    return parse
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="wms-launch", description=__doc__.split("\n")[0])
-    parser.add_argument("--pilots", type=int, default=2, help="CPU pilot daemons (default 2)")
-    parser.add_argument("--gpu-pilots", type=int, default=0, help="pilot daemons that offer a GPU (default 0)")
+    parser.add_argument("--pilots", type=at_least(0), default=2, help="CPU pilot daemons (default 2)")
+    parser.add_argument("--gpu-pilots", type=at_least(0), default=0, help="pilot daemons that offer a GPU (default 0)")
     parser.add_argument("--channel", choices=["rest", "mq"], default="rest", help="the pilots' channel")
-    parser.add_argument("--pilot-cores", type=int, default=1, help="cores each pilot offers (default 1)")
+    parser.add_argument("--pilot-cores", type=at_least(1), default=1, help="cores each pilot offers (default 1)")
     parser.add_argument("--no-dsm", action="store_true", help="the site runs its own DSM at WMS_DSM_URL")
     parser.add_argument("--logs", type=Path, default=None, help="log directory (default <storage>/../logs)")
-    args = parser.parse_args(argv)
-    for name in ("pilots", "gpu_pilots", "pilot_cores"):
-        if getattr(args, name) < 0 or (name == "pilot_cores" and args.pilot_cores < 1):
-            parser.error(f"--{name.replace('_', '-')} must be {'>= 1' if name == 'pilot_cores' else '>= 0'}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
