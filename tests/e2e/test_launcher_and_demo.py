@@ -122,3 +122,39 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
     assert states and set(states) == {"exited"}, states
     refused = await asyncio.to_thread(run_cli, env, "q")
     assert refused.returncode == 3 and "cannot reach" in refused.stderr
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """pid -> program name of the direct children of ``pid`` (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(entry.name)] = " ".join(a.decode() for a in cmdline if a)
+    return found
+
+
+async def test_a_service_that_dies_stops_the_launch(settings, db, tmp_path) -> None:
+    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS)))))
+    env = {**os.environ, **ports, "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
+           "WMS_BROKER_NAMESPACE": settings.broker_namespace, "WMS_STORAGE_ROOT": str(tmp_path / "storage")}
+    out = tmp_path / "launch.out"
+    launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "1"], env=env, stdout=out.open("w"),
+                                stderr=subprocess.STDOUT)
+    try:
+        await wait_for_line(out, "wms-launch: up:", launcher)
+        children = children_of(launcher.pid)
+        assert len(children) == 6, children  # DSM, four services, one pilot daemon
+        victim = next(pid for pid, cmd in children.items() if cmd.endswith("wms-task-manager"))
+        os.kill(victim, signal.SIGKILL)
+        code = await asyncio.to_thread(launcher.wait, 90)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert code == 1 and "task-manager exited with -9" in out.read_text(), out.read_text()
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children), "children left running"
