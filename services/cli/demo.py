@@ -5,14 +5,14 @@ the three tasks are submitted at once: filter and merge follow their growing inp
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
+from common.dsm import DsmClient, DsmError, DsmFile
 from common.settings import Settings
 from examples.spd.generate import write_slices
 from services.cli import render
@@ -22,32 +22,24 @@ ENDED = {"done", "finished", "failed", "cancelled"}
 DSM_BATCH = 5000
 
 
-class DsmSession:
-    """The few DSM calls the demo makes (the services use common.dsm; this CLI is synchronous)."""
-
-    def __init__(self, cli: CliSettings) -> None:
-        self.url = cli.dsm_url
-        self._http = httpx.Client(base_url=cli.dsm_url.rstrip("/") + "/dsm/v1", timeout=cli.timeout_s,
-                                  headers={"Authorization": f"Bearer {cli.token}"})
-
-    def post(self, path: str, body: object = None) -> httpx.Response:
-        try:
-            answer = self._http.post(path, json=body)
-        except httpx.TransportError as exc:
-            raise CliError(f"cannot reach the DSM at {self.url}: {exc} (set WMS_CLI_DSM_URL)",
-                           EXIT_UNREACHABLE) from exc
-        if answer.status_code >= 400:
-            raise CliError(f"DSM {path}: HTTP {answer.status_code}: {answer.text[:300]}")
-        return answer
-
-    def create_new_dataset(self, name: str) -> None:
-        if self.post("/datasets", {"name": name}).status_code == 200:
+async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: int) -> None:
+    """Write the raw slices and register them in a new, then closed, DSM dataset (the project's DSM client)."""
+    dsm = DsmClient(cli.dsm_url, cli.token, cli.timeout_s)
+    try:
+        if await dsm.dataset(name) is not None:
             raise CliError(f"dataset {name} exists already: choose another --run")
-
-    def register_and_close(self, name: str, entries: list[dict]) -> None:
+        await dsm.create_dataset(name)
+        render.console.print(f"generating {slices} raw time slices in {data_dir}", highlight=False)
+        entries = [DsmFile(**e) for e in write_slices(data_dir, slices, seed=7)]
         for i in range(0, len(entries), DSM_BATCH):
-            self.post(f"/datasets/{name}/files", {"files": entries[i:i + DSM_BATCH]})
-        self.post(f"/datasets/{name}/close")
+            await dsm.register_files(name, entries[i:i + DSM_BATCH])
+        await dsm.close_dataset(name)
+    except DsmError as exc:
+        raise CliError(str(exc)) from exc
+    except aiohttp.ClientError as exc:
+        raise CliError(f"cannot reach the DSM at {cli.dsm_url}: {exc} (set WMS_CLI_DSM_URL)", EXIT_UNREACHABLE) from exc
+    finally:
+        await dsm.close()
 
 
 def chain(run: str, slices: int) -> list[dict]:
@@ -69,10 +61,7 @@ def chain(run: str, slices: int) -> list[dict]:
 def run_demo(api: Api, cli: CliSettings, slices: int, data_dir: Path | None, run: str | None) -> int:
     run = run or time.strftime("demo-%Y%m%d-%H%M%S")
     data_dir = data_dir or Path(Settings().storage_root) / "demo-raw" / run
-    dsm = DsmSession(cli)
-    dsm.create_new_dataset(f"spd.raw.{run}")
-    render.console.print(f"generating {slices} raw time slices of run {run} in {data_dir}", highlight=False)
-    dsm.register_and_close(f"spd.raw.{run}", write_slices(data_dir, slices, seed=7))
+    asyncio.run(register_raw_run(cli, f"spd.raw.{run}", data_dir, slices))
     task_ids = [api.post("/api/v1/tasks", description)["id"] for description in chain(run, slices)]
     render.console.print(f"submitted tasks {', '.join(map(str, task_ids))} (unscramble -> filter -> merge); "
                          f"watch them in the monitor: {api.base_url}/monitor", highlight=False)
@@ -80,7 +69,7 @@ def run_demo(api: Api, cli: CliSettings, slices: int, data_dir: Path | None, run
     with Live(console=render.console, refresh_per_second=4) as live:
         while True:
             tasks = [api.get(f"/api/v1/tasks/{task_id}") for task_id in task_ids]
-            live.update(_progress_table(tasks))
+            live.update(render.live_tasks(tasks))
             if all(t["status"] in ENDED for t in tasks):
                 break
             time.sleep(1.0)
@@ -92,13 +81,3 @@ def run_demo(api: Api, cli: CliSettings, slices: int, data_dir: Path | None, run
                              f"{r['outputs']['files']} output files, {r['outputs']['events']} events -> "
                              f"{r['output_dataset']}", highlight=False)
     return 0 if all(r["status"] == "done" for r in reports) else 1
-
-
-def _progress_table(tasks: list[dict]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    for task in tasks:
-        files = (task.get("progress") or {}).get("files") or {}
-        total = files.get("total") if files.get("total") is not None else files.get("assigned")
-        grid.add_row(Text(task["name"]), task["status"], render.progress_bar(files.get("done", 0), total, width=40),
-                     f"{render.files_text(files.get('done', 0), files.get('total'))} files")
-    return grid

@@ -12,8 +12,6 @@ from typing import Annotated, Any, Optional
 import typer
 import yaml
 from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from services.cli import render
 from services.cli.client import Api, CliError, CliSettings
@@ -113,7 +111,7 @@ def watch(task_id: TaskId, interval: Annotated[float, typer.Option(min=0.1, help
     else:
         with Live(console=render.console, refresh_per_second=4, transient=False) as live:
             while True:
-                live.update(_watch_view(task))
+                live.update(render.live_tasks([task], with_jobs=True))
                 if task["status"] in ENDED:
                     break
                 time.sleep(interval)
@@ -121,18 +119,6 @@ def watch(task_id: TaskId, interval: Annotated[float, typer.Option(min=0.1, help
         render.end_live()
     if task["status"] != "done":
         raise typer.Exit(1)
-
-
-def _watch_view(task: dict) -> Table:
-    files = (task.get("progress") or {}).get("files") or {}
-    total = files.get("total") or files.get("assigned")
-    jobs = ", ".join(f"{n} {s}" for s, n in sorted(((task.get("progress") or {}).get("jobs") or {}).items()) if n)
-    grid = Table.grid(padding=(0, 2))
-    grid.add_row(Text(f"task {task['id']} {task['name']}"), task["status"],
-                 render.progress_bar(files.get("done", 0), total, width=40),
-                 f"{render.files_text(files.get('done', 0), files.get('total'))} files, {files.get('failed', 0)} failed")
-    grid.add_row("", "", f"jobs: {jobs or 'none yet'}", "")
-    return grid
 
 
 def _task_command(task_id: int, action: str) -> None:

@@ -78,9 +78,27 @@ def task_detail(task: dict) -> None:
         console.print(f"  files: {files_text(files.get('done', 0), files.get('total'))} done, "
                       f"{files.get('failed', 0)} failed, {files.get('in_progress', 0)} in progress, "
                       f"{files.get('pending', 0)} pending", highlight=False)
-        jobs = ", ".join(f"{n} {s}" for s, n in sorted(progress.get("jobs", {}).items()) if n)
-        console.print(f"  jobs: {jobs or 'none yet'}", highlight=False)
+        console.print(f"  jobs: {job_counts(progress)}", highlight=False)
         if progress.get("rate_files_per_s"):
             eta = progress.get("eta_s")
             console.print(f"  rate {progress['rate_files_per_s']:.2f} files/s"
                           + (f", eta {eta:.0f} s" if eta is not None else ""), highlight=False)
+
+
+def live_tasks(tasks: list[dict], with_jobs: bool = False) -> Table:
+    """What `watch` and the demo redraw: one row per task (name, state, progress bar, files), and its jobs."""
+    grid = Table.grid(padding=(0, 2))
+    for task in tasks:
+        progress = task.get("progress") or {}
+        files = progress.get("files") or {}
+        done, total = files.get("done", 0), files.get("total")
+        grid.add_row(Text(f"task {task['id']} {task['name']}"), task["status"],
+                     progress_bar(done, total if total is not None else files.get("assigned"), width=40),
+                     f"{files_text(done, total)} files, {files.get('failed', 0)} failed")
+        if with_jobs:
+            grid.add_row("", "", f"jobs: {job_counts(progress)}", "")
+    return grid
+
+
+def job_counts(progress: dict) -> str:
+    return ", ".join(f"{n} {s}" for s, n in sorted((progress.get("jobs") or {}).items()) if n) or "none yet"

@@ -6,8 +6,6 @@ grow with the number of scrapes. Every replica reports the same figures (aggrega
 """
 from __future__ import annotations
 
-import logging
-
 import sqlalchemy as sa
 from prometheus_client import Gauge
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,7 +15,6 @@ from common.broker import Broker
 from common.db.models import RESOURCE_TYPES, jobs, pilots
 from common.states import JOB_MACHINE, PILOT_MACHINE
 
-log = logging.getLogger("wms.job_executor.telemetry")
 JOBS = Gauge("wms_jobs", "Jobs by state and resource type", ["state", "resource_type"])
 QUEUE_MESSAGES = Gauge("wms_queue_messages", "Messages waiting in a RabbitMQ queue", ["queue"])
 LIVE_PILOTS = Gauge("wms_pilots_live", "Live (idle or busy) pilots", ["resource_type", "channel"])

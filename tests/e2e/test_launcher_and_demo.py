@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -99,7 +100,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
 
         demo = await asyncio.to_thread(run_cli, env, "demo", "--slices", "24", "--run", "t1", timeout=240)
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        lines = [line for line in demo.stdout.splitlines() if line.startswith("task ")]
+        lines = [line for line in demo.stdout.splitlines() if re.match(r"task \d+: ", line)]
         assert len(lines) == 3 and all(": done, 24 input files done" in line for line in lines), demo.stdout
         assert "-> spd.merged.t1" in demo.stdout
 
