@@ -55,9 +55,12 @@ async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=5) as api:
             async def query(expr: str) -> list[dict] | None:
                 try:
-                    answer = (await api.get("/query", params={"query": expr})).json()
+                    response = await api.get("/query", params={"query": expr})
                 except httpx.TransportError:
-                    return None
+                    return None  # not listening yet
+                if response.status_code == 503:
+                    return None  # starting ("not ready"), plain text
+                answer = response.json()
                 assert answer["status"] == "success", (expr, answer)
                 return answer["data"]["result"]
 
@@ -105,10 +108,13 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         assert "-> spd.merged.t1" in demo.stdout
 
         queue = await asyncio.to_thread(run_cli, env, "--json", "q", "--all")
+        assert queue.returncode == 0, queue.stderr
         summary = json.loads(queue.stdout)
         assert [(t["name"], t["status"], t["files_done"]) for t in summary] == [
             ("unscramble t1", "done", 24), ("filter t1", "done", 24), ("merge t1", "done", 24)]
-        live = json.loads((await asyncio.to_thread(run_cli, env, "--json", "pilots", "--live")).stdout)
+        pilots_answer = await asyncio.to_thread(run_cli, env, "--json", "pilots", "--live")
+        assert pilots_answer.returncode == 0, pilots_answer.stderr
+        live = json.loads(pilots_answer.stdout)
         assert sorted(p["host"].rsplit("-", 1)[1] for p in live) == ["pilot0", "pilot1"]
         await check_prometheus(tmp_path, ports)
         again = await asyncio.to_thread(run_cli, env, "demo", "--slices", "2", "--run", "t1")
