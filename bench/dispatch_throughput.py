@@ -15,6 +15,7 @@ import os
 import platform
 import statistics
 import time
+import uuid
 
 import sqlalchemy as sa
 
@@ -37,7 +38,7 @@ async def simulated_pilot(n: int, d: Deployment, channel_kind: str, running_at: 
     done = 0
     try:
         while not stop.is_set():
-            job = await channel.claim()
+            job = await channel.claim(uuid.uuid4())
             if job is None:
                 await asyncio.sleep(0.05)
                 continue

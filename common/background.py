@@ -13,6 +13,9 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("wms.background")
 STOP_TIMEOUT_S = 10.0
+# A failing round (database or DSM down) is retried after a growing pause, capped low enough that the loop
+# resumes within seconds of the dependency's return.
+FAILURE_BACKOFF_MAX_S = 5.0
 
 
 class Loop:
@@ -32,19 +35,34 @@ class Loop:
         self._wakeup.set()
 
     async def run(self) -> None:
+        failures = 0
         while not self._stopping.is_set():
             try:
                 busy = await self._round()
-            except Exception:
-                log.exception("background round failed", extra={"loop": self.name})
-                busy = False
+                if failures:
+                    log.info("background round succeeds again", extra={"loop": self.name, "failures": failures})
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                if failures == 1:
+                    log.exception("background round failed", extra={"loop": self.name})
+                else:
+                    log.warning("background round failed again", extra={
+                        "loop": self.name, "failures": failures, "error": f"{type(exc).__name__}: {exc}"})
+                pause = min(self.interval_s * 2 ** (failures - 1), max(FAILURE_BACKOFF_MAX_S, self.interval_s))
+                await self._sleep(pause)
+                continue
             if busy or self._stopping.is_set():
                 continue
             if self.min_pause_s:
                 await asyncio.sleep(self.min_pause_s)
-            self._wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.interval_s)
+            await self._sleep(self.interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` or until woken (or asked to stop)."""
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), timeout=seconds)
 
 
 def start(*loops: Loop) -> list[tuple[Loop, asyncio.Task[None]]]:

@@ -1,21 +1,33 @@
-"""RabbitMQ: the whole topology in one place, publishing with confirms, consuming with manual acks.
+"""RabbitMQ: the whole topology in one place, publishing with confirms, consuming with manual acks, and a
+connection that comes back by itself.
 
 Every queue is a durable quorum queue with a delivery limit and a dead-letter queue, so a poison message ends
-in ``<queue>.dlq`` instead of a retry loop. Each queue is declared here and nowhere else (redeclaring with other
-arguments kills the channel).
+in ``<queue>.dlq`` instead of a retry loop. A handler that fails because a dependency is down (database, DSM,
+broker: :func:`common.failures.is_transient`) is not a poison: its message goes to ``<queue>.retry`` with a
+per-message TTL (growing with each retry) and comes back to the queue when it expires, without spending the
+delivery limit. Each queue is declared here and nowhere else (redeclaring with other arguments kills the
+channel).
+
+The connection is supervised here rather than by aio-pika's robust connection (which does not restore
+consumers of queues it did not declare itself): on any loss of the connection or of one of its channels, the
+whole connection is rebuilt with backoff, the topology declared again and every consumer subscribed again.
+The broker counts as ready only while that is done.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
+from common.failures import BrokerUnavailable, backoff_s, is_transient
 from common.messages import BadMessage, Envelope, decode
 from common.settings import Settings
 
@@ -48,6 +60,11 @@ QUEUES: tuple[QueueSpec, ...] = (
 )
 DEAD_LETTER_EXCHANGE = "dlx"
 CLOSE_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 10.0
+FIRST_CONNECT_WAIT_S = 30.0
+RECONNECT_FIRST_DELAY_S = 0.2
+# Header counting a message's trips through its retry queue (transient failures), not its deliveries.
+RETRY_HEADER = "wms-retries"
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,11 @@ class Topology:
     def dead_letter_queue(self, name: str) -> str:
         return f"{self.queue(name)}.dlq"
 
+    @staticmethod
+    def retry_queue(queue_name: str) -> str:
+        """The retry queue of a (namespaced) queue."""
+        return f"{queue_name}.retry"
+
     @property
     def dead_letter_exchange(self) -> str:
         return self.exchange(DEAD_LETTER_EXCHANGE)
@@ -71,7 +93,8 @@ class Topology:
         return [self.exchange(e) for e in (*EXCHANGES, DEAD_LETTER_EXCHANGE)]
 
     def all_queues(self) -> list[str]:
-        return [n for q in QUEUES for n in (self.queue(q.name), self.dead_letter_queue(q.name))]
+        return [n for q in QUEUES for n in (self.queue(q.name), self.dead_letter_queue(q.name),
+                                            self.retry_queue(self.queue(q.name)))]
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology, delivery_limit: int) -> None:
@@ -96,57 +119,144 @@ async def declare_topology(channel: AbstractChannel, topology: Topology, deliver
         )
         for key in spec.routing_keys:
             await queue.bind(topology.exchange(spec.exchange), routing_key=key)
+        # A parking place for messages whose handler met an outage: each waits its own TTL, then is
+        # dead-lettered back to the queue through the default exchange. Classic (per-message TTL).
+        await channel.declare_queue(
+            topology.retry_queue(queue_name),
+            durable=True,
+            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue_name},
+        )
 
 
 MessageHandler = Callable[[Envelope, object, AbstractIncomingMessage], Awaitable[None]]
 
 
+@dataclass
+class Consumer:
+    queue: str  # namespaced
+    handler: MessageHandler
+    prefetch: int
+
+
 class Broker:
-    """One robust connection per process; a confirming channel for publishing, one channel per consumer."""
+    """One supervised connection per process: a confirming channel for publishing, one channel per consumer.
+
+    ``connect`` starts the supervisor and waits (bounded) for the first connection; a service whose broker is
+    down at start-up runs, not ready, until it is back. Consumers registered with ``consume`` are subscribed on
+    every (re)connection.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topology = Topology(settings.broker_namespace)
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: aio_pika.abc.AbstractConnection | None = None
         self._publish_channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
-        self._consumer_channels: list[AbstractChannel] = []
+        self._consumers: list[Consumer] = []
+        self._ready = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._subscribing = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self.connections = 0  # how many times a connection was (re)established
 
-    async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(self.settings.amqp_url)
-        # on_return_raises: an unroutable (mandatory) message is an error, not a silent drop.
-        self._publish_channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_topology(self._publish_channel, self.topology, self.settings.delivery_limit)
+    async def connect(self, wait_s: float = FIRST_CONNECT_WAIT_S) -> None:
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="broker-supervisor")
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), wait_s)
+        except TimeoutError:
+            log.warning("broker not reachable yet; the service runs not ready and keeps trying",
+                        extra={"wait_s": wait_s})
 
     @property
     def is_connected(self) -> bool:
-        return (
-            self._connection is not None
-            and not self._connection.is_closed
-            and self._publish_channel is not None
-            and not self._publish_channel.is_closed
-        )
+        """Connected, topology declared and every consumer subscribed."""
+        return self._ready.is_set()
+
+    def health(self) -> str:
+        if self._ready.is_set():
+            return "ok"
+        return "down: reconnecting" if self._consumers else "down"
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready.wait()), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def _on_closed(self, *_args: object) -> None:
+        if not self._closing and not self._lost.is_set():
+            log.warning("broker connection or channel lost; reconnecting")
+        self._lost.set()
+
+    async def _supervise(self) -> None:
+        delay = RECONNECT_FIRST_DELAY_S
+        while not self._closing:
+            connection = None
+            try:
+                self._lost.clear()
+                connection = await aio_pika.connect(self.settings.amqp_url, timeout=CONNECT_TIMEOUT_S)
+                connection.close_callbacks.add(self._on_closed)
+                # on_return_raises: an unroutable (mandatory) message is an error, not a silent drop.
+                publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                publish.close_callbacks.add(self._on_closed)
+                await declare_topology(publish, self.topology, self.settings.delivery_limit)
+                async with self._subscribing:
+                    self._connection, self._publish_channel, self._exchanges = connection, publish, {}
+                    for consumer in self._consumers:
+                        await self._subscribe(consumer)
+                    self.connections += 1
+                    self._ready.set()
+                log.info("broker connected", extra={"connections": self.connections,
+                                                    "consumers": len(self._consumers)})
+                delay = RECONNECT_FIRST_DELAY_S
+                await self._lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._closing:
+                    log.warning("broker connection failed; retrying",
+                                extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
+            finally:
+                self._ready.clear()
+                self._connection = self._publish_channel = None
+                self._exchanges = {}
+                if connection is not None and not connection.is_closed:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_S)
+            if self._closing:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.broker_reconnect_max_s)
 
     async def close(self) -> None:
-        # aio-pika's close of a robust connection can hang (pending confirms, reconnect in progress): a process
-        # that is shutting down must not wait for it forever.
-        if self._connection is not None:
+        self._closing = True
+        self._lost.set()
+        if self._supervisor is not None:
             try:
-                await asyncio.wait_for(self._connection.close(), timeout=CLOSE_TIMEOUT_S)
-            except TimeoutError:
+                await asyncio.wait_for(asyncio.shield(self._supervisor), CLOSE_TIMEOUT_S + 1)
+            except (TimeoutError, Exception):
+                # aio-pika's close can hang (pending confirms): a process shutting down must not wait forever.
                 log.warning("broker connection did not close in time; abandoned")
-        self._connection = self._publish_channel = None
-        self._exchanges.clear()
-        self._consumer_channels.clear()
+                self._supervisor.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._supervisor
+            self._supervisor = None
+
+    def _require_connection(self) -> aio_pika.abc.AbstractConnection:
+        if self._connection is None or self._connection.is_closed or not self._ready.is_set():
+            raise BrokerUnavailable("the broker connection is down (reconnecting)")
+        return self._connection
 
     async def open_channel(self, publisher_confirms: bool = False) -> AbstractChannel:
         """A channel of its own for a short operation (closing it requeues whatever it left unacked)."""
-        assert self._connection is not None, "Broker.connect() first"
-        return await self._connection.channel(publisher_confirms=publisher_confirms,
-                                              on_return_raises=publisher_confirms)
+        return await self._require_connection().channel(publisher_confirms=publisher_confirms,
+                                                        on_return_raises=publisher_confirms)
 
     async def queue_depths(self) -> dict[str, int]:
-        """Messages waiting in each queue and dead-letter queue of the topology (by namespaced name)."""
+        """Messages waiting in each queue, dead-letter and retry queue of the topology (by namespaced name)."""
         channel = await self.open_channel()
         try:
             return {name: (await channel.declare_queue(name, passive=True)).declaration_result.message_count
@@ -155,13 +265,14 @@ class Broker:
             await channel.close()
 
     async def _exchange(self, name: str) -> AbstractExchange:
+        self._require_connection()
         if name not in self._exchanges:
-            assert self._publish_channel is not None, "Broker.connect() first"
+            assert self._publish_channel is not None
             self._exchanges[name] = await self._publish_channel.get_exchange(name, ensure=False)
         return self._exchanges[name]
 
     async def publish(self, exchange: str, routing_key: str, envelope: Envelope) -> None:
-        """Publish persistently and wait for the broker's confirm; raises on nack, return or timeout."""
+        """Publish persistently and wait for the broker's confirm; raises on nack, return, timeout or outage."""
         await self.publish_raw(
             exchange, routing_key, envelope.model_dump_json().encode(), envelope.message_id, envelope.type,
             envelope.created_at,
@@ -195,7 +306,8 @@ class Broker:
     async def reply(self, request: AbstractIncomingMessage, envelope: Envelope) -> None:
         """Answer a request on its reply_to queue (default exchange). A requester that is gone is not an error
         of ours: the reply is dropped with a warning."""
-        assert self._publish_channel is not None, "Broker.connect() first"
+        self._require_connection()
+        assert self._publish_channel is not None
         message = aio_pika.Message(
             body=envelope.model_dump_json().encode(),
             content_type="application/json",
@@ -213,36 +325,88 @@ class Broker:
             log.warning("reply to a vanished requester dropped", extra={"reply_to": request.reply_to})
 
     async def consume(self, queue_name: str, handler: MessageHandler, prefetch: int = 100) -> None:
-        """Consume ``queue_name`` (namespaced) with manual acks.
+        """Consume ``queue_name`` (namespaced) with manual acks, now and after every reconnection.
 
         A message that does not decode, or that the handler finds can never be processed (it raises
-        BadMessage), is rejected without requeue: dead-lettered at once. Any other handler error requeues it;
-        the queue's delivery limit dead-letters it after repeated failures.
+        BadMessage), is rejected without requeue: dead-lettered at once. A handler that meets an outage
+        (:func:`is_transient`) sends the message to the retry queue with a growing delay. Any other handler error
+        requeues it; the queue's delivery limit dead-letters it after repeated failures.
         """
-        assert self._connection is not None, "Broker.connect() first"
+        consumer = Consumer(queue_name, handler, prefetch)
+        async with self._subscribing:
+            self._consumers.append(consumer)
+            if self._ready.is_set():
+                await self._subscribe(consumer)
+
+    async def _subscribe(self, consumer: Consumer) -> None:
+        assert self._connection is not None
         channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        self._consumer_channels.append(channel)
-        queue = await channel.get_queue(queue_name, ensure=False)
+        channel.close_callbacks.add(self._on_closed)
+        await channel.set_qos(prefetch_count=consumer.prefetch)
+        queue = await channel.get_queue(consumer.queue, ensure=False)  # declared by declare_topology
+        await queue.consume(functools.partial(self._deliver, consumer))
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            try:
-                envelope, payload = decode(message.body)
-            except BadMessage as exc:
-                log.error("dead-lettering bad message", extra={"queue": queue_name, "reason": str(exc)})
-                await message.reject(requeue=False)
-                return
-            try:
-                await handler(envelope, payload, message)
-            except BadMessage as exc:
-                log.error("dead-lettering unprocessable message",
-                          extra={"queue": queue_name, "message_id": str(envelope.message_id), "reason": str(exc)})
-                await message.reject(requeue=False)
-                return
-            except Exception:
-                log.exception("handler failed; requeued", extra={"queue": queue_name, "message_id": str(envelope.message_id)})
-                await message.nack(requeue=True)
-                return
-            await message.ack()
+    async def _deliver(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
+        queue_name = consumer.queue
+        try:
+            envelope, payload = decode(message.body)
+        except BadMessage as exc:
+            log.error("dead-lettering bad message", extra={"queue": queue_name, "reason": str(exc)})
+            await _settle(message.reject(requeue=False))
+            return
+        try:
+            await consumer.handler(envelope, payload, message)
+        except BadMessage as exc:
+            log.error("dead-lettering unprocessable message",
+                      extra={"queue": queue_name, "message_id": str(envelope.message_id), "reason": str(exc)})
+            await _settle(message.reject(requeue=False))
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                await self._retry_later(consumer, message, exc)
+            else:
+                log.exception("handler failed; requeued",
+                              extra={"queue": queue_name, "message_id": str(envelope.message_id)})
+                await _settle(message.nack(requeue=True))
+            return
+        await _settle(message.ack())
 
-        await queue.consume(on_message)
+    async def _retry_later(self, consumer: Consumer, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """Park the message in the queue's retry queue for a growing delay, then ack it here (an outage is not
+        the message's fault). If even that fails, the broker itself is in trouble: requeue."""
+        headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
+        retries = int(headers.get(RETRY_HEADER, 0) or 0) + 1  # type: ignore[call-overload]
+        delay = backoff_s(retries, self.settings.transient_retry_base_s, self.settings.transient_retry_max_s)
+        copy = aio_pika.Message(
+            body=message.body, headers={**headers, RETRY_HEADER: retries}, content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=message.message_id, type=message.type,
+            timestamp=message.timestamp, correlation_id=message.correlation_id, reply_to=message.reply_to,
+            expiration=delay,
+        )
+        try:
+            self._require_connection()
+            assert self._publish_channel is not None
+            await asyncio.wait_for(
+                self._publish_channel.default_exchange.publish(
+                    copy, routing_key=self.topology.retry_queue(consumer.queue), mandatory=True),
+                timeout=self.settings.publish_timeout_s,
+            )
+        except Exception:
+            log.warning("outage in handler and the retry queue is unreachable; requeued",
+                        extra={"queue": consumer.queue, "message_id": message.message_id})
+            await _settle(message.nack(requeue=True))
+            return
+        await _settle(message.ack())
+        log.warning("handler met an outage; message retried later",
+                    extra={"queue": consumer.queue, "message_id": message.message_id, "retries": retries,
+                           "delay_s": delay, "error": f"{type(exc).__name__}: {exc}"})
+
+
+async def _settle(settlement: Awaitable[object]) -> None:
+    """Ack/nack/reject on a channel that may have died meanwhile: the broker then requeues the delivery
+    itself, so there is nothing more to do here."""
+    try:
+        await settlement
+    except Exception as exc:
+        log.warning("could not settle a delivery (channel gone; the broker requeues it)",
+                    extra={"error": f"{type(exc).__name__}: {exc}"})

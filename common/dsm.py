@@ -47,6 +47,20 @@ class DsmError(Exception):
         self.status, self.detail = status, detail
 
 
+class DsmUnavailable(DsmError):
+    """The DSM could not answer now (5xx, 429, timeout, connection refused): try again later. ``status`` is 0
+    when no HTTP answer came at all."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(status, detail)
+        if status == 0:
+            self.args = (f"DSM unreachable: {detail}",)
+
+
+def _is_outage(status: int) -> bool:
+    return status >= 500 or status == 429
+
+
 class DsmClient:
     """One aiohttp session per process; every call raises DsmError on a non-2xx answer."""
 
@@ -60,15 +74,19 @@ class DsmClient:
         await self._session.close()
 
     async def _call(self, method: str, path: str, **kw: Any) -> bytes:
-        async with self._session.request(method, self.base_url + path, **kw) as response:
-            body = await response.read()
-            if response.status >= 300:
-                try:
-                    detail = json.loads(body).get("detail")
-                except (ValueError, AttributeError):
-                    detail = body[:500].decode(errors="replace")
-                raise DsmError(response.status, detail)
-            return body
+        try:
+            async with self._session.request(method, self.base_url + path, **kw) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise DsmUnavailable(0, f"{type(exc).__name__}: {exc}") from exc
+        if status >= 300:
+            try:
+                detail = json.loads(body).get("detail")
+            except (ValueError, AttributeError):
+                detail = body[:500].decode(errors="replace")
+            raise (DsmUnavailable if _is_outage(status) else DsmError)(status, detail)
+        return body
 
     async def dataset(self, name: str) -> Dataset | None:
         try:

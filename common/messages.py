@@ -106,6 +106,7 @@ class PilotCall(BaseModel):
     pilot_id: int | None = None
     session: str | None = None
     job_id: int | None = None
+    request_id: uuid.UUID | None = None  # claims: the pilot's idempotency key (see ClaimRequest)
     registration: PilotRegistration | None = None
     heartbeat: Heartbeat | None = None
     report: JobReport | None = None

@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from common.failures import BrokerUnavailable
 from common.settings import Settings
 
 HTTP_REQUESTS = Counter(
@@ -125,8 +127,13 @@ def add_health_routes(app: FastAPI, extra_checks: Callable[[], dict[str, str]]) 
         logging.getLogger("wms.http").error("database error", extra={"error": f"{type(exc).__name__}: {exc}"})
         return error_response(503, "database unavailable, retry later")
 
-    for exc_type in (OperationalError, DBAPIError, OSError):
+    async def broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(503, "message broker unavailable, retry later")
+
+    # TimeoutError: a statement or connect timeout (the database did not answer in time)
+    for exc_type in (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout):
         app.add_exception_handler(exc_type, database_unavailable)
+    app.add_exception_handler(BrokerUnavailable, broker_unavailable)
 
 
 def run_service(app: FastAPI, service: str, settings: Settings, port: int) -> None:

@@ -2,7 +2,8 @@
 publishes it with confirms afterwards. No event without its row change, no row change without its event.
 
 Delivery is at least once (a crash between the confirm and the commit republishes): consumers dedupe by
-message id (``consumed_message``).
+message id (``consumed_message``). While the broker is down the relay waits; a row whose publication fails
+while the broker is up waits its own backoff (2^n s, capped) and never blocks the rows behind it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ log = logging.getLogger("wms.outbox")
 
 PURGE_EVERY_S = 60.0
 RETENTION = "1 day"
+ERROR_TEXT_MAX = 2000
 
 
 async def add_event(conn: AsyncConnection, exchange: str, routing_key: str, envelope: Envelope) -> None:
@@ -41,11 +43,13 @@ async def add_event(conn: AsyncConnection, exchange: str, routing_key: str, enve
 class OutboxRelay:
     """Publishes unpublished outbox rows. Several relays may run: SKIP LOCKED gives each its own rows."""
 
-    def __init__(self, engine: AsyncEngine, broker: Broker, batch_size: int, poll_interval_s: float) -> None:
+    def __init__(self, engine: AsyncEngine, broker: Broker, batch_size: int, poll_interval_s: float,
+                 retry_max_s: float = 60.0) -> None:
         self.engine = engine
         self.broker = broker
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
+        self.retry_max_s = retry_max_s
         self._last_purge = 0.0
         self.loop = Loop("outbox-relay", self.run_round, poll_interval_s)
 
@@ -55,6 +59,8 @@ class OutboxRelay:
 
     async def publish_pending(self) -> int:
         """Publish one batch; returns how many rows were published."""
+        if not self.broker.is_connected:
+            return 0  # nothing can go out; the rows wait (without spending their retries) until it is back
         async with self.engine.begin() as conn:
             rows = (
                 await conn.execute(
@@ -67,7 +73,8 @@ class OutboxRelay:
                         outbox.c.body["type"].astext.label("type"),
                         sa.cast(outbox.c.body, sa.Text).label("body_json"),
                     )
-                    .where(outbox.c.published_at.is_(None))
+                    .where(outbox.c.published_at.is_(None),
+                           sa.or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= sa.func.now()))
                     .order_by(outbox.c.id)
                     .limit(self.batch_size)
                     .with_for_update(skip_locked=True)
@@ -93,11 +100,15 @@ class OutboxRelay:
                     .where(outbox.c.id.in_(published))
                     .values(published_at=sa.func.now(), publish_attempts=outbox.c.publish_attempts + 1)
                 )
-            for row_id, error in failed:
+            if failed:
+                # each failed row waits 2^attempts s (capped) before it is tried again
+                backoff = sa.func.least(sa.func.power(2, outbox.c.publish_attempts), self.retry_max_s)
                 await conn.execute(
                     sa.update(outbox)
-                    .where(outbox.c.id == row_id)
-                    .values(publish_attempts=outbox.c.publish_attempts + 1, last_error=error[:2000])
+                    .where(outbox.c.id == sa.bindparam("row_id"))
+                    .values(publish_attempts=outbox.c.publish_attempts + 1, last_error=sa.bindparam("error"),
+                            next_attempt_at=sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, backoff)),
+                    [{"row_id": row_id, "error": error[:ERROR_TEXT_MAX]} for row_id, error in failed],
                 )
             if failed:
                 log.warning("outbox publish failed", extra={"failed": len(failed), "first_error": failed[0][1]})

@@ -5,11 +5,13 @@ retried elsewhere) is refused with 409 and must stop its payload.
 """
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "lost", "cancelled", "pilot"]
+# 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}).
+ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "manifest", "lost", "cancelled", "pilot"]
 
 
 class PilotRegistration(BaseModel):
@@ -27,6 +29,14 @@ class PilotSession(BaseModel):
     pilot_id: int
     session: str = Field(description="secret to present with every later call (X-Pilot-Session)")
     heartbeat_interval_s: float
+
+
+class ClaimRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: uuid.UUID | None = Field(
+        None, description="chosen by the pilot, the same for every retry of one claim: a retried claim gets the "
+        "job the first one produced instead of a second job")
 
 
 class InputFile(BaseModel):

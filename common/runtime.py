@@ -33,7 +33,7 @@ class ServiceRuntime:
         self.engine: AsyncEngine = create_engine(self.settings)
         self.broker = Broker(self.settings)
         self.relay = OutboxRelay(self.engine, self.broker, self.settings.outbox_batch_size,
-                                 self.settings.outbox_poll_interval_s)
+                                 self.settings.outbox_poll_interval_s, self.settings.outbox_retry_max_s)
         self._running: list = []
         self._closers: list[Callable[[], Awaitable[None] | None]] = []
 

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/wms"
     db_pool_size: int = Field(10, ge=1, le=200)
+    # Bounds on the database: a partition or a hung server fails a call instead of hanging a loop forever.
+    db_connect_timeout_s: float = Field(5.0, gt=0)
+    db_statement_timeout_s: float = Field(30.0, gt=0)
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     # Every exchange and queue name starts with this, so several deployments (or tests) can share one broker.
@@ -33,9 +36,18 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(10.0, gt=0)
     # A message redelivered more often than this is poison and goes to its dead-letter queue.
     delivery_limit: int = Field(5, ge=1)
+    # The broker connection is re-established after a loss with this backoff (doubling up to the cap).
+    broker_reconnect_max_s: float = Field(5.0, gt=0)
+    # A handler that failed because the database, the DSM or the broker was unavailable is retried after this
+    # delay (doubling per retry up to the cap) through the queue's retry queue: it never spends the delivery
+    # limit, which is kept for poison messages.
+    transient_retry_base_s: float = Field(0.5, gt=0)
+    transient_retry_max_s: float = Field(30.0, gt=0)
 
     outbox_poll_interval_s: float = Field(1.0, gt=0)
     outbox_batch_size: int = Field(200, ge=1, le=10_000)
+    # An outbox row whose publication failed is retried after 2^n seconds, capped; the rows behind it go on.
+    outbox_retry_max_s: float = Field(60.0, gt=0)
 
     # Bearer token -> role. JSON in the environment: WMS_API_TOKENS='{"secret": "wfms"}'.
     api_tokens: dict[str, Role] = Field(default_factory=lambda: dict(DEV_TOKENS))
@@ -62,6 +74,11 @@ class Settings(BaseSettings):
     pilot_timeout_s: float = Field(60.0, gt=0)
     retry_backoff_s: float = Field(10.0, ge=0)
     retry_backoff_max_s: float = Field(300.0, ge=0)
+    # Attempts lost to infrastructure (dead pilot, silent heartbeat) do not count against a task's max_attempts;
+    # a job lost this many times fails (category 'lost').
+    max_lost_attempts: int = Field(5, ge=1)
+    # DSM registration of outputs after a transient DSM error: retried after 2^n seconds, capped.
+    dsm_retry_max_s: float = Field(60.0, gt=0)
     oversight_interval_s: float = Field(2.0, gt=0)
     job_wall_time_s: int = Field(3600, ge=1)
     # Where pilots stage outputs (a shared filesystem in this version): file://<storage_root>/<dataset>/...
@@ -76,6 +93,11 @@ class Settings(BaseSettings):
 
     # How often the job-executor samples the system-wide gauges (jobs by state, queue depths, live pilots).
     metrics_interval_s: float = Field(10.0, gt=0)
+
+    # Housekeeping (job-executor): consumed message ids and ended pilots older than these are purged.
+    consumed_message_retention_s: float = Field(7 * 86400.0, gt=0)
+    pilot_retention_s: float = Field(7 * 86400.0, gt=0)
+    housekeeping_interval_s: float = Field(600.0, gt=0)
 
     log_level: str = "INFO"
 

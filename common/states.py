@@ -49,6 +49,7 @@ class FileState(enum.StrEnum):
     CANCELLED = "cancelled"  # input file of a cancelled task
     STAGED = "staged"  # output or log file in FILE_DAT and on storage, not yet registered in the DSM
     REGISTERED = "registered"  # output or log file registered in FILE_DAT and the DSM
+    REJECTED = "rejected"  # output or log file the DSM refused for good (the reason is in FILE_DAT.error)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,15 @@
 
 Each job: stage in, report running, run the payload (own work directory, environment, wall time, log file)
 while heartbeating, stage out, report the outcome. A heartbeat answer (or a 409) can tell it to abort: the
-payload's whole process group is killed. Exit status: 0 lifetime reached or stopped, 3 no work (idle limit),
-4 declared dead by the job-executor, 1 failure.
+payload's whole process tree is killed. Staging runs in a worker thread, so heartbeats go on meanwhile.
+
+An unavailable server (5xx, a timeout, a lost connection, the broker down) is never a reason to give up: every
+call is retried with backoff, a running job keeps running and heartbeating, a finished job's report is kept and
+retried until the job-executor accepts or refuses it; a claim is retried with the same request id, so it cannot
+produce a second job. Only a refusal (4xx) is final.
+
+Exit status: 0 lifetime reached or stopped, 3 no work (idle limit), 4 declared dead by the job-executor,
+1 failure.
 """
 from __future__ import annotations
 
@@ -12,30 +19,43 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import sys
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-
-import aiohttp
+from typing import TypeVar
 
 from common.observability import configure_logging
 from common.pilot_protocol import Heartbeat, JobReport, JobSpec, StagedFile
-from pilot.channels import ChannelRefused
+from pilot.channels import ChannelRefused, ChannelUnavailable
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
 from pilot.config import PilotSettings
 from pilot.payload import expand_args, run_payload
 from pilot.resources import identify
-from pilot.staging import StagingError, stage_in, stage_out
+from pilot.staging import StagingError, Throttle, remove_staged, stage_in, stage_out
 
 log = logging.getLogger("wms.pilot")
 EXIT_OK, EXIT_FAILURE, EXIT_NO_WORK, EXIT_DEAD = 0, 1, 3, 4
-REPORT_TRIES = 5
+RETRY_FIRST_S = 0.5
+EXIT_CALL_TIMEOUT_S = 5.0
+DETAIL_LOG_MAX = 300
+T = TypeVar("T")
 
 
 class PilotDeclaredDead(Exception):
+    pass
+
+
+class Stopped(Exception):
+    """The pilot was asked to stop while waiting for an unavailable server."""
+
+
+class ManifestError(Exception):
     pass
 
 
@@ -48,17 +68,52 @@ class Pilot:
             else MqChannel(settings.amqp_url, settings.broker_namespace, settings.request_timeout_s)
         )
         self.stopping = asyncio.Event()  # SIGTERM: finish the current job, take no other
+        self.throttle_bytes_per_s = settings.stage_bandwidth_mbps * 1e6
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], interruptible: bool = False,
+                        give_up_s: float | None = None) -> T:
+        """``call()`` until it answers or is refused; an outage is waited out with backoff (and jitter).
+        ``interruptible``: a stop request ends the wait (Stopped). ``give_up_s``: the outage is re-raised after
+        that long."""
+        delay, started = RETRY_FIRST_S, time.monotonic()
+        while True:
+            try:
+                return await call()
+            except ChannelUnavailable as exc:
+                if give_up_s is not None and time.monotonic() - started > give_up_s:
+                    raise
+                log.warning("server unavailable; retrying", extra={
+                    "call": what, "error": str(exc)[:DETAIL_LOG_MAX], "retry_in_s": round(delay, 2),
+                    "pilot_id": self.channel.pilot_id})
+            pause = delay * random.uniform(0.8, 1.2)
+            if interruptible:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), pause)
+                if self.stopping.is_set():
+                    raise Stopped(what)
+            else:
+                await asyncio.sleep(pause)
+            delay = min(delay * 2, self.settings.retry_max_s)
 
     async def run(self) -> int:
         registration = identify(self.settings)
-        session = await self.channel.register(registration)
+        try:
+            session = await self._retrying("register", lambda: self.channel.register(registration),
+                                           interruptible=True)
+        except Stopped:
+            await self.channel.close()
+            return EXIT_OK
         self.heartbeat_interval = session.heartbeat_interval_s
         log.info("pilot registered", extra={"pilot_id": session.pilot_id, **registration.model_dump()})
         started = idle_since = time.monotonic()
         try:
             while not self.stopping.is_set() and time.monotonic() - started < self.settings.lifetime_s:
-                job = await self.channel.claim()
+                request_id = uuid.uuid4()  # the same for every retry of this claim
+                asked = time.monotonic()
+                job = await self._retrying("claim", lambda: self.channel.claim(request_id), interruptible=True)
                 if job is None:
+                    if time.monotonic() - asked > self.settings.request_timeout_s:
+                        idle_since = time.monotonic()  # time spent waiting out an outage is not idleness
                     if time.monotonic() - idle_since > self.settings.idle_limit_s:
                         return EXIT_NO_WORK
                     with contextlib.suppress(TimeoutError):
@@ -67,17 +122,19 @@ class Pilot:
                 await self.run_job(job)
                 idle_since = time.monotonic()
             return EXIT_OK
+        except Stopped:
+            return EXIT_OK
         except PilotDeclaredDead:
             return EXIT_DEAD
         except ChannelRefused as exc:
             if exc.status == 409:  # declared dead (or ended) by the job-executor
-                log.error("pilot refused by the job-executor", extra={"detail": str(exc.detail)[:300]})
+                log.error("pilot refused by the job-executor", extra={"detail": str(exc.detail)[:DETAIL_LOG_MAX]})
                 return EXIT_DEAD
             raise
         finally:
             log.info("pilot ending", extra={"pilot_id": self.channel.pilot_id})
             with contextlib.suppress(Exception):
-                await self.channel.exit()
+                await asyncio.wait_for(self.channel.exit(), EXIT_CALL_TIMEOUT_S)
             await self.channel.close()
             log.info("pilot ended", extra={"pilot_id": self.channel.pilot_id})
 
@@ -90,13 +147,16 @@ class Pilot:
         log_path = workdir / "payload.log"
         abort = asyncio.Event()
         beats = asyncio.create_task(self._heartbeat(job, abort))
+        throttle = Throttle(self.throttle_bytes_per_s)
         try:
             try:
-                inputs = stage_in(job.inputs, workdir / "inputs")
+                inputs = await asyncio.to_thread(stage_in, job.inputs, workdir / "inputs", throttle)
             except StagingError as exc:
                 await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category="stage-in",
                                                   error_message=str(exc)))
                 return
+            if abort.is_set():
+                return  # superseded or cancelled while staging in: nothing to report
             await self._report(job, JobReport(attempt=job.attempt, state="running"))
             env = {**os.environ, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt),
                    "WMS_OUTPUT_DIR": str(output_dir), "WMS_WORKDIR": str(workdir)}
@@ -107,7 +167,7 @@ class Pilot:
             except OSError as exc:
                 log_path.write_text(f"cannot start payload: {exc}\n")
                 result = None
-            log_file = self._stage_log(job, log_path)
+            log_file = await asyncio.to_thread(self._stage_log, job, log_path, throttle)
             if result is None or result.aborted or result.timed_out or result.exit_code != 0:
                 category, message = (
                     ("payload", "payload could not be started") if result is None
@@ -117,60 +177,61 @@ class Pilot:
                 )
                 await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=category,
                                                   error_message=message, log=log_file,
-                                                  exit_code=None if result is None else result.exit_code))
+                                                  exit_code=None if result is None else result.exit_code),
+                                   staged=[log_file] if log_file else [])
                 return
             try:
-                outputs = self._stage_outputs(job, output_dir, workdir)
-            except StagingError as exc:
-                await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category="stage-out",
-                                                  error_message=str(exc), log=log_file))
+                outputs = await asyncio.to_thread(self._stage_outputs, job, output_dir, workdir, throttle)
+            except (StagingError, ManifestError) as exc:
+                category = "manifest" if isinstance(exc, ManifestError) else "stage-out"
+                await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=category,
+                                                  error_message=str(exc), log=log_file),
+                                   staged=[log_file] if log_file else [])
                 return
-            await self._report(job, JobReport(attempt=job.attempt, state="finished", exit_code=0, outputs=outputs,
-                                              log=log_file))
-            log.info("job finished", extra={**ids, "outputs": len(outputs)})
+            accepted = await self._report(
+                job, JobReport(attempt=job.attempt, state="finished", exit_code=0, outputs=outputs, log=log_file),
+                staged=[*outputs, *([log_file] if log_file else [])])
+            log.info("job finished" if accepted else "job finished but its attempt was superseded",
+                     extra={**ids, "outputs": len(outputs)})
         finally:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _stage_log(self, job: JobSpec, log_path: Path) -> StagedFile | None:
+    def _stage_log(self, job: JobSpec, log_path: Path, throttle: Throttle) -> StagedFile | None:
         named = log_path.with_name(f"{job.job_id}.{job.attempt}.log")
         try:
             log_path.rename(named)
-            return stage_out(named, job.output_url_prefix + "logs/", f"{job.log_dataset}/{named.name}")
+            return stage_out(named, job.output_url_prefix + "logs/", f"{job.log_dataset}/{named.name}",
+                             throttle=throttle)
         except (OSError, StagingError):
             log.exception("log could not be staged", extra={"job_id": job.job_id})
             return None
 
-    def _stage_outputs(self, job: JobSpec, output_dir: Path, workdir: Path) -> list[StagedFile]:
-        events: dict[str, int] = {}
-        manifest = workdir / "outputs.json"
-        if manifest.exists():
-            events = {k: int(v["events"]) for k, v in json.loads(manifest.read_text()).items() if "events" in v}
+    def _stage_outputs(self, job: JobSpec, output_dir: Path, workdir: Path, throttle: Throttle) -> list[StagedFile]:
+        events = read_manifest(workdir / "outputs.json")
         return [
             stage_out(path, job.output_url_prefix, f"{job.output_dataset}/{job.job_id}/{path.name}",
-                      events.get(path.name))
+                      events.get(path.name), throttle)
             for path in sorted(output_dir.iterdir()) if path.is_file()
         ]
 
-    async def _report(self, job: JobSpec, report: JobReport) -> None:
-        """Send a report; transient failures are retried (the job-executor takes a repeat as the same report)."""
-        for attempt in range(1, REPORT_TRIES + 1):
-            try:
-                await self.channel.report(job.job_id, report)
-                return
-            except ChannelRefused as exc:
-                if exc.status == 409 and "pilot" in str(exc.detail) and "is dead" in str(exc.detail):
-                    raise PilotDeclaredDead(str(exc.detail)) from exc
-                log.warning("report refused", extra={"job_id": job.job_id, "status": exc.status,
-                                                     "detail": str(exc.detail)[:300]})
-                return  # superseded attempt or cancelled job: nothing more to say about it
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                if attempt == REPORT_TRIES:
-                    raise
-                log.warning("report failed, retrying", extra={"job_id": job.job_id, "error": str(exc)})
-                await asyncio.sleep(min(2**attempt, 10))
+    async def _report(self, job: JobSpec, report: JobReport, staged: list[StagedFile] = ()) -> bool:
+        """Send a report until the job-executor accepts (True) or refuses it (False); an outage is waited out.
+        What a refused attempt staged is removed: it will never be registered."""
+        try:
+            await self._retrying(f"report {report.state}", lambda: self.channel.report(job.job_id, report),
+                                 give_up_s=self.settings.report_give_up_s)
+            return True
+        except ChannelRefused as exc:
+            if exc.status == 409 and "pilot" in str(exc.detail) and "is dead" in str(exc.detail):
+                await asyncio.to_thread(remove_staged, list(staged))
+                raise PilotDeclaredDead(str(exc.detail)) from exc
+            log.warning("report refused", extra={"job_id": job.job_id, "status": exc.status,
+                                                 "detail": str(exc.detail)[:DETAIL_LOG_MAX]})
+            await asyncio.to_thread(remove_staged, list(staged))
+            return False  # superseded attempt or cancelled job: nothing more to say about it
 
     async def _heartbeat(self, job: JobSpec, abort: asyncio.Event) -> None:
         while True:
@@ -178,17 +239,40 @@ class Pilot:
             try:
                 reply = await self.channel.heartbeat(Heartbeat(job_id=job.job_id, attempt=job.attempt))
             except ChannelRefused as exc:
-                log.error("heartbeat refused: stopping the payload", extra={"job_id": job.job_id,
-                                                                            "detail": str(exc.detail)[:300]})
+                log.error("heartbeat refused: stopping the payload", extra={
+                    "job_id": job.job_id, "detail": str(exc.detail)[:DETAIL_LOG_MAX]})
                 abort.set()
                 return
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                log.warning("heartbeat failed", extra={"job_id": job.job_id, "error": str(exc)})
+            except ChannelUnavailable as exc:
+                log.warning("heartbeat failed; the job goes on", extra={"job_id": job.job_id,
+                                                                       "error": str(exc)[:DETAIL_LOG_MAX]})
                 continue
             if reply.abort:
                 log.warning("abort requested", extra={"job_id": job.job_id, "reason": reply.reason})
                 abort.set()
                 return
+
+
+def read_manifest(path: Path) -> dict[str, int]:
+    """The payload's optional outputs.json: ``{"<output file name>": {"events": n}, ...}``."""
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
+        events: dict[str, int] = {}
+        for name, entry in manifest.items():
+            if not isinstance(entry, dict):
+                raise ValueError(f"entry {name!r} is not an object")
+            if "events" in entry:
+                value = entry["events"]
+                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                    raise ValueError(f"entry {name!r}: events must be a non-negative integer")
+                events[name] = value
+        return events
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"malformed outputs.json: {exc}") from exc
 
 
 async def amain(settings: PilotSettings) -> int:

@@ -20,6 +20,12 @@ class PilotSettings(BaseSettings):
     idle_limit_s: float = Field(120.0, gt=0)  # exit after this long without work
     idle_poll_s: float = Field(2.0, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+    # An unavailable server (5xx, timeout, lost connection, broker down) is retried with backoff doubling up
+    # to this; a finished job's report is retried until it is accepted or refused, for at most report_give_up_s.
+    retry_max_s: float = Field(30.0, gt=0)
+    report_give_up_s: float = Field(6 * 3600.0, gt=0)
+    # Staging bandwidth limit in MB/s (0: unlimited), to spare shared storage when a farm stages at once.
+    stage_bandwidth_mbps: float = Field(0.0, ge=0)
     # Resources: detected, unless set (tests, or a site that wants to offer less than the node has).
     resource_type: Literal["cpu", "gpu"] | None = None
     cores: int | None = Field(None, ge=1)

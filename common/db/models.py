@@ -151,6 +151,12 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     # A retried job waits for its backoff before it can be claimed again.
     not_before: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    # The pilot-chosen id of the claim that produced the current attempt: a retried (REST) or redelivered (MQ)
+    # claim with the same id gets this attempt again instead of a second job.
+    claim_request_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # Attempts lost to infrastructure (dead pilot, silent heartbeat): counted apart from payload failures, with
+    # their own limit (WMS_MAX_LOST_ATTEMPTS); ``attempt - lost_attempts`` is what max_attempts bounds.
+    lost_attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
 
     __table_args__ = (
         sa.CheckConstraint(_in("status", JOB_MACHINE.states), name="status"),
@@ -226,6 +232,11 @@ class File(Base):
     status: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    # DSM registration of a staged output: after a transient DSM error it waits (backoff) so it never blocks
+    # the rows behind it; a permanent refusal makes it 'rejected' with the DSM's reason here.
+    register_after: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    register_attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    error: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
         sa.CheckConstraint(_in("role", FILE_ROLES), name="role"),
@@ -269,6 +280,8 @@ class OutboxMessage(Base):
     published_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     publish_attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    # A row whose publication failed waits for its backoff; the rows behind it go out meanwhile.
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (
         sa.Index("ix_outbox_unpublished", "id", postgresql_where=sa.text("published_at IS NULL")),
@@ -283,6 +296,9 @@ class ConsumedMessage(Base):
     consumer: Mapped[str] = mapped_column(sa.Text, primary_key=True)
     message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     consumed_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+
+    # Housekeeping purges ids older than the retention (WMS_CONSUMED_MESSAGE_RETENTION_S).
+    __table_args__ = (sa.Index("ix_consumed_message_consumed_at", "consumed_at"),)
 
 
 metadata = Base.metadata

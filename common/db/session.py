@@ -18,8 +18,19 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
         pool_pre_ping=True,
+        # A checkout waits at most this long for a free connection (then the caller sees an outage, not a hang).
+        pool_timeout=settings.db_connect_timeout_s + settings.db_statement_timeout_s,
         # Statements of the hot paths are few and fixed; asyncpg's prepared-statement cache serves them.
-        connect_args={"server_settings": {"application_name": "spd-wms"}},
+        # Timeouts: connecting, and every statement both on the server (statement_timeout) and on the client
+        # (command_timeout, which also covers a network partition where the server never answers).
+        connect_args={
+            "timeout": settings.db_connect_timeout_s,
+            "command_timeout": settings.db_statement_timeout_s + 5,
+            "server_settings": {
+                "application_name": "spd-wms",
+                "statement_timeout": str(int(settings.db_statement_timeout_s * 1000)),
+            },
+        },
     )
 
 

@@ -1,16 +1,25 @@
 """RabbitMQ channel of the pilot: requests on the pilots exchange (claims to the gpu or cpu queue), answers on
-an exclusive reply queue matched by correlation id."""
+an exclusive reply queue matched by correlation id.
+
+The connection is the pilot's own and is rebuilt on demand: any failure (broker down, connection or channel
+lost, no answer in time) drops it and is reported as an outage; the next call connects again, with a new reply
+queue. A reply that arrives for a request given up on is ignored; claims carry a request id, so the job such a
+lost reply announced is handed out again to the retried claim.
+"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from common.messages import PilotCall, PilotReply, decode, wrap
+from common.messages import BadMessage, PilotCall, PilotReply, decode, wrap
 from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
-from pilot.channels import ChannelRefused
+from pilot.channels import ChannelRefused, ChannelUnavailable
+
+CLOSE_TIMEOUT_S = 5.0
 
 
 class MqChannel:
@@ -19,52 +28,81 @@ class MqChannel:
         self.pilot_id: int | None = None
         self._session: str | None = None
         self._pending: dict[str, asyncio.Future[PilotReply]] = {}
+        self._connection: aio_pika.abc.AbstractConnection | None = None
+        self._connecting = asyncio.Lock()
         self.resource_type = "cpu"
 
-    async def connect(self) -> None:
-        self._connection = await aio_pika.connect_robust(self.amqp_url)
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await self._channel.get_exchange(self.exchange_name, ensure=False)
-        self._replies = await self._channel.declare_queue("", exclusive=True, auto_delete=True)
-        await self._replies.consume(self._on_reply, no_ack=True)
+    async def _connect(self) -> None:
+        async with self._connecting:
+            if self._connection is not None and not self._connection.is_closed:
+                return
+            connection = await aio_pika.connect(self.amqp_url, timeout=self.timeout_s)
+            try:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                self._exchange = await channel.get_exchange(self.exchange_name, ensure=False)
+                self._replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+                await self._replies.consume(self._on_reply, no_ack=True)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_S)
+                raise
+            self._connection = connection
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_S)
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.pop(message.correlation_id or "", None)
-        if future is not None and not future.done():
+        if future is None or future.done():
+            return  # the answer to a request given up on
+        try:
             _, reply = decode(message.body)
-            future.set_result(reply)  # type: ignore[arg-type]
+        except BadMessage as exc:
+            future.set_exception(ChannelUnavailable(f"undecodable reply: {exc}"))
+            return
+        future.set_result(reply)  # type: ignore[arg-type]
 
     async def _call(self, op: str, **fields: object) -> PilotReply:
         call = PilotCall(pilot_id=self.pilot_id, session=self._session, **fields)
         correlation_id = str(uuid.uuid4())
-        future: asyncio.Future[PilotReply] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = future
         envelope = wrap(op, call)
-        message = aio_pika.Message(
-            body=envelope.model_dump_json().encode(), content_type="application/json", type=op,
-            message_id=str(envelope.message_id), correlation_id=correlation_id,
-            reply_to=self._replies.name, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
         try:
+            await self._connect()
+            future: asyncio.Future[PilotReply] = asyncio.get_running_loop().create_future()
+            self._pending[correlation_id] = future
+            message = aio_pika.Message(
+                body=envelope.model_dump_json().encode(), content_type="application/json", type=op,
+                message_id=str(envelope.message_id), correlation_id=correlation_id,
+                reply_to=self._replies.name, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
             await asyncio.wait_for(self._exchange.publish(message, routing_key=op, mandatory=True), self.timeout_s)
             reply = await asyncio.wait_for(future, self.timeout_s)
+        except ChannelUnavailable:
+            raise
+        except (aio_pika.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError) as exc:
+            # broker down, connection or channel lost, or no answer in time: rebuild on the next call
+            await self._drop()
+            raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._pending.pop(correlation_id, None)
+        if reply.status >= 500:
+            raise ChannelUnavailable(f"{reply.status}: {reply.detail}")
         if reply.status >= 300:
             raise ChannelRefused(reply.status, reply.detail)
         return reply
 
     async def register(self, registration: PilotRegistration) -> PilotSession:
-        if not hasattr(self, "_connection"):
-            await self.connect()
         reply = await self._call("pilot.register", registration=registration)
         session = PilotSession.model_validate(reply.body)
         self.pilot_id, self._session = session.pilot_id, session.session
         self.resource_type = registration.resource_type
         return session
 
-    async def claim(self) -> JobSpec | None:
-        reply = await self._call(f"pilot.claim.{self.resource_type}")
+    async def claim(self, request_id: uuid.UUID) -> JobSpec | None:
+        reply = await self._call(f"pilot.claim.{self.resource_type}", request_id=request_id)
         return None if reply.status == 204 else JobSpec.model_validate(reply.body)
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:
@@ -77,5 +115,4 @@ class MqChannel:
         await self._call("pilot.exit")
 
     async def close(self) -> None:
-        if hasattr(self, "_connection"):
-            await self._connection.close()
+        await self._drop()

@@ -1,12 +1,15 @@
 """REST channel of the pilot (aiohttp, one session for the pilot's life)."""
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import aiohttp
 
 from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
-from pilot.channels import ChannelRefused
+from pilot.channels import ChannelRefused, ChannelUnavailable
+
+DETAIL_MAX = 1000
 
 
 class RestChannel:
@@ -17,11 +20,18 @@ class RestChannel:
         self.pilot_id: int | None = None
 
     async def _post(self, path: str, body: Any = None) -> tuple[int, bytes]:
-        async with self._http.post(self.base + path, json=body, headers=self._session_header) as response:
-            data = await response.read()
-            if response.status >= 300:
-                raise ChannelRefused(response.status, data[:1000].decode(errors="replace"))
-            return response.status, data
+        try:
+            async with self._http.post(self.base + path, json=body, headers=self._session_header) as response:
+                data = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        detail = data[:DETAIL_MAX].decode(errors="replace")
+        if status >= 500:
+            raise ChannelUnavailable(f"{status}: {detail}")
+        if status >= 300:
+            raise ChannelRefused(status, detail)
+        return status, data
 
     @property
     def _session_header(self) -> dict[str, str]:
@@ -33,8 +43,8 @@ class RestChannel:
         self.pilot_id, self._session = session.pilot_id, session.session
         return session
 
-    async def claim(self) -> JobSpec | None:
-        status, data = await self._post(f"/pilots/{self.pilot_id}/claim")
+    async def claim(self, request_id: uuid.UUID) -> JobSpec | None:
+        status, data = await self._post(f"/pilots/{self.pilot_id}/claim", {"request_id": str(request_id)})
         return None if status == 204 else JobSpec.model_validate_json(data)
 
     async def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:

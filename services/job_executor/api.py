@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
 
 from common.auth import require_role
-from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
+from common.pilot_protocol import (
+    ClaimRequest,
+    Heartbeat,
+    HeartbeatReply,
+    JobReport,
+    JobSpec,
+    PilotRegistration,
+    PilotSession,
+)
 from services.job_executor.dispatch import Dispatcher
 
 PILOTS_ONLY = require_role("act as a pilot", {"pilot"})
@@ -31,8 +39,9 @@ async def register_pilot(registration: PilotRegistration, dispatcher: Dispatcher
 
 
 @router.post("/pilots/{pilot_id}/claim", response_model=JobSpec, responses={204: {"description": "no work"}})
-async def claim_job(pilot_id: PilotId, dispatcher: DispatcherDep, session: Session = None) -> JobSpec | Response:
-    job = await dispatcher.claim(pilot_id, session)
+async def claim_job(pilot_id: PilotId, dispatcher: DispatcherDep, session: Session = None,
+                    claim: ClaimRequest | None = None) -> JobSpec | Response:
+    job = await dispatcher.claim(pilot_id, session, claim.request_id if claim is not None else None)
     return job if job is not None else Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

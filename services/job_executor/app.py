@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common.background import Loop
 from common.dsm import DsmClient
 from common.messages import Envelope, TaskEvent
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
@@ -29,7 +30,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings, engine, broker = runtime.settings, runtime.engine, runtime.broker
         dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
         runtime.close_later(dsm.close)
-        oversight = Oversight(engine, settings, dsm, broker.topology, runtime.relay.wake)
+        oversight = Oversight(engine, settings, dsm, broker.topology, runtime.relay.wake,
+                              broker_ready=lambda: broker.is_connected)
         dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
 
         async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
@@ -45,9 +47,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
         await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
         await PilotMqChannel(broker, dispatcher).start()
-        runtime.run(oversight.loop, Telemetry(engine, broker, settings.metrics_interval_s).loop)
+        housekeeping = Loop("housekeeping", lambda: _not_busy(oversight.purge_old_rows()),
+                            settings.housekeeping_interval_s)
+        runtime.run(oversight.loop, housekeeping, Telemetry(engine, broker, settings.metrics_interval_s).loop)
         app.state.dispatcher, app.state.oversight = dispatcher, oversight
         yield
+
+
+async def _not_busy(round_: Awaitable[object]) -> bool:
+    await round_
+    return False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)
-    add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
+    add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     map_error(app, PilotRefused, lambda exc: exc.status)
     map_error(app, ReportRefused, 409, lambda exc: {"current_state": exc.current_state})
     return app

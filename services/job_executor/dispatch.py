@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,10 @@ def log_dataset(output_dataset: str) -> str:
     return f"{output_dataset}.log"
 
 
-def storage_prefix(settings: Settings, dataset: str, job_id: int) -> str:
-    return f"file://{settings.storage_root.rstrip('/')}/{dataset}/{job_id}/"
+def storage_prefix(settings: Settings, dataset: str, job_id: int, attempt: int) -> str:
+    """Where one attempt stages its outputs: a directory per attempt, so a superseded pilot that writes late can
+    never overwrite what the current attempt staged and registered."""
+    return f"file://{settings.storage_root.rstrip('/')}/{dataset}/{job_id}/{attempt}/"
 
 
 class Dispatcher:
@@ -80,20 +83,28 @@ class Dispatcher:
             raise PilotRefused(409, f"pilot {pilot_id} is {pilot.status}: stop and exit")
         return pilot
 
-    async def claim(self, pilot_id: int, session: str | None) -> JobSpec | None:
-        """Give the pilot its next job (a GPU pilot takes GPU work first, then CPU work), or None."""
+    async def claim(self, pilot_id: int, session: str | None, request_id: uuid.UUID | None = None) -> JobSpec | None:
+        """Give the pilot its next job (a GPU pilot takes GPU work first, then CPU work), or None.
+
+        ``request_id`` (chosen by the pilot, the same for every retry of one claim) makes the claim idempotent:
+        a claim retried after a lost answer (REST) or redelivered after a crash (MQ) gets the attempt the first
+        one produced, if it is still the pilot's, instead of a second job.
+        """
         async with self.engine.begin() as conn:
             pilot = await self.authenticate(conn, pilot_id, session)
-            order = ("gpu", "cpu") if pilot.resource_type == "gpu" else ("cpu",)
             claimed = None
-            for resource_type in order:
-                claimed = await queries.claim_job(conn, pilot_id, resource_type)
-                if claimed is not None:
-                    break
+            if request_id is not None:
+                claimed = await queries.job_claimed_by_request(conn, pilot_id, request_id)
             if claimed is None:
-                await queries.set_pilot_busy(conn, pilot_id, None)
-                return None
-            await queries.start_attempt(conn, claimed.id, claimed.attempt, pilot_id)
+                order = ("gpu", "cpu") if pilot.resource_type == "gpu" else ("cpu",)
+                for resource_type in order:
+                    claimed = await queries.claim_job(conn, pilot_id, resource_type, request_id)
+                    if claimed is not None:
+                        break
+                if claimed is None:
+                    await queries.set_pilot_busy(conn, pilot_id, None)
+                    return None
+                await queries.start_attempt(conn, claimed.id, claimed.attempt, pilot_id)
             await queries.set_pilot_busy(conn, pilot_id, claimed.id)
             task, inputs = await queries.job_context(conn, claimed.id)
         payload = task.payload
@@ -108,7 +119,7 @@ class Dispatcher:
             inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
             output_dataset=task.output_dataset,
             log_dataset=log_dataset(task.output_dataset),
-            output_url_prefix=storage_prefix(self.settings, task.output_dataset, claimed.id),
+            output_url_prefix=storage_prefix(self.settings, task.output_dataset, claimed.id, claimed.attempt),
             wall_time_s=int(payload.get("wall_time_s") or self.settings.job_wall_time_s),
         )
 
@@ -162,8 +173,8 @@ class Dispatcher:
     async def _fail(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
         category = report.error_category or "payload"
         retried, failed = await queries.retry_or_fail(
-            conn, queries.fenced(job_id, report.attempt, pilot_id), self.settings.retry_backoff_s,
-            self.settings.retry_backoff_max_s, category, report.error_message, report.exit_code,
+            conn, queries.fenced(job_id, report.attempt, pilot_id), queries.RetryPolicy.of(self.settings),
+            category, report.error_message, report.exit_code, lost=False,
         )
         if not retried and not failed:
             await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, None)

@@ -4,7 +4,9 @@ A pilot publishes ``pilot.claim.<cpu|gpu>`` (taken from the cpu or gpu claims qu
 ``pilot.heartbeat``, ``pilot.report``, ``pilot.exit`` (the pilot-events queue), each with reply_to and a
 correlation id; the answer carries the same status codes as the REST API. The request is acknowledged once the
 claim (or report) is committed and the reply published: a running job is tracked by its heartbeats in
-PostgreSQL, never by an unacknowledged delivery.
+PostgreSQL, never by an unacknowledged delivery. A request redelivered after a crash is answered again: claims
+carry the pilot's request id (the same job comes back), reports are fenced and repeat-safe. A database outage
+is answered 503, which the pilot retries.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
 from common.broker import Broker
+from common.failures import is_transient
 from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
 from common.observability import observe_message
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
@@ -43,8 +46,8 @@ class PilotMqChannel:
     async def _answer(self, op: str, call: PilotCall) -> PilotReply:
         handlers: dict[str, Callable[[], Awaitable[BaseModel | None]]] = {
             "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq"),
-            "pilot.claim.cpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session),
-            "pilot.claim.gpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session),
+            "pilot.claim.cpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
+            "pilot.claim.gpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
             "pilot.heartbeat": lambda: self.dispatcher.heartbeat(_need(call.pilot_id), call.session,
                                                                  _need(call.heartbeat)),
             "pilot.report": lambda: self.dispatcher.report(_need(call.pilot_id), call.session, _need(call.job_id),
@@ -62,6 +65,13 @@ class PilotMqChannel:
             return PilotReply(status=409, detail=exc.detail, body={"current_state": exc.current_state})
         except (ValidationError, ValueError) as exc:
             return PilotReply(status=422, detail=str(exc))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # the database is unavailable: the pilot retries (with the same request id for a claim), exactly
+            # as a REST pilot does on a 503
+            log.warning("pilot request met an outage", extra={"operation": op, "error": f"{type(exc).__name__}"})
+            return PilotReply(status=503, detail="database unavailable, retry later")
         body: dict[str, Any] | None = result.model_dump(mode="json") if isinstance(result, BaseModel) else None
         status = 204 if result is None and op.startswith("pilot.claim") else 200
         return PilotReply(status=status, body=body)

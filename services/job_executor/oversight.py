@@ -2,10 +2,17 @@
 
 Sweeps run in every job-executor replica; the lost-job sweep takes a transaction-level advisory lock so one
 replica does it at a time, and the DSM registrar takes its rows with SKIP LOCKED.
+
+Outages: heartbeats cannot arrive while this service, its database or its broker is down, so silence is
+counted only from the end of the last outage this process saw (and from its start): a restart of the database,
+the broker or the job-executor never declares live pilots dead. DSM errors stay with the files and tasks they
+concern: an unavailable DSM defers those files (backoff), a refusal rejects them and fails their task with the
+reason; neither stops any other task's registration, completion or dataset closure.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import sqlalchemy as sa
@@ -14,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.background import Loop
 from common.broker import Topology
 from common.db.models import files, jobs, tasks
-from common.dsm import DsmClient, DsmError, DsmFile
+from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
@@ -24,16 +31,33 @@ from services.job_executor.dispatch import log_dataset
 
 log = logging.getLogger("wms.job_executor")
 LOST_SWEEP_LOCK = 0x5BD_0001
+HOUSEKEEPING_LOCK = 0x5BD_0002
+ERROR_TEXT_MAX = 2000
 REGISTER_BATCH = 5000
 MIN_ROUND_S = 0.1
 
 
+# Task states and the job move that reconciles the task's jobs with each: (target, only from).
+HOLD = (JobState.HELD, [JobState.READY])
+RELEASE = (JobState.READY, [JobState.HELD])
+JOB_MOVE_BY_TASK_STATE: dict[str, tuple[JobState, list[JobState]]] = {
+    TaskState.PAUSED: HOLD,
+    TaskState.REGISTERED: RELEASE,
+    TaskState.RUNNING: RELEASE,
+}
+CLOSE_RETRY_S = 5.0
+
+
 class Oversight:
     def __init__(self, engine: AsyncEngine, settings: Settings, dsm: DsmClient, topology: Topology,
-                 on_committed: Callable[[], None]) -> None:
+                 on_committed: Callable[[], None], broker_ready: Callable[[], bool] = lambda: True) -> None:
         self.engine, self.settings, self.dsm = engine, settings, dsm
         self.tasks_exchange = topology.exchange("tasks")
         self.on_committed = on_committed
+        self.broker_ready = broker_ready
+        # Heartbeats are judged only after a full pilot timeout without outage (see the module's docstring).
+        self.heard_since = time.monotonic()
+        self._close_not_before: dict[int, float] = {}
         # Woken by every job that ends, but at most one round per MIN_ROUND_S: at hundreds of jobs per second a
         # round per job would cost more than the jobs.
         self.loop = Loop("oversight", self.run_once, settings.oversight_interval_s, min_pause_s=MIN_ROUND_S)
@@ -41,9 +65,18 @@ class Oversight:
     def wake(self, _task_id: int | None = None) -> None:
         self.loop.wake()
 
+    def outage(self) -> None:
+        """Something that carries heartbeats was down just now: silence before this is nobody's fault."""
+        self.heard_since = time.monotonic()
+
     async def sweep_lost_jobs(self) -> int:
-        """Declare silent pilots dead; their jobs, and jobs whose heartbeat stopped, are lost: retried or failed."""
+        """Declare silent pilots dead; their jobs, and jobs whose heartbeat stopped, are lost: retried (within
+        the infrastructure-loss budget) or failed."""
         timeout = self.settings.pilot_timeout_s
+        if not self.broker_ready():
+            self.outage()
+        if time.monotonic() - self.heard_since < timeout:
+            return 0
         async with self.engine.begin() as conn:
             if not (await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(LOST_SWEEP_LOCK)))).scalar():
                 return 0
@@ -54,8 +87,7 @@ class Oversight:
                 return 0
             message = "pilot stopped heartbeating"
             retried, failed = await queries.retry_or_fail(
-                conn, [condition], self.settings.retry_backoff_s, self.settings.retry_backoff_max_s, "lost",
-                message, None,
+                conn, [condition], queries.RetryPolicy.of(self.settings), "lost", message, None, lost=True,
             )
             await queries.end_attempts(conn, keys, "lost", None, "lost", message)
         log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(retried), "failed": len(failed)})
@@ -64,24 +96,28 @@ class Oversight:
         return len(keys)
 
     async def apply_task_event(self, event_type: str, event: TaskEvent) -> None:
-        """Carry a task command to its jobs: cancel, pause (ready -> held), resume, priority."""
+        """Carry a task command to its jobs by reconciling them with the task's current state, whatever the
+        event says: cancelled -> jobs cancelled; paused -> ready jobs held; running -> held jobs ready; and the
+        jobs' priority follows the task's. The task row is locked meanwhile, so commands applied concurrently
+        (a quick pause and resume, delivered in any order) end with the jobs matching the task's final state."""
         async with self.engine.begin() as conn:
+            task = await queries.lock_task(conn, event.task_id)
+            if task is None:
+                return
             of_task = jobs.c.task_id == event.task_id  # one statement per command, however many jobs
-            if event_type == TaskEventType.CANCELLED:
+            if task.status == TaskState.CANCELLED:
                 # no RETURNING: a task of a million jobs is cancelled without shipping its ids around
                 await conn.execute(guarded_update(jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
                                                   {"finished_at": sa.func.now(), "error_category": "cancelled"}))
                 await queries.cancel_task_leftovers(conn, event.task_id)
-            elif event_type == TaskEventType.PAUSED:
-                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, JobState.HELD, only_from=[JobState.READY])
-            elif event_type == TaskEventType.RESUMED:
-                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, JobState.READY, only_from=[JobState.HELD])
-            if event_type in (TaskEventType.REPRIORITISED, TaskEventType.RESUMED):
+            elif task.status in JOB_MOVE_BY_TASK_STATE:
+                target, only_from = JOB_MOVE_BY_TASK_STATE[task.status]
+                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, target, only_from=only_from)
                 await conn.execute(
                     sa.update(jobs)
-                    .where(jobs.c.task_id == event.task_id,
-                           jobs.c.status.in_([JobState.DEFINED, JobState.READY, JobState.HELD]))
-                    .values(priority=sa.select(tasks.c.priority).where(tasks.c.id == event.task_id).scalar_subquery())
+                    .where(of_task, jobs.c.status.in_([JobState.DEFINED, JobState.READY, JobState.HELD]),
+                           jobs.c.priority != task.priority)
+                    .values(priority=task.priority)
                 )
         self.wake()
 
@@ -92,17 +128,23 @@ class Oversight:
             jobs.c.task_id == tasks.c.id, jobs.c.status.in_(sorted(JOB_MACHINE.active))
         )
         any_failed = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status == JobState.FAILED)
-        candidates = sa.select(tasks.c.id, any_failed.label("any_failed")).where(
+        any_staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
+        any_rejected = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.REJECTED)
+        # A task ends once its outputs are in the DSM (or refused there): 'done' means usable downstream.
+        candidates = sa.select(tasks.c.id, any_failed.label("any_failed"), any_rejected.label("any_rejected")).where(
             tasks.c.status == TaskState.RUNNING,
             tasks.c.files_total.is_not(None),
             tasks.c.jobs_registered == tasks.c.jobs_total,
             ~unfinished,
+            ~any_staged,
         )
         ended: list[int] = []
         async with self.engine.begin() as conn:
-            by_target: dict[TaskState, list[int]] = {TaskState.DONE: [], TaskState.FINISHED: []}
-            for task_id, failed in (await conn.execute(candidates)).all():
-                by_target[TaskState.FINISHED if failed else TaskState.DONE].append(task_id)
+            by_target: dict[TaskState, list[int]] = {TaskState.DONE: [], TaskState.FINISHED: [],
+                                                     TaskState.FAILED: []}
+            for task_id, failed, rejected in (await conn.execute(candidates)).all():
+                target = TaskState.FAILED if rejected else TaskState.FINISHED if failed else TaskState.DONE
+                by_target[target].append(task_id)
             for target, task_ids in by_target.items():
                 if not task_ids:
                     continue
@@ -111,7 +153,8 @@ class Oversight:
                     {"finished_at": sa.func.now(), "updated_at": sa.func.now()},
                     returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
                 )
-                event_type = TaskEventType.DONE if target == TaskState.DONE else TaskEventType.FINISHED
+                event_type = {TaskState.DONE: TaskEventType.DONE, TaskState.FINISHED: TaskEventType.FINISHED,
+                              TaskState.FAILED: TaskEventType.FAILED}[target]
                 for row in rows:
                     event = TaskEvent(task_id=row.id, status=row.status, priority=row.priority,
                                       resource_type=row.resource_type)
@@ -123,55 +166,103 @@ class Oversight:
         return ended
 
     async def register_staged_files(self) -> int:
-        """Register staged outputs and logs in the DSM (idempotent there), then mark them registered."""
+        """Register due staged outputs and logs in the DSM (idempotent there), one dataset at a time; what the
+        DSM could not take now waits its backoff, what it refused is rejected (and fails its task)."""
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(
-                sa.select(files.c.id, files.c.dataset, files.c.lfn, files.c.url, files.c.size, files.c.adler32,
-                          files.c.events)
-                .where(files.c.status == FileState.STAGED)
-                .order_by(files.c.id)
-                .limit(REGISTER_BATCH)
-                .with_for_update(skip_locked=True)
-            )).all()
+            rows = await queries.staged_files_due(conn, REGISTER_BATCH)
             by_dataset: dict[str, list[sa.Row]] = {}
             for r in rows:
                 by_dataset.setdefault(r.dataset, []).append(r)
+            registered: list[int] = []
+            deferred: dict[str, list[int]] = {}
+            rejected: list[tuple[int, int, str]] = []
             for dataset, group in by_dataset.items():
-                entries = [DsmFile(lfn=r.lfn, url=r.url, size=r.size, adler32=r.adler32, events=r.events)
-                           for r in group]
                 try:
-                    await self.dsm.register_files(dataset, entries)
-                except DsmError as exc:
-                    if exc.status != 404:
-                        raise
-                    await self.dsm.create_dataset(dataset)
-                    await self.dsm.register_files(dataset, entries)
-            if rows:
-                await conn.execute(sa.update(files).where(files.c.id.in_([r.id for r in rows]))
-                                   .values(status=FileState.REGISTERED, updated_at=sa.func.now()))
+                    await self._register(dataset, group)
+                    registered += [r.id for r in group]
+                except DsmUnavailable as exc:
+                    deferred.setdefault(str(exc), []).extend(r.id for r in group)
+                except DsmError:
+                    # refused: find out file by file which ones (the others still go in)
+                    for r in group:
+                        try:
+                            await self._register(dataset, [r])
+                            registered.append(r.id)
+                        except DsmUnavailable as exc:
+                            deferred.setdefault(str(exc), []).append(r.id)
+                        except DsmError as exc:
+                            rejected.append((r.id, r.task_id, f"{dataset}/{r.lfn}: {exc.detail}"))
+            await queries.mark_files_registered(conn, registered)
+            for error, ids in deferred.items():
+                await queries.defer_registration(conn, ids, error[:ERROR_TEXT_MAX], self.settings.dsm_retry_max_s)
+            await queries.reject_files(conn, rejected)
+        if deferred:
+            log.warning("DSM unavailable: registrations deferred",
+                        extra={"files": sum(map(len, deferred.values())), "error": next(iter(deferred))})
+        if rejected:
+            log.error("DSM refused outputs", extra={"files": len(rejected), "task_ids": sorted({t for _, t, _ in rejected}),
+                                                    "first": rejected[0][2]})
         return len(rows)
 
+    async def _register(self, dataset: str, group: list[sa.Row]) -> None:
+        entries = [DsmFile(lfn=r.lfn, url=r.url, size=r.size, adler32=r.adler32, events=r.events) for r in group]
+        try:
+            await self.dsm.register_files(dataset, entries)
+        except DsmError as exc:
+            if exc.status != 404:
+                raise
+            await self.dsm.create_dataset(dataset)
+            await self.dsm.register_files(dataset, entries)
+
     async def close_output_datasets(self) -> list[int]:
-        """Close the output (and log) dataset of each ended task once all its files are in the DSM."""
+        """Close the output (and log) dataset of each ended task once all its files are in the DSM. One task's
+        DSM trouble is retried later and never keeps another task's datasets open."""
         staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
         async with self.engine.connect() as conn:
             ended = (await conn.execute(
                 sa.select(tasks.c.id, tasks.c.output_dataset).where(
                     tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_(None), ~staged)
             )).all()
-        closed = []
+        closed, now = [], time.monotonic()
         for task_id, dataset in ended:
-            for name in (dataset, log_dataset(dataset)):
-                await self.dsm.create_dataset(name)  # idempotent: a task that never produced still closes one
-                await self.dsm.close_dataset(name)
+            if self._close_not_before.get(task_id, 0.0) > now:
+                continue
+            try:
+                for name in (dataset, log_dataset(dataset)):
+                    await self.dsm.create_dataset(name)  # idempotent: a task that never produced still closes one
+                    await self.dsm.close_dataset(name)
+            except DsmError as exc:
+                self._close_not_before[task_id] = now + CLOSE_RETRY_S
+                log.warning("closing a task's output dataset failed; retried later",
+                            extra={"task_id": task_id, "dataset": dataset, "error": str(exc)})
+                continue
+            self._close_not_before.pop(task_id, None)
             async with self.engine.begin() as conn:
-                await conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(output_closed_at=sa.func.now()))
+                await queries.mark_output_closed(conn, task_id)
             closed.append(task_id)
         return closed
 
+    async def purge_old_rows(self) -> dict[str, int]:
+        """Housekeeping: consumed message ids and ended pilots past their retention."""
+        async with self.engine.begin() as conn:
+            if not (await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(HOUSEKEEPING_LOCK)))).scalar():
+                return {}
+            purged = {
+                "consumed_messages": await queries.purge_consumed_messages(
+                    conn, self.settings.consumed_message_retention_s),
+                "pilots": await queries.purge_ended_pilots(conn, self.settings.pilot_retention_s),
+            }
+        if any(purged.values()):
+            log.info("old rows purged", extra=purged)
+        return purged
+
     async def run_once(self) -> bool:
-        await self.sweep_lost_jobs()
-        await self.register_staged_files()
-        await self.finalize_tasks()
+        try:
+            await self.sweep_lost_jobs()
+            await self.register_staged_files()
+            await self.finalize_tasks()
+        except Exception:
+            self.outage()  # the database (most likely) failed us: judge no heartbeat from before its return
+            raise
         await self.close_output_datasets()
         return False

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)
-    add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
+    add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     map_error(app, RowNotFound, 404)
     return app
 

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SPD WMS task-executor", version="1", lifespan=lifespan)
     app.state.settings = settings or Settings()
     instrument(app, SERVICE)
-    add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
+    add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     return app
 
 

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations_api.router)
     app.include_router(operations_api.pages)
     instrument(app, SERVICE)
-    add_health_routes(app, lambda: {"broker": "ok" if app.state.broker.is_connected else "down"})
+    add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     map_error(app, RowNotFound, 404)
     map_error(app, UnknownQueue, 404)
     map_error(app, DeadLetterNotFound, 404)

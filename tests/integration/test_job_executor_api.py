@@ -51,7 +51,7 @@ async def test_claim_run_finish_and_a_repeated_final_report(job_executor, db) ->
     assert claim.status_code == 200
     spec = claim.json()
     assert (spec["job_id"], spec["attempt"], spec["inputs"][0]["lfn"]) == (job_id, 1, f"in/{job_id}")
-    assert spec["output_url_prefix"].endswith(f"/out/{job_id}/")
+    assert spec["output_url_prefix"].endswith(f"/out/{job_id}/1/")  # a directory per attempt
     assert (await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)).status_code == 204
 
     url = f"/pilot/v1/pilots/{pilot_id}/jobs/{job_id}/report"
