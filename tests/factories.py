@@ -15,7 +15,8 @@ def task_description(**overrides: Any) -> dict[str, Any]:
         "name": "unscramble run 42",
         "type": "unscramble",
         "input_dataset": "spd.raw.run42",
-        "output_dataset": "spd.events.run42",
+        # one active task per output dataset: each description gets its own
+        "output_dataset": f"spd.events.run42.{uuid.uuid4().hex[:8]}",
         "payload": {"command": "spd-unscramble", "args": ["--in", "{inputs}"], "env": {"SPD_MODE": "online"}},
         "resource_type": "cpu",
         "cores": 1,

@@ -47,7 +47,9 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
     response_model=TaskView,
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(SUBMIT_TASKS)],
-    responses={200: {"model": TaskView, "description": "already registered under this wfms_request_id"}},
+    responses={200: {"model": TaskView, "description": "already registered under this wfms_request_id"},
+               409: {"description": "the request id names another description, or the output dataset is closed "
+                                    "in the DSM or written by another active task (the body says which)"}},
 )
 async def register_task(description: TaskDescription, lifecycle: Lifecycle, response: Response) -> TaskView:
     row, created = await lifecycle.register(description)

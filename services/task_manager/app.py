@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from common.dsm import DsmClient
 from common.observability import add_health_routes, instrument, map_error, run_service
 from common.runtime import ServiceRuntime
 from common.settings import Settings
@@ -14,7 +15,7 @@ from common.states import IllegalTransition, RowNotFound
 from services.task_manager import operations_api
 from services.task_manager.api import router
 from services.task_manager.dead_letters import DeadLetterNotFound, UnknownQueue
-from services.task_manager.lifecycle import RequestIdReused, TaskEnded, TaskLifecycle
+from services.task_manager.lifecycle import OutputDatasetTaken, RequestIdReused, TaskEnded, TaskLifecycle
 
 SERVICE = "task-manager"
 log = logging.getLogger("wms.task_manager")
@@ -23,7 +24,11 @@ log = logging.getLogger("wms.task_manager")
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with ServiceRuntime(app, SERVICE) as runtime:
-        app.state.lifecycle = TaskLifecycle(runtime.engine, runtime.broker.topology, on_committed=runtime.relay.wake)
+        settings = runtime.settings
+        dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
+        runtime.close_later(dsm.close)
+        app.state.lifecycle = TaskLifecycle(runtime.engine, runtime.broker.topology, on_committed=runtime.relay.wake,
+                                            dsm=dsm)
         yield
 
 
@@ -47,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for conflict in (IllegalTransition, TaskEnded):
         map_error(app, conflict, 409, lambda exc: {"current_state": exc.current})
     map_error(app, RequestIdReused, 409, lambda exc: {"task_id": exc.task_id})
+    map_error(app, OutputDatasetTaken, 409, lambda exc: {"output_dataset": exc.dataset, "task_id": exc.task_id})
     return app
 
 

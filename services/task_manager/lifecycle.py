@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -13,12 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.broker import Topology
+from common.dsm import DsmClient, DsmError
 from common.db.models import tasks
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.states import TASK_MACHINE, IllegalTransition, RowNotFound, TaskState, transition_one
 from services.task_manager import queries
 from services.task_manager.schemas import TaskDescription
+
+log = logging.getLogger("wms.task_manager")
 
 
 class RequestIdReused(Exception):
@@ -27,6 +31,15 @@ class RequestIdReused(Exception):
     def __init__(self, request_id: str, task_id: int) -> None:
         super().__init__(f"wfms_request_id {request_id!r} already names task {task_id} with a different description")
         self.task_id = task_id
+
+
+class OutputDatasetTaken(Exception):
+    """The output dataset cannot take this task's outputs: it is closed in the DSM, or another active task writes
+    it (two writers of one dataset would collide on its lfns and on its closing)."""
+
+    def __init__(self, dataset: str, reason: str, task_id: int | None = None) -> None:
+        super().__init__(f"output dataset {dataset!r} {reason}")
+        self.dataset, self.task_id = dataset, task_id
 
 
 class TaskEnded(Exception):
@@ -70,8 +83,10 @@ COMMANDS: dict[str, tuple[TaskState, TaskEventType, frozenset[str] | None]] = {
 
 
 class TaskLifecycle:
-    def __init__(self, engine: AsyncEngine, topology: Topology, on_committed: Callable[[], None]) -> None:
+    def __init__(self, engine: AsyncEngine, topology: Topology, on_committed: Callable[[], None],
+                 dsm: DsmClient | None = None) -> None:
         self.engine = engine
+        self.dsm = dsm
         self.exchange = topology.exchange("tasks")
         # Wakes the outbox relay once an event is committed.
         self.on_committed = on_committed
@@ -81,9 +96,29 @@ class TaskLifecycle:
         await add_event(conn, self.exchange, event.value, wrap(event.value, payload))
 
     async def register(self, description: TaskDescription) -> tuple[sa.Row, bool]:
-        """Register a task; (row, created). The same WFMS request id returns the existing task."""
+        """Register a task; (row, created). The same WFMS request id returns the existing task. A task whose
+        output dataset is another active task's output is refused (OutputDatasetTaken); so is one whose output
+        dataset is closed in the DSM, when the DSM can say so now (``output_dataset_closed``)."""
         values = row_values(description)
+        if description.wfms_request_id is not None:
+            async with self.engine.connect() as conn:
+                existing = await queries.select_task_by_request_id(conn, description.wfms_request_id)
+            if existing is not None:
+                if existing.request_hash != values["request_hash"]:
+                    raise RequestIdReused(description.wfms_request_id, existing.id)
+                return existing, False
+        await self._refuse_closed_output(description.output_dataset)
         async with self.engine.begin() as conn:
+            # one registration per output dataset at a time, so two cannot both pass the check below
+            await queries.lock_output_dataset(conn, description.output_dataset)
+            if description.wfms_request_id is not None:  # a concurrent retry of this request may have won
+                existing = await queries.select_task_by_request_id(conn, description.wfms_request_id)
+                if existing is not None and existing.request_hash == values["request_hash"]:
+                    return existing, False
+            writer = await queries.active_task_writing(conn, description.output_dataset)
+            if writer is not None:
+                raise OutputDatasetTaken(description.output_dataset,
+                                         f"is the output of active task {writer} already", writer)
             row = await queries.insert_task(conn, values)
             if row is None:
                 assert description.wfms_request_id is not None  # only that unique key can conflict
@@ -95,6 +130,21 @@ class TaskLifecycle:
             await self._announce(conn, TaskEventType.REGISTERED, row)
         self.on_committed()
         return row, True
+
+    async def _refuse_closed_output(self, dataset: str) -> None:
+        """A closed output dataset can take no file: refuse now rather than fail after the work. If the DSM
+        cannot answer now, the task is accepted (its outputs would then be refused and the task fail with the
+        DSM's reason)."""
+        if self.dsm is None:
+            return
+        try:
+            found = await self.dsm.dataset(dataset)
+        except DsmError as exc:
+            log.warning("DSM not asked about an output dataset at registration",
+                        extra={"dataset": dataset, "error": str(exc)})
+            return
+        if found is not None and found.status == "closed":
+            raise OutputDatasetTaken(dataset, "is closed in the DSM: it can take no more files")
 
     async def apply_command(self, task_id: int, command: str) -> tuple[sa.Row, bool]:
         """cancel / pause / resume; (row, changed). Repeating a command already in effect changes nothing."""

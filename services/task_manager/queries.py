@@ -11,12 +11,24 @@ from common.db.models import files, jobs, tasks
 from common.states import TASK_MACHINE, JobState
 
 RATE_WINDOW_S = 600
+OUTPUT_LOCK_SPACE = 0x5BD1  # advisory lock key space of "registering a task that writes this output dataset"
 
 
 async def insert_task(conn: AsyncConnection, values: dict[str, Any]) -> sa.Row | None:
     """Insert a task; None when a task with the same WFMS request id exists already."""
     stmt = insert(tasks).values(**values).on_conflict_do_nothing(index_elements=[tasks.c.wfms_request_id])
     return (await conn.execute(stmt.returning(*tasks.c))).first()
+
+
+async def lock_output_dataset(conn: AsyncConnection, dataset: str) -> None:
+    """Serialize registrations naming the same output dataset (transaction-level advisory lock)."""
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(OUTPUT_LOCK_SPACE, sa.func.hashtext(dataset))))
+
+
+async def active_task_writing(conn: AsyncConnection, dataset: str) -> int | None:
+    stmt = sa.select(tasks.c.id).where(tasks.c.output_dataset == dataset,
+                                       tasks.c.status.in_(sorted(TASK_MACHINE.active))).limit(1)
+    return (await conn.execute(stmt)).scalar_one_or_none()
 
 
 async def select_task(conn: AsyncConnection, task_id: int) -> sa.Row | None:

@@ -106,9 +106,43 @@ async def test_request_id_reused_for_another_description_is_a_conflict(task_mana
 async def test_without_request_id_every_submission_is_a_new_task(task_manager, db) -> None:
     body = task_description(wfms_request_id=None)
     a = await task_manager.post("/api/v1/tasks", json=body, headers=WFMS)
-    b = await task_manager.post("/api/v1/tasks", json=body, headers=WFMS)
+    b = await task_manager.post("/api/v1/tasks", json={**body, "output_dataset": body["output_dataset"] + ".b"},
+                                headers=WFMS)
     assert (a.status_code, b.status_code) == (201, 201)
     assert a.json()["id"] != b.json()["id"]
+
+
+async def test_an_active_tasks_output_dataset_is_refused_to_another_task(task_manager, db) -> None:
+    first = await task_manager.post("/api/v1/tasks", json=task_description(output_dataset="spd.out.x"),
+                                    headers=WFMS)
+    second = await task_manager.post("/api/v1/tasks", json=task_description(output_dataset="spd.out.x"),
+                                     headers=WFMS)
+    assert first.status_code == 201 and second.status_code == 409
+    body = second.json()
+    assert body["output_dataset"] == "spd.out.x" and body["task_id"] == first.json()["id"]
+    assert "output of active task" in body["detail"]
+    assert await _count_tasks(db) == 1
+    # once the first task ended (cancelled here), the dataset may be written by another task
+    assert (await task_manager.post(f"/api/v1/tasks/{first.json()['id']}/cancel", headers=WFMS)).status_code == 200
+    third = await task_manager.post("/api/v1/tasks", json=task_description(output_dataset="spd.out.x"),
+                                    headers=WFMS)
+    assert third.status_code == 201
+
+
+async def test_an_output_dataset_closed_in_the_dsm_is_refused_at_submission(settings, dsm_url, dsm, db) -> None:
+    from services.task_manager.app import create_app
+    from tests.conftest import running_app
+
+    await dsm.create_dataset("spd.out.closed")
+    await dsm.close_dataset("spd.out.closed")
+    async with running_app(create_app(settings.model_copy(update={"dsm_url": dsm_url}))) as tm:
+        refused = await tm.post("/api/v1/tasks", json=task_description(output_dataset="spd.out.closed"),
+                                headers=WFMS)
+        accepted = await tm.post("/api/v1/tasks", json=task_description(output_dataset="spd.out.open"),
+                                 headers=WFMS)
+    assert refused.status_code == 409 and "closed in the DSM" in refused.json()["detail"]
+    assert accepted.status_code == 201
+    assert await _count_tasks(db) == 1
 
 
 @pytest.mark.parametrize(
