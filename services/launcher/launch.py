@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.settings import Settings
+from services.launcher.logs import RotatingLog, pump
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 60.0
@@ -37,14 +38,16 @@ class Child:
 class Launch:
     env: dict[str, str]
     logs: Path
+    log_max_bytes: int = 50 << 20
+    log_backups: int = 5
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
     def start(self, name: str, command: list[str], essential: bool = True, **env: str) -> Child:
-        log = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(command, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        process = subprocess.Popen(command, env={**self.env, **env}, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        assert process.stdout is not None
+        pump(process.stdout, RotatingLog(self.logs / f"{name}.log", self.log_max_bytes, self.log_backups))
         child = Child(name, process, essential)
         self.children.append(child)
         return child
@@ -109,6 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pilot-cores", type=at_least(1), default=1, help="cores each pilot offers (default 1)")
     parser.add_argument("--no-dsm", action="store_true", help="the site runs its own DSM at WMS_DSM_URL")
     parser.add_argument("--logs", type=Path, default=None, help="log directory (default <storage>/../logs)")
+    parser.add_argument("--log-max-mb", type=at_least(1), default=50,
+                        help="a log is rotated (<name>.log.1 ...) once it reaches this size (default 50)")
+    parser.add_argument("--log-backups", type=at_least(0), default=5, help="rotated logs kept per process (default 5)")
     return parser.parse_args(argv)
 
 
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     if not args.no_dsm:
         env.setdefault("WMS_DSM_URL", url["dsm"])
-    launch = Launch(env=env, logs=logs)
+    launch = Launch(env=env, logs=logs, log_max_bytes=args.log_max_mb << 20, log_backups=args.log_backups)
 
     def on_signal(signum: int, _frame: object) -> None:
         if not launch.stopping:

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import files, job_attempts, jobs, pilots, tasks
 from common.job_listing import JobView
-from common.states import PILOT_MACHINE, TASK_MACHINE, JobState, RowNotFound, TaskState
+from common.states import FileState, PILOT_MACHINE, TASK_MACHINE, JobState, RowNotFound, TaskState
 from services.task_manager.schemas import (
     AttemptView,
     Explanation,
@@ -99,6 +99,9 @@ def _log_tail(url: str | None) -> str | None:
         return None
 
 
+EXPLAIN_REJECTED_MAX = 5
+
+
 async def explain_job(conn: AsyncConnection, job_id: int, now: dt.datetime | None = None) -> Explanation:
     """Why a job is not running, or why it failed: its task's state, its queue position, attempts, log."""
     job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
@@ -146,12 +149,25 @@ async def explain_job(conn: AsyncConnection, job_id: int, now: dt.datetime | Non
                        f"{(job.started_at or job.queued_at or now).isoformat()}; last heartbeat "
                        f"{job.heartbeat_at.isoformat() if job.heartbeat_at else 'none yet'}")
     elif status == JobState.FAILED:
-        reasons.append(f"failed after {job.attempt} of {task.max_attempts} attempts: "
+        lost = f" (and {job.lost_attempts} lost to infrastructure)" if job.lost_attempts else ""
+        reasons.append(f"failed after {job.attempt - job.lost_attempts} of {task.max_attempts} attempts{lost}: "
                        f"{job.error_category or 'error'}: {job.error_message or 'no message'}")
     elif status == JobState.CANCELLED:
         reasons.append(f"cancelled with its task ({task.status})")
     else:
         reasons.append("finished")
+    refused = (await conn.execute(
+        sa.select(files.c.lfn, files.c.error).where(files.c.job_id == job_id, files.c.status == FileState.REJECTED)
+        .order_by(files.c.id).limit(EXPLAIN_REJECTED_MAX))).all()
+    for f in refused:
+        reasons.append(f"the DSM refused its output {f.lfn}: {f.error}")
+    unregistered = (await conn.execute(
+        sa.select(files.c.error, files.c.register_after).where(
+            files.c.job_id == job_id, files.c.status == FileState.STAGED, files.c.error.is_not(None))
+        .limit(1))).first()
+    if unregistered is not None:
+        reasons.append(f"outputs waiting for the DSM (retried at {unregistered.register_after.isoformat()}): "
+                       f"{unregistered.error}")
     return Explanation(
         job=JobView.model_validate(job),
         task_status=task.status,

@@ -121,6 +121,7 @@ async def output_totals(conn: AsyncConnection, task_id: int) -> sa.Row:
         sa.func.count().label("files"),
         sa.func.coalesce(sa.func.sum(files.c.size), 0).label("bytes"),
         sa.func.coalesce(sa.func.sum(files.c.events), 0).label("events"),
+        sa.func.count().filter(files.c.status == "rejected").label("rejected"),
     ).where(files.c.task_id == task_id, files.c.role == "output")
     return (await conn.execute(stmt)).one()
 

@@ -73,7 +73,9 @@ async def task_report(conn: AsyncConnection, task_id: int) -> TaskReport:
         job_run_time=DurationStats(
             mean_s=_float(stats.mean_s), min_s=_float(stats.min_s), max_s=_float(stats.max_s)
         ),
-        outputs={"files": int(outputs.files), "bytes": int(outputs.bytes), "events": int(outputs.events)},
+        # 'rejected': outputs the DSM refused for good (the task's error says why)
+        outputs={"files": int(outputs.files), "bytes": int(outputs.bytes), "events": int(outputs.events),
+                 "rejected": int(outputs.rejected)},
         failures=[
             FailureGroup(error_category=g.error_category, error_message=g.error_message, jobs=g.jobs, files=int(g.files))
             for g in await queries.failure_groups(conn, task_id)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, free_ports
+from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, free_ports
 
 BIN = Path(sys.executable).parent
 PORT_VARS = {
@@ -42,7 +42,8 @@ class Deployment:
             "WMS_DATABASE_URL": make_url(server_url).set(database=database).render_as_string(hide_password=False),
             "WMS_AMQP_URL": amqp_url,
             "WMS_BROKER_NAMESPACE": namespace,
-            "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", SERVICE_TOKEN: "service", PILOT_TOKEN: "pilot"}),
+            "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", SERVICE_TOKEN: "service",
+                                          PILOT_TOKEN: "pilot"}),
             "WMS_SERVICE_TOKEN": SERVICE_TOKEN,
             "WMS_DSM_URL": f"http://127.0.0.1:{ports['wms-dsm']}",
             "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
