@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.background import Loop
 from common.broker import Topology
 from common.db.models import tasks
-from common.dsm import DsmClient, DsmError, DsmFileEntry, FilePage
+from common.dsm import DsmClient, DsmError, DsmFileEntry, DsmUnavailable, FilePage
+from common.failures import backoff_s
 from common.messages import JOB_CHUNK, JobChunk, TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
@@ -171,7 +172,8 @@ class GenerationLoop:
     def __init__(self, engine: AsyncEngine, generator: ChunkGenerator, settings: Settings) -> None:
         self.engine, self.generator, self.settings = engine, generator, settings
         self.scheduler = StrideScheduler()
-        self._idle_until: dict[int, float] = {}  # tasks waiting for new files in an open dataset
+        self._idle_until: dict[int, float] = {}  # tasks waiting for new files in an open dataset, or for the DSM
+        self._dsm_failures: dict[int, int] = {}
         self.loop = Loop("generation", self.run_once, min(settings.dsm_poll_interval_s, 1.0))
         # Backlog as last counted, plus the jobs generated since: an upper bound of the true backlog (dispatch
         # only lowers it), so the bound holds while the count is refreshed about once a second, not per chunk.
@@ -205,7 +207,17 @@ class GenerationLoop:
         if chosen is None:
             return False
         task = next(t for t in candidates if t.id == chosen)
-        result = await self.generator.generate(task, room[task.resource_type])
+        try:
+            result = await self.generator.generate(task, room[task.resource_type])
+        except DsmUnavailable as exc:
+            # this task's dataset cannot be read now: it waits (growing), the other tasks go on
+            failures = self._dsm_failures[task.id] = self._dsm_failures.get(task.id, 0) + 1
+            delay = backoff_s(failures, self.settings.dsm_poll_interval_s, self.settings.dsm_retry_max_s)
+            self._idle_until[task.id] = now + delay
+            log.warning("DSM unavailable for a task; it waits", extra={
+                "task_id": task.id, "error": str(exc), "retry_in_s": delay})
+            return True
+        self._dsm_failures.pop(task.id, None)
         if result.waiting_for_files:
             self._idle_until[task.id] = now + self.settings.dsm_poll_interval_s
         self.scheduler.charge(task.id, result.jobs)

@@ -77,7 +77,7 @@ async def test_report_groups_failures_and_counts_attempts_and_outputs(task_manag
     assert report["attempts_total"] == 4 * 1 + 2 + 3 + 2 * 1
     assert report["jobs_retried"] == 2
     assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 3", "jobs": 1, "files": 10}]
-    assert report["outputs"] == {"files": 5, "bytes": 5 * 1000 + sum(range(5)), "events": 50}
+    assert report["outputs"] == {"files": 5, "bytes": 5 * 1000 + sum(range(5)), "events": 50, "rejected": 0}
     assert report["output_dataset"] == "spd.out"
     assert report["job_run_time"]["min_s"] == pytest.approx(100.0) and report["job_run_time"]["max_s"] == pytest.approx(100.0)
 
