@@ -11,6 +11,7 @@ import pytest
 
 from pilot.payload import run_payload
 from tests.conftest import wait_for
+from tests.e2e.test_dispatch import alive
 
 pytestmark = pytest.mark.e2e
 
@@ -23,14 +24,6 @@ open(sys.argv[1], "w").write(str(child.pid))
 if sys.argv[2] == "wait":
     time.sleep(300)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 async def _run(tmp_path: Path, mode: str, abort: asyncio.Event, wall_time_s: float = 60):
@@ -48,7 +41,7 @@ async def _read_pid(path: Path) -> bool:
 async def test_abort_kills_a_child_that_left_the_process_group(tmp_path: Path) -> None:
     abort = asyncio.Event()
     run, escaped = await _run(tmp_path, "wait", abort)
-    assert _alive(escaped) and os.getpgid(escaped) != os.getpgid(os.getpid())
+    assert alive(escaped) and os.getpgid(escaped) != os.getpgid(os.getpid())
     abort.set()
     result = await asyncio.wait_for(run, 30)
     assert result.aborted and not result.timed_out
@@ -70,4 +63,4 @@ async def test_children_left_behind_by_a_finished_payload_are_killed(tmp_path: P
 
 
 async def _gone(pid: int) -> bool:
-    return not _alive(pid)
+    return not alive(pid)

@@ -4,6 +4,7 @@ task (a fault-injecting proxy in front of the reference DSM)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -37,29 +38,28 @@ def _free_port_pair() -> int:
     raise AssertionError("no free port pair")
 
 
-@pytest.fixture
-def private_rabbitmq() -> Iterator[tuple[str, Path, int]]:
-    directory = Path(tempfile.mkdtemp(prefix="wms-fault-rabbitmq."))
-    port = _free_port_pair()
-    url = subprocess.run([SCRIPTS / "private-rabbitmq", "start", directory, str(port)], check=True,
-                         capture_output=True, text=True, timeout=180).stdout.strip()
+@contextlib.contextmanager
+def _private_server(script: str, port: int, stop: str) -> Iterator[tuple[str, Path, int]]:
+    """Start ``scripts/<script>`` in a directory of its own on ``port``; ``stop`` it (and its data) after."""
+    directory = Path(tempfile.mkdtemp(prefix=f"wms-fault-{script}."))
+    url = subprocess.run([SCRIPTS / script, "start", directory, str(port)], check=True, capture_output=True,
+                         text=True, timeout=180).stdout.strip()
     try:
         yield url, directory, port
     finally:
-        subprocess.run([SCRIPTS / "private-rabbitmq", "stop", directory, str(port)], capture_output=True,
-                       timeout=180)
+        subprocess.run([SCRIPTS / script, stop, directory, str(port)], capture_output=True, timeout=180)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[tuple[str, Path, int]]:
+    with _private_server("private-rabbitmq", _free_port_pair(), "stop") as server:
+        yield server
 
 
 @pytest.fixture
 def private_postgres() -> Iterator[tuple[str, Path, int]]:
-    directory = Path(tempfile.mkdtemp(prefix="wms-fault-postgres."))
-    port = free_port()
-    url = subprocess.run([SCRIPTS / "private-postgres", "start", directory, str(port)], check=True,
-                         capture_output=True, text=True, timeout=120).stdout.strip()
-    try:
-        yield url, directory, port
-    finally:
-        subprocess.run([SCRIPTS / "private-postgres", "remove", directory], capture_output=True, timeout=120)
+    with _private_server("private-postgres", free_port(), "remove") as server:
+        yield server
 
 
 async def test_rabbitmq_restart_mid_run(postgres_server_url, private_rabbitmq, tmp_path) -> None:
