@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 COPY wheels /tmp/wheels
 RUN python -m venv /opt/wms \
- && /opt/wms/bin/pip install --no-index --find-links /tmp/wheels --no-cache-dir spd-wms \
+ && /opt/wms/bin/pip install --no-index --find-links /tmp/wheels --no-cache-dir 'spd-wms[server]' \
  && rm -rf /tmp/wheels \
  && useradd --system --uid 10001 --home-dir /var/tmp/spd-wms --no-create-home wms \
  && mkdir -p /var/tmp/spd-wms \

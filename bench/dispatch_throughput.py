@@ -18,8 +18,8 @@ import time
 import uuid
 
 import sqlalchemy as sa
-
 from deployment import AMQP, bench_deployment, register_dataset, submit
+
 from common.db.models import jobs, tasks
 from common.dsm import DsmFile
 from common.pilot_protocol import JobReport, PilotRegistration

@@ -16,8 +16,8 @@ import platform
 import time
 
 import sqlalchemy as sa
-
 from deployment import bench_deployment, register_dataset, submit
+
 from common.db.models import tasks
 from common.dsm import DsmFile
 

@@ -24,6 +24,7 @@ class Loop:
     def __init__(self, name: str, round_: Callable[[], Awaitable[bool]], interval_s: float,
                  min_pause_s: float = 0.0) -> None:
         self.name, self._round, self.interval_s, self.min_pause_s = name, round_, interval_s, min_pause_s
+        self.rounds = 0  # rounds completed (successfully or not): lets an observer wait for "a round later"
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -42,7 +43,9 @@ class Loop:
                 if failures:
                     log.info("background round succeeds again", extra={"loop": self.name, "failures": failures})
                 failures = 0
+                self.rounds += 1
             except Exception as exc:
+                self.rounds += 1
                 failures += 1
                 if failures == 1:
                     log.exception("background round failed", extra={"loop": self.name})

@@ -48,8 +48,6 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("task-executor.task-events", "tasks", ("task.#",)),
     # Generated job chunks for the job-manager to register.
     QueueSpec("job-manager.job-chunks", "jobs", ("jobs.chunk",)),
-    # Registered, ready jobs for the job-executor (routing key jobs.ready.<resource type>).
-    QueueSpec("job-executor.ready-jobs", "jobs", ("jobs.ready.#",)),
     # Task commands the job-executor carries to jobs (cancel, pause, resume, priority).
     QueueSpec("job-executor.task-events", "tasks", ("task.#",)),
     # Pilots in message-queue mode: claims from the cpu or gpu queue, everything else as pilot events.

@@ -12,6 +12,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 LFN_PATTERN = r"^[A-Za-z0-9_.:/+=-]{1,1024}$"
+DETAIL_MAX = 500  # bytes of a non-JSON error body kept in a DsmError
 
 
 class DsmFile(BaseModel):
@@ -84,7 +85,7 @@ class DsmClient:
             try:
                 detail = json.loads(body).get("detail")
             except (ValueError, AttributeError):
-                detail = body[:500].decode(errors="replace")
+                detail = body[:DETAIL_MAX].decode(errors="replace")
             raise (DsmUnavailable if _is_outage(status) else DsmError)(status, detail)
         return body
 

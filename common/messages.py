@@ -24,7 +24,7 @@ class Envelope(BaseModel):
     version: Literal[1] = ENVELOPE_VERSION
     message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     type: str
-    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
     payload: dict[str, Any]
 
 
@@ -88,16 +88,6 @@ class JobChunk(BaseModel):
         return out
 
 
-class JobsReady(BaseModel):
-    """Jobs the job-manager registered and made ready, for the job-executor."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    task_id: int
-    resource_type: Literal["cpu", "gpu"]
-    job_ids: list[int] = Field(min_length=1)
-
-
 class PilotCall(BaseModel):
     """A pilot's request over RabbitMQ (the operation is the envelope's type, e.g. pilot.claim.gpu)."""
 
@@ -126,12 +116,10 @@ PILOT_OPERATIONS = ("pilot.register", "pilot.claim.cpu", "pilot.claim.gpu", "pil
                     "pilot.exit")
 
 JOB_CHUNK = "jobs.chunk"
-JOBS_READY = "jobs.ready"
 
 PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     **{t.value: TaskEvent for t in TaskEventType},
     JOB_CHUNK: JobChunk,
-    JOBS_READY: JobsReady,
     **{op: PilotCall for op in PILOT_OPERATIONS},
     "pilot.reply": PilotReply,
 }

@@ -1,11 +1,10 @@
-"""What the HTTP side of every service shares: JSON logs, RED metrics per route, health and readiness, serving."""
+"""What the HTTP side of every service shares: RED metrics per route, health and readiness, serving (with the
+JSON logs of :mod:`common.jsonlog`)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -19,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from common.failures import BrokerUnavailable
+from common.jsonlog import configure_logging
 from common.settings import Settings
 
 HTTP_REQUESTS = Counter(
@@ -27,39 +27,6 @@ HTTP_REQUESTS = Counter(
 HTTP_DURATION = Histogram(
     "wms_http_request_duration_seconds", "HTTP request duration by route", ["service", "method", "route"]
 )
-
-_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; ``extra={...}`` fields (task_id, job_id, pilot_id, ...) become keys."""
-
-    def __init__(self, service: str) -> None:
-        super().__init__()
-        self.service = service
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "service": self.service,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(service: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
-    logging.Formatter.converter = time.gmtime
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
 
 def instrument(app: FastAPI, service: str) -> None:
     """Add RED metrics (a plain ASGI middleware: BaseHTTPMiddleware costs a task group per request) and the

@@ -92,8 +92,9 @@ class OutboxRelay:
                 ),
                 return_exceptions=True,
             )
-            published = [r.id for r, res in zip(rows, results) if not isinstance(res, BaseException)]
-            failed = [(r.id, f"{type(res).__name__}: {res}") for r, res in zip(rows, results) if isinstance(res, BaseException)]
+            outcomes = list(zip(rows, results, strict=True))
+            published = [r.id for r, res in outcomes if not isinstance(res, BaseException)]
+            failed = [(r.id, f"{type(res).__name__}: {res}") for r, res in outcomes if isinstance(res, BaseException)]
             if published:
                 await conn.execute(
                     sa.update(outbox)

@@ -4,7 +4,6 @@ Defaults work on a single machine with PostgreSQL and RabbitMQ on 127.0.0.1.
 """
 from __future__ import annotations
 
-import functools
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -112,7 +111,3 @@ class Settings(BaseSettings):
     def uses_dev_tokens(self) -> bool:
         return any(t in DEV_TOKENS for t in self.api_tokens)
 
-
-@functools.cache
-def get_settings() -> Settings:
-    return Settings()

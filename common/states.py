@@ -1,17 +1,12 @@
-"""Task and job state machines as data, and the one guarded UPDATE that enforces them where the write happens.
+"""Task, job and pilot state machines as data (pure: no I/O, importable by the pilot).
 
-A transition is written as ``UPDATE ... SET status = :to WHERE id = ... AND status IN (<states allowed to reach
-:to>)``; two concurrent writers can therefore never produce a transition that is not in the table.
+The guarded UPDATE that enforces them where the write happens is in :mod:`common.db.transitions`.
 """
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 
 class TaskState(enum.StrEnum):
@@ -25,14 +20,27 @@ class TaskState(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
-    DEFINED = "defined"  # registered with its input files by the job-manager
-    READY = "ready"  # handed to the job-executor, waiting for a pilot
+    READY = "ready"  # registered with its input files, waiting for a pilot
     HELD = "held"  # ready, but its task is paused
     DISPATCHED = "dispatched"  # claimed by a pilot
     RUNNING = "running"  # the pilot reported its payload started
     FINISHED = "finished"
     FAILED = "failed"  # attempts exhausted, or an error that must not be retried
     CANCELLED = "cancelled"
+
+
+class AttemptOutcome(enum.StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    LOST = "lost"  # the pilot died or stopped heartbeating
+    CANCELLED = "cancelled"
+
+
+class FileRole(enum.StrEnum):
+    INPUT = "input"
+    OUTPUT = "output"
+    LOG = "log"
 
 
 class PilotState(enum.StrEnum):
@@ -115,7 +123,6 @@ TASK_MACHINE = StateMachine(
 JOB_MACHINE = StateMachine(
     "job",
     {
-        J.DEFINED: frozenset({J.READY, J.HELD, J.CANCELLED}),
         J.READY: frozenset({J.DISPATCHED, J.HELD, J.CANCELLED}),
         J.HELD: frozenset({J.READY, J.CANCELLED}),
         # A fast payload may end before its 'running' report arrives; a lost or failed attempt goes back to
@@ -128,7 +135,7 @@ JOB_MACHINE = StateMachine(
     },
     # The job-manager creates a chunk's jobs directly in the state their task calls for (ready, held while it
     # is paused, cancelled once it ended): nobody can see them before that transaction commits.
-    initial=(J.DEFINED, J.READY, J.HELD, J.CANCELLED),
+    initial=(J.READY, J.HELD, J.CANCELLED),
 )
 
 
@@ -158,72 +165,3 @@ class RowNotFound(Exception):
     def __init__(self, what: str, row_id: int) -> None:
         super().__init__(f"{what} {row_id} not found")
         self.what, self.row_id = what, row_id
-
-
-def guarded_update(
-    table: sa.Table,
-    machine: StateMachine,
-    rows: Iterable[int] | sa.ColumnElement[bool],
-    target: str,
-    values: Mapping[str, Any] | None = None,
-    only_from: Iterable[str] | None = None,
-) -> sa.Update | None:
-    """The UPDATE moving ``rows`` (ids, or a condition such as ``jobs.c.task_id == 7`` for a whole set in one
-    statement) to ``target`` where their current state allows it; None when nothing can move (no ids, or no
-    allowed source state). ``only_from`` narrows the allowed source states further (e.g. 'resume' reaches
-    running from paused only, although the task-executor may start a registered task)."""
-    if isinstance(rows, sa.ColumnElement):
-        selected = rows
-    else:
-        id_list = list(rows)
-        if not id_list:
-            return None
-        selected = table.c.id.in_(id_list)
-    sources = machine.sources_of(target)
-    if only_from is not None:
-        sources &= frozenset(only_from)
-    if not sources:
-        return None
-    return sa.update(table).where(selected, table.c.status.in_(sorted(sources))).values(status=target, **(values or {}))
-
-
-async def guarded_transition(
-    conn: AsyncConnection,
-    table: sa.Table,
-    machine: StateMachine,
-    rows: Iterable[int] | sa.ColumnElement[bool],
-    target: str,
-    values: Mapping[str, Any] | None = None,
-    returning: Iterable[sa.ColumnElement[Any]] = (),
-    only_from: Iterable[str] | None = None,
-) -> list[sa.Row]:
-    """Apply :func:`guarded_update` and return the rows that moved (their ``returning`` columns, by default the
-    id).
-
-    Rows whose state forbids the move are left untouched and simply not returned: callers decide whether that
-    is an error (see :func:`transition_one`) or a normal race (a batch sweep).
-    """
-    stmt = guarded_update(table, machine, rows, target, values, only_from)
-    if stmt is None:
-        return []
-    return list((await conn.execute(stmt.returning(*(tuple(returning) or (table.c.id,))))).all())
-
-
-async def transition_one(
-    conn: AsyncConnection,
-    table: sa.Table,
-    machine: StateMachine,
-    row_id: int,
-    target: str,
-    values: Mapping[str, Any] | None = None,
-    returning: Iterable[sa.ColumnElement[Any]] = (),
-    only_from: Iterable[str] | None = None,
-) -> sa.Row:
-    """Guarded transition of one row; raises RowNotFound or IllegalTransition (naming the current state)."""
-    rows = await guarded_transition(conn, table, machine, [row_id], target, values, returning, only_from)
-    if rows:
-        return rows[0]
-    current = (await conn.execute(sa.select(table.c.status).where(table.c.id == row_id))).scalar_one_or_none()
-    if current is None:
-        raise RowNotFound(machine.name, row_id)
-    raise IllegalTransition(machine, row_id, current, target)

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from common.observability import configure_logging
+from common.jsonlog import configure_logging
 from common.pilot_protocol import Heartbeat, JobReport, JobSpec, StagedFile
 from pilot.channels import ChannelRefused, ChannelUnavailable
 from pilot.channels.mq import MqChannel
@@ -110,7 +110,7 @@ class Pilot:
             while not self.stopping.is_set() and time.monotonic() - started < self.settings.lifetime_s:
                 request_id = uuid.uuid4()  # the same for every retry of this claim
                 asked = time.monotonic()
-                job = await self._retrying("claim", lambda: self.channel.claim(request_id), interruptible=True)
+                job = await self._retrying("claim", lambda rid=request_id: self.channel.claim(rid), interruptible=True)
                 if job is None:
                     if time.monotonic() - asked > self.settings.request_timeout_s:
                         idle_since = time.monotonic()  # time spent waiting out an outage is not idleness

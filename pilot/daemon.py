@@ -14,10 +14,9 @@ import subprocess
 import sys
 import time
 
-from common.observability import configure_logging
+from common.jsonlog import configure_logging
 
 log = logging.getLogger("wms.pilot.daemon")
-EXIT_NO_WORK = 3
 
 
 def main(argv: list[str] | None = None) -> int:

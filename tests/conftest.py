@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import services.dsm.models  # noqa: F401  (the reference DSM tables are part of the schema)
 from common.broker import Topology
 from common.db.migrate import upgrade
-import services.dsm.models  # noqa: F401  (the reference DSM tables are part of the schema)
 from common.db.models import metadata
 from common.settings import Settings
 

@@ -9,12 +9,20 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from common.states import FileState, JobState, PilotState, TaskState, TASK_MACHINE, JOB_MACHINE, PILOT_MACHINE
+from common.states import (
+    JOB_MACHINE,
+    PILOT_MACHINE,
+    TASK_MACHINE,
+    AttemptOutcome,
+    FileRole,
+    FileState,
+    JobState,
+    PilotState,
+    TaskState,
+)
 
 RESOURCE_TYPES = ("cpu", "gpu")
 SPLIT_RULES = ("files", "bytes", "events")
-FILE_ROLES = ("input", "output", "log")
-ATTEMPT_OUTCOMES = ("running", "finished", "failed", "lost", "cancelled")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -133,7 +141,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
     task_id: Mapped[int] = mapped_column(sa.ForeignKey("task_dat.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(sa.Text, server_default=JobState.DEFINED.value)
+    status: Mapped[str] = mapped_column(sa.Text, server_default=JobState.READY.value)
     attempt: Mapped[int] = mapped_column(sa.Integer, server_default="0")
     resource_type: Mapped[str] = mapped_column(sa.Text)
     priority: Mapped[int] = mapped_column(sa.Integer)
@@ -180,7 +188,7 @@ class Job(Base):
         sa.Index(
             "ix_job_dat_backlog",
             "resource_type",
-            postgresql_where=sa.text(_in("status", [JobState.DEFINED, JobState.READY, JobState.HELD])),
+            postgresql_where=sa.text(_in("status", [JobState.READY, JobState.HELD])),
         ),
         sa.Index(
             "ix_job_dat_pilot",
@@ -204,7 +212,7 @@ class JobAttempt(Base):
     job_id: Mapped[int] = mapped_column(sa.ForeignKey("job_dat.id", ondelete="CASCADE"), primary_key=True)
     attempt: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
     pilot_id: Mapped[int | None] = mapped_column(sa.ForeignKey("pilot_dat.id", ondelete="SET NULL"))
-    outcome: Mapped[str] = mapped_column(sa.Text, server_default="running")
+    outcome: Mapped[str] = mapped_column(sa.Text, server_default=AttemptOutcome.RUNNING.value)
     started_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     exit_code: Mapped[int | None] = mapped_column(sa.Integer)
@@ -212,7 +220,7 @@ class JobAttempt(Base):
     error_message: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
-        sa.CheckConstraint(_in("outcome", ATTEMPT_OUTCOMES), name="outcome"),
+        sa.CheckConstraint(_in("outcome", list(AttemptOutcome)), name="outcome"),
     )
 
 
@@ -239,7 +247,7 @@ class File(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
-        sa.CheckConstraint(_in("role", FILE_ROLES), name="role"),
+        sa.CheckConstraint(_in("role", list(FileRole)), name="role"),
         sa.CheckConstraint(_in("status", list(FileState)), name="status"),
         sa.CheckConstraint("adler32 ~ '^[0-9a-f]{8}$'", name="adler32_hex"),
         # Every input file is in exactly one job of its task: a duplicate cannot be written.
@@ -248,7 +256,7 @@ class File(Base):
             "task_id",
             "lfn",
             unique=True,
-            postgresql_where=sa.text("role = 'input'"),
+            postgresql_where=sa.text(f"role = '{FileRole.INPUT}'"),
         ),
         # An output or log is registered once in its dataset, however often the final report arrives.
         sa.Index(
@@ -256,7 +264,7 @@ class File(Base):
             "dataset",
             "lfn",
             unique=True,
-            postgresql_where=sa.text("role <> 'input'"),
+            postgresql_where=sa.text(f"role <> '{FileRole.INPUT}'"),
         ),
         sa.Index("ix_file_dat_job", "job_id"),
         sa.Index("ix_file_dat_lfn", "lfn"),

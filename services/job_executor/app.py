@@ -39,13 +39,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with observe_message(SERVICE, "task-events"):
                 await oversight.apply_task_event(envelope.type, event)
 
-        async def on_jobs_ready(_envelope: Envelope, _payload: object, _: AbstractIncomingMessage) -> None:
-            # Ready jobs are claimed from PostgreSQL; the announcement is counted and acknowledged.
-            with observe_message(SERVICE, "ready-jobs"):
-                pass
-
         await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
-        await broker.consume(broker.topology.queue("job-executor.ready-jobs"), on_jobs_ready)
         await PilotMqChannel(broker, dispatcher).start()
         housekeeping = Loop("housekeeping", lambda: _not_busy(oversight.purge_old_rows()),
                             settings.housekeeping_interval_s)

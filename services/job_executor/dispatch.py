@@ -24,9 +24,11 @@ from common.pilot_protocol import (
     PilotSession,
     StagedFile,
 )
+from common.policies import resource_types_served
 from common.settings import Settings
-from common.states import FileState, JobState, PilotState
+from common.states import AttemptOutcome, FileRole, FileState, JobState, PilotState
 from services.job_executor import queries
+from services.job_executor.retries import retry_or_fail, retry_policy
 
 
 class PilotRefused(Exception):
@@ -62,6 +64,7 @@ def storage_prefix(settings: Settings, dataset: str, job_id: int, attempt: int) 
 class Dispatcher:
     def __init__(self, engine: AsyncEngine, settings: Settings, on_job_ended: Callable[[int], None]) -> None:
         self.engine, self.settings = engine, settings
+        self.retry_policy = retry_policy(settings)
         # Called with the task id when a job reached a terminal state: the task may be complete.
         self.on_job_ended = on_job_ended
 
@@ -96,8 +99,7 @@ class Dispatcher:
             if request_id is not None:
                 claimed = await queries.job_claimed_by_request(conn, pilot_id, request_id)
             if claimed is None:
-                order = ("gpu", "cpu") if pilot.resource_type == "gpu" else ("cpu",)
-                for resource_type in order:
+                for resource_type in resource_types_served(pilot.resource_type):
                     claimed = await queries.claim_job(conn, pilot_id, resource_type, request_id)
                     if claimed is not None:
                         break
@@ -140,10 +142,8 @@ class Dispatcher:
     async def report(self, pilot_id: int, session: str | None, job_id: int, report: JobReport) -> None:
         async with self.engine.begin() as conn:
             await self.authenticate(conn, pilot_id, session)
-            where = queries.fenced(job_id, report.attempt, pilot_id)
             if report.state == "running":
-                moved = await queries.move_job(conn, where, JobState.RUNNING, {"heartbeat_at": sa.func.now()})
-                if not moved:
+                if not await queries.start_running(conn, job_id, report.attempt, pilot_id):
                     await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, JobState.RUNNING)
                 return
             if report.state == "finished":
@@ -154,35 +154,31 @@ class Dispatcher:
             self.on_job_ended(task_id)
 
     async def _finish(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
-        moved = await queries.move_job(
-            conn, queries.fenced(job_id, report.attempt, pilot_id), JobState.FINISHED,
-            {"finished_at": sa.func.now(), "exit_code": report.exit_code or 0, "error_category": None,
-             "error_message": None},
-        )
-        if not moved:
+        moved = await queries.finish_job(conn, job_id, report.attempt, pilot_id, report.exit_code or 0)
+        if moved is None:
             # The same final report again (a retry after a lost answer) changes nothing and is no error.
             await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, JobState.FINISHED)
             return None
-        task_id = moved[0].task_id
+        task_id = moved.task_id
         await self._stage(conn, task_id, job_id, report)
         await queries.set_input_files(conn, [job_id], FileState.DONE)
-        await queries.end_attempts(conn, [(job_id, report.attempt)], "finished", report.exit_code or 0, None, None)
+        await queries.end_attempts(conn, [(job_id, report.attempt)], AttemptOutcome.FINISHED, report.exit_code or 0,
+                                   None, None)
         await queries.set_pilot_busy(conn, pilot_id, None)
         return task_id
 
     async def _fail(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
         category = report.error_category or "payload"
-        retried, failed = await queries.retry_or_fail(
-            conn, queries.fenced(job_id, report.attempt, pilot_id), queries.RetryPolicy.of(self.settings),
-            category, report.error_message, report.exit_code, lost=False,
-        )
+        in_flight = await queries.attempt_in_flight(conn, job_id, report.attempt, pilot_id)
+        retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, category, report.error_message,
+                                              report.exit_code, lost=False)
         if not retried and not failed:
             await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, None)
             return None
         task_id = (retried or failed)[0].task_id
         if report.log is not None:
             await self._stage(conn, task_id, job_id, report.model_copy(update={"outputs": []}))
-        await queries.end_attempts(conn, [(job_id, report.attempt)], "failed", report.exit_code, category,
+        await queries.end_attempts(conn, [(job_id, report.attempt)], AttemptOutcome.FAILED, report.exit_code, category,
                                    report.error_message)
         await queries.set_pilot_busy(conn, pilot_id, None)
         return task_id if failed else None
@@ -192,12 +188,15 @@ class Dispatcher:
             return
         dataset = (await queries.job_context(conn, job_id))[0].output_dataset
 
-        def row(f: StagedFile, role: str) -> dict[str, Any]:
-            return {"lfn": f.lfn, "dataset": dataset if role == "output" else log_dataset(dataset), "task_id": task_id, "job_id": job_id, "role": role,
+        def row(f: StagedFile, role: FileRole) -> dict[str, Any]:
+            return {"lfn": f.lfn, "dataset": dataset if role == FileRole.OUTPUT else log_dataset(dataset),
+                    "task_id": task_id, "job_id": job_id, "role": role,
                     "url": f.url, "size": f.size, "adler32": f.adler32, "events": f.events,
                     "status": FileState.STAGED.value}
 
-        rows = [row(f, "output") for f in report.outputs] + ([row(report.log, "log")] if report.log else [])
+        rows = [row(f, FileRole.OUTPUT) for f in report.outputs]
+        if report.log:
+            rows.append(row(report.log, FileRole.LOG))
         await queries.insert_staged_files(conn, rows)
 
     async def _refuse_unless_repeat(self, conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int,
@@ -205,7 +204,8 @@ class Dispatcher:
         job = await queries.select_job(conn, job_id)
         if job is None:
             raise ReportRefused(f"job {job_id} not found", None)
-        if repeated_state is not None and (job.status, job.attempt, job.pilot_id) == (repeated_state, attempt, pilot_id):
+        repeated = (job.status, job.attempt, job.pilot_id) == (repeated_state, attempt, pilot_id)
+        if repeated_state is not None and repeated:
             return
         raise ReportRefused(
             f"job {job_id} is {job.status} at attempt {job.attempt}; attempt {attempt} of pilot {pilot_id} is "

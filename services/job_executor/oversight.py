@@ -21,13 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.background import Loop
 from common.broker import Topology
 from common.db.models import files, jobs, tasks
+from common.db.transitions import guarded_transition, guarded_update
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
-from common.states import JOB_MACHINE, TASK_MACHINE, FileState, JobState, TaskState, guarded_transition, guarded_update
+from common.states import JOB_MACHINE, TASK_MACHINE, AttemptOutcome, FileState, JobState, TaskState
 from services.job_executor import queries
 from services.job_executor.dispatch import log_dataset
+from services.job_executor.retries import retry_or_fail, retry_policy
 
 log = logging.getLogger("wms.job_executor")
 LOST_SWEEP_LOCK = 0x5BD_0001
@@ -55,6 +57,7 @@ class Oversight:
         self.tasks_exchange = topology.exchange("tasks")
         self.on_committed = on_committed
         self.broker_ready = broker_ready
+        self.retry_policy = retry_policy(settings)
         # Heartbeats are judged only after a full pilot timeout without outage (see the module's docstring).
         self.heard_since = time.monotonic()
         self._close_not_before: dict[int, float] = {}
@@ -81,15 +84,14 @@ class Oversight:
             if not (await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(LOST_SWEEP_LOCK)))).scalar():
                 return 0
             dead = await queries.declare_dead_pilots(conn, timeout)
-            condition = queries.lost_jobs_condition(dead, timeout)
-            keys = await queries.in_flight_keys(conn, condition)
-            if not keys:
+            in_flight = await queries.lost_in_flight(conn, dead, timeout)
+            if not in_flight:
                 return 0
             message = "pilot stopped heartbeating"
-            retried, failed = await queries.retry_or_fail(
-                conn, [condition], queries.RetryPolicy.of(self.settings), "lost", message, None, lost=True,
-            )
-            await queries.end_attempts(conn, keys, "lost", None, "lost", message)
+            retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, "lost", message, None,
+                                                  lost=True)
+            keys = [(j.id, j.attempt) for j in in_flight]
+            await queries.end_attempts(conn, keys, AttemptOutcome.LOST, None, "lost", message)
         log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(retried), "failed": len(failed)})
         if failed:
             self.wake()
@@ -115,7 +117,7 @@ class Oversight:
                 await guarded_transition(conn, jobs, JOB_MACHINE, of_task, target, only_from=only_from)
                 await conn.execute(
                     sa.update(jobs)
-                    .where(of_task, jobs.c.status.in_([JobState.DEFINED, JobState.READY, JobState.HELD]),
+                    .where(of_task, jobs.c.status.in_([JobState.READY, JobState.HELD]),
                            jobs.c.priority != task.priority)
                     .values(priority=task.priority)
                 )
@@ -200,7 +202,8 @@ class Oversight:
             log.warning("DSM unavailable: registrations deferred",
                         extra={"files": sum(map(len, deferred.values())), "error": next(iter(deferred))})
         if rejected:
-            log.error("DSM refused outputs", extra={"files": len(rejected), "task_ids": sorted({t for _, t, _ in rejected}),
+            log.error("DSM refused outputs", extra={"files": len(rejected),
+                                                    "task_ids": sorted({t for _, t, _ in rejected}),
                                                     "first": rejected[0][2]})
         return len(rows)
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,12 +9,19 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import consumed_messages, files, job_attempts, jobs, pilots, tasks
-from common.settings import Settings
-from common.states import JOB_MACHINE, PILOT_MACHINE, FileState, JobState, PilotState, TaskState
+from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
+from common.states import (
+    JOB_MACHINE,
+    PILOT_MACHINE,
+    AttemptOutcome,
+    FileRole,
+    FileState,
+    JobState,
+    PilotState,
+)
 
 IN_FLIGHT = (JobState.DISPATCHED, JobState.RUNNING)
 LIVE = (PilotState.IDLE, PilotState.BUSY)
-DISPATCHABLE_TASK_STATES = (TaskState.REGISTERED, TaskState.RUNNING)
 
 
 async def insert_pilot(conn: AsyncConnection, values: dict[str, Any]) -> int:
@@ -72,7 +78,7 @@ async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str,
             jobs.c.status == JobState.READY,
             jobs.c.resource_type == resource_type,
             sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.func.now()),
-            sa.exists().where(tasks.c.id == jobs.c.task_id, tasks.c.status.in_(DISPATCHABLE_TASK_STATES)),
+            sa.exists().where(tasks.c.id == jobs.c.task_id, tasks.c.status.in_(sorted(TASK_STATES_WHOSE_JOBS_PROCEED))),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.id)
         .limit(1)
@@ -108,7 +114,7 @@ async def job_context(conn: AsyncConnection, job_id: int) -> tuple[sa.Row, list[
     inputs = (
         await conn.execute(
             sa.select(files.c.lfn, files.c.url, files.c.size, files.c.adler32)
-            .where(files.c.job_id == job_id, files.c.role == "input")
+            .where(files.c.job_id == job_id, files.c.role == FileRole.INPUT)
             .order_by(files.c.id)
         )
     ).all()
@@ -125,19 +131,20 @@ async def end_attempts(conn: AsyncConnection, keys: list[tuple[int, int]], outco
         return
     await conn.execute(
         sa.update(job_attempts)
-        .where(sa.tuple_(job_attempts.c.job_id, job_attempts.c.attempt).in_(keys), job_attempts.c.outcome == "running")
+        .where(sa.tuple_(job_attempts.c.job_id, job_attempts.c.attempt).in_(keys),
+               job_attempts.c.outcome == AttemptOutcome.RUNNING)
         .values(outcome=outcome, finished_at=sa.func.now(), exit_code=exit_code, error_category=category,
                 error_message=message)
     )
 
 
-def fenced(job_id: int, attempt: int, pilot_id: int) -> list[sa.ColumnElement[bool]]:
+def _fenced(job_id: int, attempt: int, pilot_id: int) -> list[sa.ColumnElement[bool]]:
     """Only the pilot holding the current attempt may change the job."""
     return [jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.pilot_id == pilot_id]
 
 
-async def move_job(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], target: JobState,
-                   values: dict[str, Any]) -> list[sa.Row]:
+async def _move_job(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], target: JobState,
+                    values: dict[str, Any]) -> list[sa.Row]:
     stmt = (
         sa.update(jobs)
         .where(*where, jobs.c.status.in_(sorted(JOB_MACHINE.sources_of(target))))
@@ -147,43 +154,88 @@ async def move_job(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], t
     return list((await conn.execute(stmt)).all())
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of failed and lost attempts. Payload failures are bounded by the task's max_attempts (counting
-    only attempts not lost to infrastructure); losses (dead pilot, silent heartbeat) by ``max_lost``, apart, as
-    PanDA and DIRAC do. The wait before a retry doubles with the count that applies, capped."""
-
-    backoff_s: float
-    backoff_max_s: float
-    max_lost: int
-
-    @classmethod
-    def of(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.retry_backoff_s, settings.retry_backoff_max_s, settings.max_lost_attempts)
+async def start_running(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> bool:
+    """The pilot's payload started (fenced): dispatched -> running."""
+    return bool(await _move_job(conn, _fenced(job_id, attempt, pilot_id), JobState.RUNNING,
+                                {"heartbeat_at": sa.func.now()}))
 
 
-async def retry_or_fail(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], policy: RetryPolicy,
-                        category: str, message: str | None, exit_code: int | None,
-                        lost: bool) -> tuple[list[sa.Row], list[sa.Row]]:
-    """Jobs matching ``where`` (in flight) go back to ready after a backoff while their budget lasts, else fail."""
-    error = {"error_category": category, "error_message": message, "exit_code": exit_code}
-    if lost:
-        count = jobs.c.lost_attempts + 1
-        can_retry = count < policy.max_lost
-        error["lost_attempts"] = count
-    else:
-        max_attempts = sa.select(tasks.c.max_attempts).where(tasks.c.id == jobs.c.task_id).scalar_subquery()
-        count = jobs.c.attempt - jobs.c.lost_attempts
-        can_retry = count < max_attempts
-    backoff = sa.func.least(policy.backoff_s * sa.func.power(2, count - 1), policy.backoff_max_s)
-    retried = await move_job(
-        conn, [*where, can_retry], JobState.READY,
-        {"pilot_id": None, "not_before": sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, backoff), **error},
-    )
-    failed = await move_job(conn, [*where, ~can_retry], JobState.FAILED, {"finished_at": sa.func.now(), **error})
+async def finish_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int,
+                     exit_code: int) -> sa.Row | None:
+    """The pilot's attempt succeeded (fenced): -> finished; the moved row (id, attempt, task_id) or None."""
+    moved = await _move_job(conn, _fenced(job_id, attempt, pilot_id), JobState.FINISHED,
+                            {"finished_at": sa.func.now(), "exit_code": exit_code, "error_category": None,
+                             "error_message": None})
+    return moved[0] if moved else None
+
+
+RETRY_FACTS = (jobs.c.id, jobs.c.attempt, jobs.c.lost_attempts, jobs.c.task_id,
+               sa.select(tasks.c.max_attempts).where(tasks.c.id == jobs.c.task_id).scalar_subquery()
+               .label("max_attempts"))
+
+
+async def attempt_in_flight(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> list[sa.Row]:
+    """The job, if this pilot holds this attempt of it in flight (with what the retry policy needs), locked."""
+    stmt = sa.select(*RETRY_FACTS).where(jobs.c.id == job_id, jobs.c.attempt == attempt,
+                                         jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT)).with_for_update()
+    return list((await conn.execute(stmt)).all())
+
+
+async def lost_in_flight(conn: AsyncConnection, dead_pilots: list[int], timeout_s: float) -> list[sa.Row]:
+    """In-flight jobs whose pilot is dead, or whose own heartbeat stopped (with what the retry policy needs)."""
+    stale = jobs.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s)
+    stmt = sa.select(*RETRY_FACTS).where(jobs.c.status.in_(IN_FLIGHT),
+                                         sa.or_(jobs.c.pilot_id.in_(dead_pilots), stale)).with_for_update()
+    return list((await conn.execute(stmt)).all())
+
+
+def _moved_from(target: JobState) -> str:
+    return ", ".join(f"'{s}'" for s in sorted(JOB_MACHINE.sources_of(target) & set(IN_FLIGHT)))
+
+
+REQUEUE = sa.text(f"""
+    UPDATE job_dat AS j
+       SET status = '{JobState.READY}', pilot_id = NULL, lost_attempts = r.lost,
+           not_before = now() + make_interval(secs => r.backoff),
+           error_category = :category, error_message = :message, exit_code = :exit_code
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:lost AS integer[]),
+                  CAST(:backoff AS double precision[])) AS r(id, attempt, lost, backoff)
+     WHERE j.id = r.id AND j.attempt = r.attempt AND j.status IN ({_moved_from(JobState.READY)})
+ RETURNING j.id, j.attempt, j.task_id""")
+
+FAIL = sa.text(f"""
+    UPDATE job_dat AS j
+       SET status = '{JobState.FAILED}', lost_attempts = r.lost, finished_at = now(),
+           error_category = :category, error_message = :message, exit_code = :exit_code
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:lost AS integer[]))
+           AS r(id, attempt, lost)
+     WHERE j.id = r.id AND j.attempt = r.attempt AND j.status IN ({_moved_from(JobState.FAILED)})
+ RETURNING j.id, j.attempt, j.task_id""")
+
+
+async def requeue_jobs(conn: AsyncConnection, requeued: list[tuple[int, int, int, float]], category: str,
+                       message: str | None, exit_code: int | None) -> list[sa.Row]:
+    """(job id, attempt, lost attempts, backoff s): back to ready after the backoff, in one statement; only
+    jobs still at that attempt and in flight move."""
+    if not requeued:
+        return []
+    ids, attempts, lost, backoff = (list(c) for c in zip(*requeued, strict=True))
+    return list((await conn.execute(REQUEUE, {"ids": ids, "attempts": attempts, "lost": lost, "backoff": backoff,
+                                              "category": category, "message": message,
+                                              "exit_code": exit_code})).all())
+
+
+async def fail_jobs(conn: AsyncConnection, failing: list[tuple[int, int, int]], category: str,
+                    message: str | None, exit_code: int | None) -> list[sa.Row]:
+    """(job id, attempt, lost attempts): failed, with their input files, in two statements."""
+    if not failing:
+        return []
+    ids, attempts, lost = (list(c) for c in zip(*failing, strict=True))
+    failed = list((await conn.execute(FAIL, {"ids": ids, "attempts": attempts, "lost": lost, "category": category,
+                                             "message": message, "exit_code": exit_code})).all())
     if failed:
         await set_input_files(conn, [r.id for r in failed], FileState.FAILED)
-    return retried, failed
+    return failed
 
 
 async def cancel_task_leftovers(conn: AsyncConnection, task_id: int) -> None:
@@ -191,14 +243,14 @@ async def cancel_task_leftovers(conn: AsyncConnection, task_id: int) -> None:
     (two statements by task, whatever the number of jobs)."""
     await conn.execute(
         sa.update(files)
-        .where(files.c.task_id == task_id, files.c.role == "input", files.c.status == FileState.PENDING)
+        .where(files.c.task_id == task_id, files.c.role == FileRole.INPUT, files.c.status == FileState.PENDING)
         .values(status=FileState.CANCELLED, updated_at=sa.func.now())
     )
     await conn.execute(
         sa.update(job_attempts)
-        .where(job_attempts.c.outcome == "running",
+        .where(job_attempts.c.outcome == AttemptOutcome.RUNNING,
                job_attempts.c.job_id.in_(sa.select(jobs.c.id).where(jobs.c.task_id == task_id)))
-        .values(outcome="cancelled", finished_at=sa.func.now(), error_category="cancelled",
+        .values(outcome=AttemptOutcome.CANCELLED, finished_at=sa.func.now(), error_category="cancelled",
                 error_message="task cancelled")
     )
 
@@ -206,7 +258,7 @@ async def cancel_task_leftovers(conn: AsyncConnection, task_id: int) -> None:
 async def set_input_files(conn: AsyncConnection, job_ids: list[int], state: FileState) -> None:
     await conn.execute(
         sa.update(files)
-        .where(files.c.job_id.in_(job_ids), files.c.role == "input")
+        .where(files.c.job_id.in_(job_ids), files.c.role == FileRole.INPUT)
         .values(status=state, updated_at=sa.func.now())
     )
 
@@ -214,7 +266,7 @@ async def set_input_files(conn: AsyncConnection, job_ids: list[int], state: File
 async def beat_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> bool:
     stmt = (
         sa.update(jobs)
-        .where(*fenced(job_id, attempt, pilot_id), jobs.c.status.in_(IN_FLIGHT))
+        .where(*_fenced(job_id, attempt, pilot_id), jobs.c.status.in_(IN_FLIGHT))
         .values(heartbeat_at=sa.func.now())
         .returning(jobs.c.id)
     )
@@ -242,16 +294,6 @@ async def declare_dead_pilots(conn: AsyncConnection, timeout_s: float) -> list[i
         .returning(pilots.c.id)
     )
     return [r.id for r in (await conn.execute(stmt)).all()]
-
-
-def lost_jobs_condition(dead_pilots: list[int], timeout_s: float) -> sa.ColumnElement[bool]:
-    """In-flight jobs whose pilot is dead, or whose own heartbeat stopped."""
-    stale = jobs.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s)
-    return sa.and_(jobs.c.status.in_(IN_FLIGHT), sa.or_(jobs.c.pilot_id.in_(dead_pilots), stale))
-
-
-async def in_flight_keys(conn: AsyncConnection, condition: sa.ColumnElement[bool]) -> list[tuple[int, int]]:
-    return [(r.id, r.attempt) for r in (await conn.execute(sa.select(jobs.c.id, jobs.c.attempt).where(condition)))]
 
 
 async def lock_task(conn: AsyncConnection, task_id: int) -> sa.Row | None:

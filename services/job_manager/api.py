@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.auth import require_role
+from common.job_listing import JobPage, JobView, job_page
 from common.states import JobState, RowNotFound
 from services.job_manager import queries
-from common.job_listing import JobPage, JobView, job_page
 from services.job_manager.schemas import FileView, JobWithFiles
 
 MAX_ID = 2**63 - 1

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
-from common.messages import Envelope, JobChunk, BadMessage
+from common.messages import BadMessage, Envelope, JobChunk
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.runtime import ServiceRuntime
 from common.settings import Settings
@@ -23,7 +23,7 @@ log = logging.getLogger("wms.job_manager")
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with ServiceRuntime(app, SERVICE) as runtime:
-        registrar = ChunkRegistrar(runtime.engine, runtime.broker.topology, on_committed=runtime.relay.wake)
+        registrar = ChunkRegistrar(runtime.engine)
 
         async def on_chunk(envelope: Envelope, chunk: object, _: AbstractIncomingMessage) -> None:
             if not isinstance(chunk, JobChunk):

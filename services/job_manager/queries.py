@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,10 +41,18 @@ async def allocate_job_ids(conn: AsyncConnection, n: int) -> list[int]:
     return [r[0] for r in (await conn.execute(stmt, {"n": n})).all()]
 
 
-async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...], records: list[tuple[Any, ...]]) -> None:
+class DuplicateInputFile(Exception):
+    """A file COPYed in is already in a job of its task (the unique index refused it)."""
+
+
+async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...],
+                    records: list[tuple[Any, ...]]) -> None:
     """COPY into ``table`` on the transaction's own connection (the fastest bulk path of asyncpg)."""
     raw = await conn.get_raw_connection()
-    await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
+    try:
+        await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
+    except asyncpg.UniqueViolationError as exc:
+        raise DuplicateInputFile(str(exc)) from exc
 
 
 async def select_job(conn: AsyncConnection, job_id: int) -> sa.Row | None:

@@ -1,24 +1,18 @@
 """Registration of a job chunk: one transaction, idempotent under redelivery.
 
 The chunk's jobs and input files are COPYed in, created directly in the initial state their task calls for:
-'ready' (announced to the job-executor through the outbox), 'held' (task paused) or 'cancelled' (task
-cancelled or ended). No file is ever lost and none is registered twice. (Creating them 'defined' and then
-updating them to 'ready' cost a second write of every row: 15k instead of 21k files/s, see docs/benchmarks.md.)
+'ready' (the job-executor claims ready jobs from PostgreSQL), 'held' (task paused) or 'cancelled' (task
+cancelled or ended). No file is ever lost and none is registered twice.
 """
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from itertools import repeat
 
-import asyncpg
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from common.broker import Topology
 from common.db.session import retry_transient
-from common.messages import JOBS_READY, BadMessage, Envelope, JobChunk, JobsReady, wrap
-from common.outbox import add_event
+from common.messages import BadMessage, Envelope, JobChunk
 from common.states import JOB_MACHINE, FileState, JobState, TaskState
 from services.job_manager import queries
 
@@ -33,10 +27,8 @@ TARGET_BY_TASK_STATE: dict[str, JobState] = {
 
 
 class ChunkRegistrar:
-    def __init__(self, engine: AsyncEngine, topology: Topology, on_committed: Callable[[], None]) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.exchange = topology.exchange("jobs")
-        self.on_committed = on_committed
 
     async def register(self, envelope: Envelope, chunk: JobChunk) -> list[int]:
         """Register the chunk; returns its job ids, or [] if this message was registered before.
@@ -46,7 +38,7 @@ class ChunkRegistrar:
         """
         try:
             return await retry_transient(lambda: self._register(envelope, chunk))
-        except (IntegrityError, asyncpg.UniqueViolationError) as exc:
+        except queries.DuplicateInputFile as exc:
             raise BadMessage(f"chunk for task {chunk.task_id} repeats files already in its jobs: {exc}") from exc
 
     async def _register(self, envelope: Envelope, chunk: JobChunk) -> list[int]:
@@ -58,10 +50,10 @@ class ChunkRegistrar:
             if task is None:
                 raise BadMessage(f"chunk for unknown task {chunk.task_id}")
             target = JOB_MACHINE.check_initial(TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED))
-            queued_at = dt.datetime.now(dt.timezone.utc) if target == JobState.READY else None
+            queued_at = dt.datetime.now(dt.UTC) if target == JobState.READY else None
             file_state = FileState.CANCELLED if target == JobState.CANCELLED else FileState.PENDING
             job_ids = await queries.allocate_job_ids(conn, n_jobs)
-            job_of_file = [job_id for job_id, n in zip(job_ids, chunk.files_per_job) for _ in range(n)]
+            job_of_file = [job_id for job_id, n in zip(job_ids, chunk.files_per_job, strict=True) for _ in range(n)]
             await queries.copy_rows(
                 conn,
                 "job_dat",
@@ -69,7 +61,7 @@ class ChunkRegistrar:
                 [
                     (job_id, chunk.task_id, target.value, chunk.resource_type, chunk.priority, files.stop - files.start,
                      sum(chunk.sizes[files]), _total_events(chunk.events[files]), queued_at)
-                    for job_id, files in zip(job_ids, chunk.job_slices())
+                    for job_id, files in zip(job_ids, chunk.job_slices(), strict=True)
                 ],
             )
             await queries.copy_rows(
@@ -81,11 +73,6 @@ class ChunkRegistrar:
                     chunk.urls, chunk.sizes, chunk.adler32s, chunk.events, repeat(file_state.value),
                 )),
             )
-            if target == JobState.READY:
-                ready = JobsReady(task_id=chunk.task_id, resource_type=chunk.resource_type, job_ids=job_ids)
-                await add_event(conn, self.exchange, f"{JOBS_READY}.{chunk.resource_type}", wrap(JOBS_READY, ready))
-        if target == JobState.READY:
-            self.on_committed()
         return job_ids
 
 

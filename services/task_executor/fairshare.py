@@ -3,7 +3,8 @@
 Every task has a *pass*; the scheduler serves the eligible task with the smallest pass and advances it by
 ``work / priority`` (work = jobs generated). Over time each task's work is proportional to its priority. A task
 joining, or eligible again after sitting out, starts at the virtual time (the pass of the last task served), so
-it neither starves the others with hoarded credit nor is starved itself. A priority change applies from the next charge on.
+it neither starves the others with hoarded credit nor is starved itself. A priority change applies from the next
+charge on.
 """
 from __future__ import annotations
 

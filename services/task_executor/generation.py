@@ -19,12 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common.background import Loop
 from common.broker import Topology
 from common.db.models import tasks
+from common.db.transitions import guarded_transition
 from common.dsm import DsmClient, DsmError, DsmFileEntry, DsmUnavailable, FilePage
 from common.failures import backoff_s
 from common.messages import JOB_CHUNK, JobChunk, TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
-from common.states import TASK_MACHINE, TaskState, guarded_transition
+from common.states import TASK_MACHINE, TaskState
 from services.task_executor import queries
 from services.task_executor.fairshare import StrideScheduler
 from services.task_executor.loading import backlog_bounds, headroom
@@ -33,6 +34,7 @@ from services.task_executor.splitter import InputFile, SplitError, split
 log = logging.getLogger("wms.task_executor")
 
 BACKLOG_RECOUNT_S = 1.0
+ERROR_TEXT_MAX = 2000  # a task's error message is kept to this many characters
 BACKLOG_RECOUNT_WHEN_FULL_S = 0.2  # a full resource type is re-counted sooner, to notice dispatches
 
 
@@ -143,7 +145,7 @@ class ChunkGenerator:
         return ChunkResult(len(groups), consumed, False)
 
     async def fail(self, task_id: int, error: str) -> None:
-        values = {"error": error[:2000], "updated_at": sa.func.now(), "finished_at": sa.func.now()}
+        values = {"error": error[:ERROR_TEXT_MAX], "updated_at": sa.func.now(), "finished_at": sa.func.now()}
         async with self.engine.begin() as conn:
             rows = await guarded_transition(
                 conn, tasks, TASK_MACHINE, [task_id], TaskState.FAILED, values,

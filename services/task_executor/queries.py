@@ -30,13 +30,13 @@ async def tasks_to_generate(conn: AsyncConnection) -> list[sa.Row]:
 async def backlog_by_resource(conn: AsyncConnection, caps: dict[str, int]) -> dict[str, int]:
     """Jobs generated but not dispatched, per resource type, counted up to ``caps`` (the bounds: past them the
     exact figure does not matter, and counting stays O(bound)). That is the jobs registered and waiting
-    (defined/ready; held jobs of paused tasks compete for nothing) plus chunks still on their way to the
+    (ready; held jobs of paused tasks compete for nothing) plus chunks still on their way to the
     job-manager."""
     backlog: dict[str, int] = {}
     for rt, cap in caps.items():
         waiting = (
             sa.select(jobs.c.id)
-            .where(jobs.c.resource_type == rt, jobs.c.status.in_([JobState.DEFINED, JobState.READY]))
+            .where(jobs.c.resource_type == rt, jobs.c.status == JobState.READY)
             .limit(cap)
             .subquery()
         )

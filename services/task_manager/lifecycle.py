@@ -14,11 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.broker import Topology
-from common.dsm import DsmClient, DsmError
 from common.db.models import tasks
+from common.db.transitions import transition_one
+from common.dsm import DsmClient, DsmError
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
-from common.states import TASK_MACHINE, IllegalTransition, RowNotFound, TaskState, transition_one
+from common.states import TASK_MACHINE, IllegalTransition, RowNotFound, TaskState
 from services.task_manager import queries
 from services.task_manager.schemas import TaskDescription
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import files, job_attempts, jobs, pilots, tasks
 from common.job_listing import JobView
-from common.states import FileState, PILOT_MACHINE, TASK_MACHINE, JobState, RowNotFound, TaskState
+from common.states import PILOT_MACHINE, TASK_MACHINE, FileState, JobState, RowNotFound, TaskState
 from services.task_manager.schemas import (
     AttemptView,
     Explanation,
@@ -23,7 +23,7 @@ from services.task_manager.schemas import (
 
 LOG_TAIL_BYTES = 4000
 # Job states as a condor_q-like summary groups them.
-QUEUED = (JobState.DEFINED, JobState.READY, JobState.HELD)
+QUEUED = (JobState.READY, JobState.HELD)
 RUNNING = (JobState.DISPATCHED, JobState.RUNNING)
 
 
@@ -119,11 +119,9 @@ async def explain_job(conn: AsyncConnection, job_id: int, now: dt.datetime | Non
     reasons: list[str] = []
     status = JobState(job.status)
 
-    if status in (JobState.READY, JobState.DEFINED, JobState.HELD):
+    if status in QUEUED:
         if task.status == TaskState.PAUSED:
             reasons.append(f"task {task.id} is paused: its jobs are held until it is resumed")
-        if status == JobState.DEFINED:
-            reasons.append("registered, not yet handed to the job-executor (it reads ready jobs from RabbitMQ)")
         if job.not_before is not None and job.not_before > now:
             wait = (job.not_before - now).total_seconds()
             reasons.append(f"retry backoff after attempt {job.attempt}: claimable in {wait:.0f} s")

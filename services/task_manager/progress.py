@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from common.states import JobState
 
 IN_PROGRESS = (JobState.DISPATCHED, JobState.RUNNING)
-PENDING = (JobState.DEFINED, JobState.READY, JobState.HELD)
+PENDING = (JobState.READY, JobState.HELD)
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ async def task_report(conn: AsyncConnection, task_id: int) -> TaskReport:
     f = await _figures(conn, task)
     stats = await queries.job_statistics(conn, task_id)
     outputs = await queries.output_totals(conn, task_id)
-    end = task.finished_at or dt.datetime.now(dt.timezone.utc)
+    end = task.finished_at or dt.datetime.now(dt.UTC)
     return TaskReport(
         task_id=task.id,
         status=task.status,
@@ -77,7 +77,8 @@ async def task_report(conn: AsyncConnection, task_id: int) -> TaskReport:
         outputs={"files": int(outputs.files), "bytes": int(outputs.bytes), "events": int(outputs.events),
                  "rejected": int(outputs.rejected)},
         failures=[
-            FailureGroup(error_category=g.error_category, error_message=g.error_message, jobs=g.jobs, files=int(g.files))
+            FailureGroup(error_category=g.error_category, error_message=g.error_message, jobs=g.jobs,
+                         files=int(g.files))
             for g in await queries.failure_groups(conn, task_id)
         ],
     )

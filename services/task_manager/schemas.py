@@ -209,7 +209,7 @@ class QueueLine(BaseModel):
     status: TaskState
     priority: int
     resource_type: str
-    queued: int = Field(description="jobs defined, ready or held")
+    queued: int = Field(description="jobs ready or held")
     running: int = Field(description="jobs dispatched or running")
     done: int
     failed: int

@@ -57,7 +57,8 @@ async def test_demo_chain_through_the_containers(postgres_server_url, amqp_url, 
     (data / "storage").mkdir(parents=True)
     for path in (tmp_path, data, data / "storage"):
         path.chmod(0o777)  # the containers run as an unprivileged user
-    ports = dict(zip(["TASK_MANAGER", "JOB_MANAGER", "TASK_EXECUTOR", "DSM", "JOB_EXECUTOR"], free_ports(5)))
+    names = ["TASK_MANAGER", "JOB_MANAGER", "TASK_EXECUTOR", "DSM", "JOB_EXECUTOR"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     database_url = await create_database(postgres_server_url, database)
     url = make_url(database_url)
     env = {

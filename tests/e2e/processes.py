@@ -36,7 +36,7 @@ class Deployment:
 
     @classmethod
     def create(cls, server_url: str, database: str, amqp_url: str, namespace: str, logs: Path, **extra: str):
-        ports = dict(zip(PORT_VARS, free_ports(len(PORT_VARS))))
+        ports = dict(zip(PORT_VARS, free_ports(len(PORT_VARS)), strict=True))
         env = {
             **os.environ,
             "WMS_DATABASE_URL": make_url(server_url).set(database=database).render_as_string(hide_password=False),

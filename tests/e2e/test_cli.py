@@ -77,7 +77,8 @@ async def test_cli_against_a_running_wms(settings, db, tmp_path, amqp) -> None:
         channel = await amqp.channel()
         poison_id = str(uuid.uuid4())
         await channel.default_exchange.publish(
-            aio_pika.Message(b"{not json", message_id=poison_id), f"{settings.broker_namespace}.task-executor.task-events")
+            aio_pika.Message(b"{not json", message_id=poison_id),
+            f"{settings.broker_namespace}.task-executor.task-events")
         listed = await wait_for(lambda: _dead_letters(url), timeout=20)
         assert [(d["queue"], d["message_id"]) for d in listed] == [("task-executor.task-events", poison_id)]
         replayed = await wms(url, "dlq", "replay", "task-executor.task-events", poison_id)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 import sqlalchemy as sa
+import yaml
 
 from common.db.models import pilots
 from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, free_ports, wait_for
@@ -49,7 +49,8 @@ async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
         "scrape_configs": [{"job_name": "wms", "static_configs": [
             {"targets": [f"127.0.0.1:{p}" for p in ports.values()]}]}]}))
     prometheus = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
-                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                   f"--web.listen-address=127.0.0.1:{port}"],
                                   stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"))
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=5) as api:
@@ -82,7 +83,7 @@ async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
 
 
 async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
-    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS)))))
+    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS))), strict=True))
     env = {
         **os.environ, **ports,
         "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
@@ -147,7 +148,7 @@ def children_of(pid: int) -> dict[int, str]:
 
 
 async def test_a_service_that_dies_stops_the_launch(settings, db, tmp_path) -> None:
-    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS)))))
+    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS))), strict=True))
     env = {**os.environ, **ports, "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
            "WMS_BROKER_NAMESPACE": settings.broker_namespace, "WMS_STORAGE_ROOT": str(tmp_path / "storage")}
     out = tmp_path / "launch.out"

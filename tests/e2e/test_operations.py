@@ -57,7 +57,8 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
         await wait_for(lambda: stack.ended(bad), timeout=120)
         tm = stack.task_manager
 
-        summary = {line["task_id"]: line for line in (await tm.get("/api/v1/summary?all=true", headers=OPERATOR)).json()}
+        lines = (await tm.get("/api/v1/summary?all=true", headers=OPERATOR)).json()
+        summary = {line["task_id"]: line for line in lines}
         assert (summary[ok]["status"], summary[ok]["done"], summary[ok]["files_done"]) == ("done", 6, 6)
         assert (summary[bad]["status"], summary[bad]["failed"]) == ("finished", 1)
         assert summary[gpu]["status"] == "running" and summary[gpu]["queued"] == 2 and summary[gpu]["running"] == 0
@@ -88,9 +89,11 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
         assert (await tm.get("/api/v1/jobs?status=lost", headers=OPERATOR)).status_code == 422
 
         # Prometheus: system gauges (sampled by the job-executor) and the RED metrics of routes and consumers.
-        await asyncio.sleep(0.5)
         async with httpx.AsyncClient(base_url=stack.job_executor_url) as je:
-            metrics = (await je.get("/metrics")).text
+            async def sampled() -> str | None:
+                text = (await je.get("/metrics")).text
+                return text if 'wms_jobs{resource_type="cpu",state="finished"} 6.0' in text else None
+            metrics = await wait_for(sampled, timeout=20)
         ns = settings.broker_namespace
         for line in ('wms_jobs{resource_type="cpu",state="finished"} 6.0',
                      'wms_jobs{resource_type="cpu",state="failed"} 1.0',

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from common.db.models import pilots
 from tests.conftest import PILOT_TOKEN, wait_for
 from tests.e2e.stack import wms_stack
-from tests.e2e.test_dispatch import slow_payload, _has_pid_files
+from tests.e2e.test_dispatch import _has_pid_files, slow_payload
 
 pytestmark = pytest.mark.e2e
 

@@ -67,7 +67,8 @@ async def test_migrate_then_serve_over_http(postgres_server_url, amqp_url, amqp,
             # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells why it ended
             assert server.wait(timeout=20) in (0, -signal.SIGTERM)
             log.close()
-        lines = [json.loads(line) for line in (tmp_path / "task-manager.log").read_text().splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in (tmp_path / "task-manager.log").read_text().splitlines()
+                 if line.startswith("{")]
         assert lines and all(line["service"] == "task-manager" for line in lines)  # structured logs
         assert "task-manager stopped" in [line["msg"] for line in lines]  # the lifespan ran to its end
     finally:

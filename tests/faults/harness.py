@@ -283,7 +283,7 @@ def record(scenario: str, injected: str, outcome: str, recovery_s: float | None,
 
 
 def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @contextlib.asynccontextmanager

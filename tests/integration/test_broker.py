@@ -15,7 +15,8 @@ QUEUE = QUEUES[0].name  # task-executor.task-events
 
 
 def _event(task_id: int = 1) -> Envelope:
-    return wrap(TaskEventType.REGISTERED, TaskEvent(task_id=task_id, status="registered", priority=1, resource_type="cpu"))
+    return wrap(TaskEventType.REGISTERED,
+                TaskEvent(task_id=task_id, status="registered", priority=1, resource_type="cpu"))
 
 
 @pytest.fixture
@@ -26,15 +27,35 @@ async def broker(settings: Settings) -> Broker:
     await b.close()
 
 
-async def test_topology_is_durable_quorum_with_dead_letter(broker: Broker, amqp: aio_pika.abc.AbstractConnection) -> None:
+async def test_topology_is_durable_quorum_with_dead_letter(broker: Broker,
+                                                          amqp: aio_pika.abc.AbstractConnection) -> None:
+    """RabbitMQ accepts a redeclaration only with the very same arguments (else 406 PRECONDITION_FAILED): the
+    arguments every queue really has are proven by what it accepts and refuses."""
+    limit = broker.settings.delivery_limit
+    for spec in QUEUES:
+        name = broker.topology.queue(spec.name)
+        expected = {"x-queue-type": "quorum", "x-delivery-limit": limit,
+                    "x-dead-letter-exchange": broker.topology.dead_letter_exchange,
+                    "x-dead-letter-routing-key": name}
+        channel = await amqp.channel()
+        await channel.declare_queue(name, durable=True, arguments=expected)  # accepted: exactly these
+        for wrong in ({"x-delivery-limit": limit + 1}, {"x-dead-letter-exchange": "elsewhere"},
+                      {"x-queue-type": "classic"}):
+            channel = await amqp.channel()
+            with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed):
+                await channel.declare_queue(name, durable=True, arguments={**expected, **wrong})
+        channel = await amqp.channel()
+        await channel.declare_queue(broker.topology.dead_letter_queue(spec.name), durable=True,
+                                    arguments={"x-queue-type": "quorum"})
+        await channel.declare_queue(broker.topology.retry_queue(name), durable=True,
+                                    arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
     channel = await amqp.channel()
     for name in broker.topology.all_exchanges():
         await channel.declare_exchange(name, passive=True)
-    for name in broker.topology.all_queues():
-        await channel.declare_queue(name, passive=True)
-    # declaring again with the same arguments is accepted (idempotent); another process may start meanwhile
+    # a second process declaring the same topology is accepted (idempotent)
     second = Broker(broker.settings)
     await second.connect()
+    assert second.is_connected
     await second.close()
 
 

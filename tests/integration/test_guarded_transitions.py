@@ -8,16 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.models import jobs, tasks
-from common.states import (
-    JOB_MACHINE,
-    TASK_MACHINE,
-    IllegalTransition,
-    JobState,
-    RowNotFound,
-    TaskState,
-    guarded_transition,
-    transition_one,
-)
+from common.db.transitions import guarded_transition, transition_one
+from common.states import JOB_MACHINE, TASK_MACHINE, IllegalTransition, JobState, RowNotFound, TaskState
 from tests.factories import insert_jobs, insert_task
 
 

@@ -51,7 +51,7 @@ async def counts(db, task_id: int) -> tuple[int, int, dict[str, int]]:
     return n_jobs, n_files, states
 
 
-async def test_chunk_is_registered_once_made_ready_and_announced(job_manager, broker, db, amqp) -> None:
+async def test_chunk_is_registered_once_and_made_ready(job_manager, broker, db) -> None:
     async with db.begin() as conn:
         task_id = await insert_task(conn, status="running", jobs_total=50)
     envelope = wrap(JOB_CHUNK, chunk(task_id, 0, 50))
@@ -69,14 +69,6 @@ async def test_chunk_is_registered_once_made_ready_and_announced(job_manager, br
     assert task.jobs_registered == 60
     assert (job.n_files, job.n_bytes, job.n_events, job.priority, job.attempt) == (2, 200, 14, 4, 0)
     assert job.queued_at is not None
-
-    ready_queue = await (await amqp.channel()).get_queue(broker.topology.queue("job-executor.ready-jobs"))
-    announced = []
-    for _ in range(2):
-        message = await get_message(ready_queue)
-        assert message.routing_key == "jobs.ready.cpu"
-        announced += decode(message.body)[1].job_ids
-    assert len(announced) == 60 and len(set(announced)) == 60
 
 
 async def _has_jobs(db, task_id: int, n: int) -> bool:

@@ -9,8 +9,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from common.db.migrate import alembic_config
 import services.dsm.models  # noqa: F401  (the reference DSM tables are part of the schema)
+from common.db.migrate import alembic_config
 from common.db.models import metadata
 
 

@@ -16,7 +16,8 @@ from tests.factories import insert_task
 
 
 def _event(task_id: int):
-    return wrap(TaskEventType.REGISTERED, TaskEvent(task_id=task_id, status="registered", priority=1, resource_type="cpu"))
+    return wrap(TaskEventType.REGISTERED,
+                TaskEvent(task_id=task_id, status="registered", priority=1, resource_type="cpu"))
 
 
 @pytest.fixture

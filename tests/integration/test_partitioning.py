@@ -2,7 +2,6 @@
 against the real database and broker."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -132,7 +131,7 @@ async def _jobs_registered(db, task_id: int) -> int:
 async def test_backlog_follows_live_pilot_capacity(pipeline_settings, task_manager, dsm, db) -> None:
     await make_dataset(dsm, "spd.raw.big", 1000)
     task_id = await submit(task_manager, input_dataset="spd.raw.big", split={"by": "files", "size": 1})
-    async with executors(pipeline_settings, backlog_floor=20, backlog_per_pilot=2, chunk_files=15):
+    async with executors(pipeline_settings, backlog_floor=20, backlog_per_pilot=2, chunk_files=15) as te:
         await wait_for(lambda: _jobs_registered(db, task_id))
         await wait_for(lambda: _equals(_jobs_registered(db, task_id), 20))
         assert (await task_row(db, task_id)).jobs_total == 20  # the floor: no more while no pilot takes any
@@ -150,7 +149,7 @@ async def test_backlog_follows_live_pilot_capacity(pipeline_settings, task_manag
                 sa.select(jobs.c.id).where(jobs.c.task_id == task_id).order_by(jobs.c.id).limit(25).scalar_subquery()
             )).values(status="dispatched"))
         await wait_for(lambda: _equals(_jobs_registered(db, task_id), 85))
-        await _settle()
+        await _settle(te)
         assert (await task_row(db, task_id)).jobs_total == 85
 
 
@@ -158,8 +157,15 @@ async def _equals(awaitable, expected: int) -> bool:
     return (await awaitable) == expected
 
 
-async def _settle() -> None:
-    await asyncio.sleep(0.5)
+async def _settle(task_executor) -> None:
+    """Let the generation loop run a few more rounds (each would have generated what it was going to)."""
+    generation = task_executor.app.state.loop.loop
+    target = generation.rounds + 3
+
+    async def later() -> bool:
+        generation.wake()
+        return generation.rounds >= target
+    await wait_for(later, timeout=20)
 
 
 async def chunk_log(db) -> list[tuple[str, int, int]]:
@@ -218,13 +224,13 @@ async def test_cancel_and_pause_stop_generation_at_once(pipeline_settings, task_
     await make_dataset(dsm, "spd.raw.c", 3000)
     cancelled = await submit(task_manager, input_dataset="spd.raw.c", split={"by": "files", "size": 1})
     paused = await submit(task_manager, input_dataset="spd.raw.c", split={"by": "files", "size": 1})
-    async with executors(pipeline_settings, chunk_files=20, backlog_floor=10**6):
+    async with executors(pipeline_settings, chunk_files=20, backlog_floor=10**6) as te:
         await wait_for(lambda: _files_assigned(db, cancelled, 200))
         assert (await task_manager.post(f"/api/v1/tasks/{cancelled}/cancel", headers=WFMS)).status_code == 200
         assert (await task_manager.post(f"/api/v1/tasks/{paused}/pause", headers=OPERATOR)).status_code == 200
-        await _settle()
+        await _settle(te)
         assigned_while_paused = (await task_row(db, paused)).files_assigned
-        await _settle()
+        await _settle(te)
         assert (await task_row(db, paused)).files_assigned == assigned_while_paused
         assert (await task_manager.post(f"/api/v1/tasks/{paused}/resume", headers=OPERATOR)).status_code == 200
         await wait_for(lambda: generation_complete(db, paused))

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-
-import pytest
 
 from common.db.models import tasks
 from common.db.session import retry_transient

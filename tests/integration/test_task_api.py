@@ -13,8 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.models import tasks
 from common.messages import decode
+from common.outbox import unpublished_count
 from common.settings import Settings
-from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, WFMS_TOKEN, get_message
+from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, WFMS_TOKEN, get_message, wait_for
 from tests.factories import task_description
 
 WFMS = {"Authorization": f"Bearer {WFMS_TOKEN}"}
@@ -28,14 +29,20 @@ async def events(settings: Settings, amqp: aio_pika.abc.AbstractConnection, task
     return await channel.get_queue(f"{settings.broker_namespace}.task-executor.task-events")
 
 
-async def drain(queue: aio_pika.abc.AbstractQueue, settle_s: float = 0.8) -> list[tuple[str, dict[str, Any]]]:
-    """Every message now on the queue, after letting the outbox relay (polling every 0.2 s) catch up."""
-    await asyncio.sleep(settle_s)
+async def drain(queue: aio_pika.abc.AbstractQueue, db: AsyncEngine) -> list[tuple[str, dict[str, Any]]]:
+    """Every message now on the queue, once the outbox relay has published every committed event (a row is
+    marked published only after the broker confirmed it, so by then each is on the queue)."""
+    await wait_for(lambda: _all_published(db))
     out = []
     while (message := await queue.get(no_ack=True, fail=False)) is not None:
         envelope, payload = decode(message.body)
         out.append((envelope.type, payload.model_dump(mode="json")))
     return out
+
+
+async def _all_published(db: AsyncEngine) -> bool:
+    async with db.connect() as conn:
+        return await unpublished_count(conn) == 0
 
 
 async def _count_tasks(db: AsyncEngine) -> int:
@@ -90,7 +97,7 @@ async def test_resubmission_with_the_same_request_id_returns_the_same_task(task_
     assert len({r.json()["id"] for r in responses}) == 1
 
     assert await _count_tasks(db) == 2
-    assert [t for t, _ in await drain(events)] == ["task.registered"] * 2
+    assert [t for t, _ in await drain(events, db)] == ["task.registered"] * 2
 
 
 async def test_request_id_reused_for_another_description_is_a_conflict(task_manager, db) -> None:
@@ -224,7 +231,7 @@ async def test_cancel_publishes_once_and_a_done_task_cannot_be_cancelled(task_ma
     assert response.json()["finished_at"] is not None
     again = await task_manager.post(f"{url}/cancel", headers=WFMS)
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
-    assert [t for t, _ in await drain(events)] == ["task.registered", "task.cancelled"]
+    assert [t for t, _ in await drain(events, db)] == ["task.registered", "task.cancelled"]
 
     # once ended, nothing changes it: the 409 names the current state
     for action in ("pause", "resume"):
@@ -239,11 +246,11 @@ async def test_cancel_publishes_once_and_a_done_task_cannot_be_cancelled(task_ma
     assert conflict.status_code == 409
     assert conflict.json()["current_state"] == "done"
     assert "done" in conflict.json()["detail"]
-    await drain(events)
-    assert await drain(events, settle_s=0.5) == []  # the refused changes published nothing
+    await drain(events, db)
+    assert await drain(events, db) == []  # the refused changes published nothing
 
 
-async def test_pause_resume_and_resume_only_undoes_a_pause(task_manager, events) -> None:
+async def test_pause_resume_and_resume_only_undoes_a_pause(task_manager, events, db) -> None:
     task = await _register(task_manager)
     url = f"/api/v1/tasks/{task['id']}"
     refused = await task_manager.post(f"{url}/resume", headers=OPERATOR)
@@ -251,7 +258,7 @@ async def test_pause_resume_and_resume_only_undoes_a_pause(task_manager, events)
     assert (await task_manager.post(f"{url}/pause", headers=OPERATOR)).json()["status"] == "paused"
     assert (await task_manager.post(f"{url}/pause", headers=OPERATOR)).status_code == 200  # already paused
     assert (await task_manager.post(f"{url}/resume", headers=OPERATOR)).json()["status"] == "running"
-    received = await drain(events)
+    received = await drain(events, db)
     assert [t for t, _ in received] == ["task.registered", "task.paused", "task.resumed"]
     assert received[-1][1]["status"] == "running"
 
@@ -264,7 +271,7 @@ async def test_reprioritise(task_manager, events, db) -> None:
     assert (await task_manager.patch(url, json={"priority": 3}, headers=WFMS)).status_code == 200  # no change
     assert (await task_manager.patch(url, json={"priority": 0}, headers=WFMS)).status_code == 422
     assert (await task_manager.patch(url, json={"status": "done"}, headers=WFMS)).status_code == 422
-    received = await drain(events)
+    received = await drain(events, db)
     assert [(t, p["priority"]) for t, p in received] == [("task.registered", 1), ("task.reprioritised", 3)]
 
     await task_manager.post(f"{url}/cancel", headers=WFMS)

@@ -20,7 +20,7 @@ _base: dict[str, dt.datetime] = {}
 @pytest.fixture(autouse=True)
 def _fixed_now() -> None:
     """One reference instant per test, so that durations between ago() values are exact."""
-    _base["now"] = dt.datetime.now(dt.timezone.utc)
+    _base["now"] = dt.datetime.now(dt.UTC)
 
 
 def ago(seconds: int) -> dt.datetime:
@@ -79,7 +79,8 @@ async def test_report_groups_failures_and_counts_attempts_and_outputs(task_manag
     assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 3", "jobs": 1, "files": 10}]
     assert report["outputs"] == {"files": 5, "bytes": 5 * 1000 + sum(range(5)), "events": 50, "rejected": 0}
     assert report["output_dataset"] == "spd.out"
-    assert report["job_run_time"]["min_s"] == pytest.approx(100.0) and report["job_run_time"]["max_s"] == pytest.approx(100.0)
+    assert report["job_run_time"]["min_s"] == pytest.approx(100.0)
+    assert report["job_run_time"]["max_s"] == pytest.approx(100.0)
 
     async with db.begin() as conn:
         await conn.execute(sa.update(tasks).where(tasks.c.id == task_id).values(status="finished", finished_at=NOW))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.launcher.launch import parse_args
+from tools.launcher.launch import parse_args
 
 
 def test_defaults() -> None:

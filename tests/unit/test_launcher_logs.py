@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from services.launcher.logs import RotatingLog, pump
+from tools.launcher.logs import RotatingLog, pump
 
 
 def test_log_rotates_and_keeps_n_backups(tmp_path: Path) -> None:

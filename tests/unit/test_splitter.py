@@ -50,7 +50,7 @@ def test_groups_respect_the_rule(files, by, size, final) -> None:
             assert measure(g, by) >= size and measure(g, by) - (g[-1].events or 0) < size
     if by == "bytes":
         assert all(measure(g, by) <= size or len(g) == 1 for g in groups)
-        for g, nxt in zip(groups, groups[1:]):
+        for g, nxt in zip(groups, groups[1:], strict=False):
             assert measure(g, by) + nxt[0].size > size  # each group is as full as the order allows
     if not final:
         # what is left over would not yet make a complete group

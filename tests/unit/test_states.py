@@ -53,7 +53,7 @@ def test_sources_of_is_the_inverse_of_the_table() -> None:
     assert TASK_MACHINE.sources_of(TaskState.CANCELLED) == {TaskState.REGISTERED, TaskState.RUNNING, TaskState.PAUSED}
     assert TASK_MACHINE.sources_of(TaskState.DONE) == {TaskState.RUNNING}
     assert JOB_MACHINE.sources_of(JobState.DISPATCHED) == {JobState.READY}
-    assert JOB_MACHINE.sources_of(JobState.READY) == {JobState.DEFINED, JobState.HELD, JobState.DISPATCHED, JobState.RUNNING}
+    assert JOB_MACHINE.sources_of(JobState.READY) == {JobState.HELD, JobState.DISPATCHED, JobState.RUNNING}
     with pytest.raises(ValueError):
         TASK_MACHINE.sources_of("exploded")
 

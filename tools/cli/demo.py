@@ -15,8 +15,8 @@ from rich.live import Live
 from common.dsm import DsmClient, DsmError, DsmFile
 from common.settings import Settings
 from examples.spd.generate import write_slices
-from services.cli import render
-from services.cli.client import EXIT_UNREACHABLE, Api, CliError, CliSettings
+from tools.cli import render
+from tools.cli.client import EXIT_UNREACHABLE, Api, CliError, CliSettings
 
 ENDED = {"done", "finished", "failed", "cancelled"}
 DSM_BATCH = 5000

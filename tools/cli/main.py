@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
 from rich.live import Live
 
-from services.cli import render
-from services.cli.client import Api, CliError, CliSettings
+from tools.cli import render
+from tools.cli.client import Api, CliError, CliSettings
 
 ENDED = {"done", "finished", "failed", "cancelled"}
 EXIT_USAGE = 2
@@ -36,8 +36,8 @@ TaskId = Annotated[int, typer.Argument(min=1, help="task id")]
 @app.callback()
 def options(
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable JSON output")] = False,
-    url: Annotated[Optional[str], typer.Option(help="task-manager URL (WMS_CLI_URL)")] = None,
-    token: Annotated[Optional[str], typer.Option(help="bearer token (WMS_CLI_TOKEN)")] = None,
+    url: Annotated[str | None, typer.Option(help="task-manager URL (WMS_CLI_URL)")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token (WMS_CLI_TOKEN)")] = None,
 ) -> None:
     settings = CliSettings()
     state.api = Api(url or settings.url, token or settings.token, settings.timeout_s)
@@ -171,8 +171,8 @@ def report(task_id: TaskId) -> None:
 
 @app.command()
 def jobs(
-    task: Annotated[Optional[int], typer.Option(min=1, help="jobs of this task")] = None,
-    status: Annotated[Optional[str], typer.Option(help="only jobs in this state")] = None,
+    task: Annotated[int | None, typer.Option(min=1, help="jobs of this task")] = None,
+    status: Annotated[str | None, typer.Option(help="only jobs in this state")] = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
 ) -> None:
     """Jobs, oldest first."""
@@ -217,7 +217,7 @@ def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> Non
 
 
 @dlq.command("list")
-def dlq_list(queue: Annotated[Optional[str], typer.Option(help="one queue, e.g. job-manager.job-chunks")] = None,
+def dlq_list(queue: Annotated[str | None, typer.Option(help="one queue, e.g. job-manager.job-chunks")] = None,
              limit: Annotated[int, typer.Option(min=1, max=1000)] = 100) -> None:
     """Dead-lettered messages (left where they are)."""
     _show(state.api.get("/api/v1/dead-letters", queue=queue, limit=limit), lambda items: render.table(
@@ -237,11 +237,11 @@ def dlq_replay(queue: Annotated[str, typer.Argument(help="the queue it was dead-
 @app.command()
 def demo(
     slices: Annotated[int, typer.Option(min=1, max=100_000, help="raw time slices to generate")] = 60,
-    data_dir: Annotated[Optional[Path], typer.Option(help="where the raw slices are written (shared storage)")] = None,
-    run: Annotated[Optional[str], typer.Option(help="run name (default: demo-<time>)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="where the raw slices are written (shared storage)")] = None,
+    run: Annotated[str | None, typer.Option(help="run name (default: demo-<time>)")] = None,
 ) -> None:
     """Generate a synthetic SPD run and process it: unscramble -> filter -> merge, with live progress."""
-    from services.cli.demo import run_demo
+    from tools.cli.demo import run_demo
 
     raise typer.Exit(run_demo(state.api, CliSettings(), slices, data_dir, run))
 

@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXIT_API_ERROR = 1  # the API refused (4xx) or failed (5xx)
 EXIT_UNREACHABLE = 3  # the task-manager cannot be reached
+DETAIL_MAX = 500  # characters of a non-JSON error answer shown
 
 
 class CliSettings(BaseSettings):
@@ -31,7 +32,7 @@ def _reason(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:
-        return response.text[:500] or response.reason_phrase
+        return response.text[:DETAIL_MAX] or response.reason_phrase
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list):  # FastAPI validation errors: one line per field
         return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'body'}: {e.get('msg')}" for e in detail)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.settings import Settings
-from services.launcher.logs import RotatingLog, pump
+from tools.launcher.logs import RotatingLog, pump
 
 BIN = Path(sys.executable).parent
 READY_TIMEOUT_S = 60.0

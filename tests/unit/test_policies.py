@@ -1,0 +1,56 @@
+"""The WMS's pure rules, property-tested."""
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from common.policies import (
+    RESOURCE_TYPES,
+    TASK_STATES_WHOSE_JOBS_PROCEED,
+    RetryPolicy,
+    job_state_for_task,
+    pilot_types_serving,
+    resource_types_served,
+)
+from common.states import JOB_MACHINE, TASK_MACHINE, JobState, TaskState
+
+policies = st.builds(RetryPolicy, st.floats(0, 100), st.floats(0, 1000), st.integers(1, 20))
+
+
+def test_gpu_pilots_fall_back_to_cpu_work_cpu_pilots_never_take_gpu_work() -> None:
+    assert resource_types_served("gpu") == ("gpu", "cpu")
+    assert resource_types_served("cpu") == ("cpu",)
+    for job_type in RESOURCE_TYPES:
+        for pilot_type in RESOURCE_TYPES:
+            assert (pilot_type in pilot_types_serving(job_type)) == (job_type in resource_types_served(pilot_type))
+
+
+def test_jobs_follow_their_task() -> None:
+    for state in TaskState:
+        target = job_state_for_task(state)
+        assert target in JOB_MACHINE.initial  # a chunk's jobs can be created in it
+        assert (target == JobState.READY) == (state in TASK_STATES_WHOSE_JOBS_PROCEED)
+        assert (target == JobState.CANCELLED) == (state in TASK_MACHINE.terminal or state == TaskState.CANCELLED)
+
+
+@given(policies, st.integers(1, 50), st.integers(1, 50))
+def test_payload_failures_are_bounded_by_max_attempts_not_counting_losses(policy, max_attempts, lost) -> None:
+    # after `lost` losses, a job may still fail max_attempts - 1 times and be retried
+    for payload_attempts in range(1, max_attempts + 2):
+        decision = policy.decide(payload_attempts + lost, lost, max_attempts, lost=False)
+        assert decision.retry == (payload_attempts < max_attempts)
+        assert decision.lost_attempts == lost
+
+
+@given(policies, st.integers(0, 60), st.integers(1, 50))
+def test_losses_have_their_own_budget(policy, lost_before, max_attempts) -> None:
+    decision = policy.decide(lost_before + 1, lost_before, max_attempts, lost=True)
+    assert decision.lost_attempts == lost_before + 1
+    assert decision.retry == (lost_before + 1 < policy.max_lost)  # whatever max_attempts says
+
+
+@given(policies, st.integers(1, 100))
+def test_backoff_doubles_and_is_capped(policy, count) -> None:
+    assert 0 <= policy.backoff(count) <= max(policy.backoff_max_s, 0)
+    assert policy.backoff(count) <= policy.backoff(count + 1) or policy.backoff(count) == policy.backoff_max_s
+    assert policy.backoff(count) == min(policy.backoff_s * 2 ** (count - 1), policy.backoff_max_s)
