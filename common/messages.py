@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.pilot_protocol import Heartbeat, JobReport, PilotRegistration
+from common.policies import ResourceType
 from common.states import TaskState
 
 ENVELOPE_VERSION = 1
@@ -47,7 +48,13 @@ class TaskEvent(BaseModel):
     task_id: int
     status: TaskState
     priority: int
-    resource_type: Literal["cpu", "gpu"]
+    resource_type: ResourceType
+
+    @classmethod
+    def of(cls, task: Any) -> TaskEvent:
+        """The event announcing ``task``'s current state (any object with id, status, priority, resource_type,
+        such as a task row)."""
+        return cls(task_id=task.id, status=task.status, priority=task.priority, resource_type=task.resource_type)
 
 
 class JobChunk(BaseModel):
@@ -61,7 +68,7 @@ class JobChunk(BaseModel):
 
     task_id: int
     dataset: str
-    resource_type: Literal["cpu", "gpu"]
+    resource_type: ResourceType
     priority: int
     cursor_after: int = Field(description="DSM seq of the last file in this chunk")
     files_per_job: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from common.policies import ResourceType
+
 # 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}).
 ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "manifest", "lost", "cancelled", "pilot"]
 
@@ -18,7 +20,7 @@ class PilotRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    resource_type: Literal["cpu", "gpu"]
+    resource_type: ResourceType
     cores: int = Field(ge=1, le=4096)
     memory_mb: int = Field(ge=1, le=2**24)
     gpus: int = Field(0, ge=0, le=64)

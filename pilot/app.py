@@ -74,14 +74,20 @@ class Pilot:
                         give_up_s: float | None = None) -> T:
         """``call()`` until it answers or is refused; an outage is waited out with backoff (and jitter).
         ``interruptible``: a stop request ends the wait (Stopped). ``give_up_s``: the outage is re-raised after
-        that long."""
+        that long, or ``stop_grace_s`` after a stop request."""
         delay, started = RETRY_FIRST_S, time.monotonic()
+        stop_seen: float | None = None
         while True:
             try:
                 return await call()
             except ChannelUnavailable as exc:
-                if give_up_s is not None and time.monotonic() - started > give_up_s:
+                now = time.monotonic()
+                if give_up_s is not None and now - started > give_up_s:
                     raise
+                if self.stopping.is_set():
+                    stop_seen = stop_seen or now
+                    if now - stop_seen > self.settings.stop_grace_s:
+                        raise
                 log.warning("server unavailable; retrying", extra={
                     "call": what, "error": str(exc)[:DETAIL_LOG_MAX], "retry_in_s": round(delay, 2),
                     "pilot_id": self.channel.pilot_id})
@@ -224,6 +230,10 @@ class Pilot:
             await self._retrying(f"report {report.state}", lambda: self.channel.report(job.job_id, report),
                                  give_up_s=self.settings.report_give_up_s)
             return True
+        except ChannelUnavailable as exc:
+            # given up (stopping, or a very long outage): the job-executor will find the job lost and retry it
+            log.error("report given up", extra={"job_id": job.job_id, "error": str(exc)[:DETAIL_LOG_MAX]})
+            return False
         except ChannelRefused as exc:
             if exc.status == 409 and "pilot" in str(exc.detail) and "is dead" in str(exc.detail):
                 await asyncio.to_thread(remove_staged, list(staged))

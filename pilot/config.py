@@ -6,6 +6,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.policies import ResourceType
+
 
 class PilotSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WMS_PILOT_", extra="ignore")
@@ -26,8 +28,10 @@ class PilotSettings(BaseSettings):
     report_give_up_s: float = Field(6 * 3600.0, gt=0)
     # Staging bandwidth limit in MB/s (0: unlimited), to spare shared storage when a farm stages at once.
     stage_bandwidth_mbps: float = Field(0.0, ge=0)
+    # Asked to stop (SIGTERM) while the server is unavailable: a pending report is retried this much longer.
+    stop_grace_s: float = Field(30.0, ge=0)
     # Resources: detected, unless set (tests, or a site that wants to offer less than the node has).
-    resource_type: Literal["cpu", "gpu"] | None = None
+    resource_type: ResourceType | None = None
     cores: int | None = Field(None, ge=1)
     memory_mb: int | None = Field(None, ge=1)
     gpus: int | None = Field(None, ge=0)

@@ -16,10 +16,17 @@ from common.pilot_protocol import (
     PilotRegistration,
     PilotSession,
 )
-from services.job_executor.dispatch import Dispatcher
+from common.policies import MAX_ID
+from services.job_executor.dispatch import Dispatcher, PilotEnded, PilotRefused, UnknownPilot, WrongSession
 
 PILOTS_ONLY = require_role("act as a pilot", {"pilot"})
-MAX_ID = 2**63 - 1
+# The answer to each kind of refusal, on REST and (as the reply's status) on RabbitMQ.
+REFUSAL_STATUS: dict[type[PilotRefused], int] = {UnknownPilot: 404, WrongSession: 403, PilotEnded: 409}
+REPORT_REFUSED_STATUS = 409
+
+
+def refusal_status(exc: PilotRefused) -> int:
+    return REFUSAL_STATUS[type(exc)]
 
 router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(PILOTS_ONLY)])
 

@@ -14,7 +14,7 @@ from common.messages import Envelope, TaskEvent
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.runtime import ServiceRuntime
 from common.settings import Settings
-from services.job_executor.api import router
+from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status, router
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
 from services.job_executor.mq_channel import PilotMqChannel
 from services.job_executor.oversight import Oversight
@@ -59,8 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})
-    map_error(app, PilotRefused, lambda exc: exc.status)
-    map_error(app, ReportRefused, 409, lambda exc: {"current_state": exc.current_state})
+    map_error(app, PilotRefused, refusal_status)
+    map_error(app, ReportRefused, REPORT_REFUSED_STATUS, lambda exc: {"current_state": exc.current_state})
     return app
 
 

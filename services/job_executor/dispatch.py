@@ -32,15 +32,27 @@ from services.job_executor.retries import retry_or_fail, retry_policy
 
 
 class PilotRefused(Exception):
-    """Unknown pilot (404), wrong session (403), or a pilot declared dead or ended (409)."""
+    """The job-executor will not talk with this pilot (the transports map each kind to their answer)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.detail = detail
+
+
+class UnknownPilot(PilotRefused):
+    """No pilot has this id."""
+
+
+class WrongSession(PilotRefused):
+    """The session secret is not this pilot's: nobody may speak for another pilot."""
+
+
+class PilotEnded(PilotRefused):
+    """The pilot was declared dead or exited: its calls are refused, it must stop."""
 
 
 class ReportRefused(Exception):
-    """The report names an attempt this pilot no longer holds (409): it must stop its payload."""
+    """The report names an attempt this pilot no longer holds: it must stop its payload."""
 
     def __init__(self, detail: str, current_state: str | None) -> None:
         super().__init__(detail)
@@ -79,11 +91,11 @@ class Dispatcher:
     async def authenticate(self, conn: AsyncConnection, pilot_id: int, session: str | None) -> sa.Row:
         pilot = await queries.select_pilot(conn, pilot_id)
         if pilot is None:
-            raise PilotRefused(404, f"pilot {pilot_id} not registered")
+            raise UnknownPilot(f"pilot {pilot_id} not registered")
         if session is None or not secrets.compare_digest(pilot.session_hash, _hash(session)):
-            raise PilotRefused(403, f"wrong session for pilot {pilot_id}")
+            raise WrongSession(f"wrong session for pilot {pilot_id}")
         if pilot.status not in (PilotState.IDLE, PilotState.BUSY):
-            raise PilotRefused(409, f"pilot {pilot_id} is {pilot.status}: stop and exit")
+            raise PilotEnded(f"pilot {pilot_id} is {pilot.status}: stop and exit")
         return pilot
 
     async def claim(self, pilot_id: int, session: str | None, request_id: uuid.UUID | None = None) -> JobSpec | None:

@@ -21,6 +21,7 @@ from common.broker import Broker
 from common.failures import is_transient
 from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
 from common.observability import observe_message
+from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
 
 log = logging.getLogger("wms.job_executor.mq")
@@ -60,9 +61,10 @@ class PilotMqChannel:
         try:
             result = await handler()
         except PilotRefused as exc:
-            return PilotReply(status=exc.status, detail=exc.detail)
+            return PilotReply(status=refusal_status(exc), detail=exc.detail)
         except ReportRefused as exc:
-            return PilotReply(status=409, detail=exc.detail, body={"current_state": exc.current_state})
+            return PilotReply(status=REPORT_REFUSED_STATUS, detail=exc.detail,
+                              body={"current_state": exc.current_state})
         except (ValidationError, ValueError) as exc:
             return PilotReply(status=422, detail=str(exc))
         except Exception as exc:

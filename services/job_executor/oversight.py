@@ -25,6 +25,7 @@ from common.db.transitions import guarded_transition, guarded_update
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
+from common.policies import job_state_for_task
 from common.settings import Settings
 from common.states import JOB_MACHINE, TASK_MACHINE, AttemptOutcome, FileState, JobState, TaskState
 from services.job_executor import queries
@@ -39,14 +40,8 @@ REGISTER_BATCH = 5000
 MIN_ROUND_S = 0.1
 
 
-# Task states and the job move that reconciles the task's jobs with each: (target, only from).
-HOLD = (JobState.HELD, [JobState.READY])
-RELEASE = (JobState.READY, [JobState.HELD])
-JOB_MOVE_BY_TASK_STATE: dict[str, tuple[JobState, list[JobState]]] = {
-    TaskState.PAUSED: HOLD,
-    TaskState.REGISTERED: RELEASE,
-    TaskState.RUNNING: RELEASE,
-}
+# The move that brings a task's queued jobs to the state its task calls for (common.policies): (only from).
+QUEUED_JOB_MOVES: dict[JobState, list[JobState]] = {JobState.HELD: [JobState.READY], JobState.READY: [JobState.HELD]}
 CLOSE_RETRY_S = 5.0
 
 
@@ -107,14 +102,14 @@ class Oversight:
             if task is None:
                 return
             of_task = jobs.c.task_id == event.task_id  # one statement per command, however many jobs
-            if task.status == TaskState.CANCELLED:
+            target = job_state_for_task(task.status)
+            if target == JobState.CANCELLED:
                 # no RETURNING: a task of a million jobs is cancelled without shipping its ids around
                 await conn.execute(guarded_update(jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
                                                   {"finished_at": sa.func.now(), "error_category": "cancelled"}))
                 await queries.cancel_task_leftovers(conn, event.task_id)
-            elif task.status in JOB_MOVE_BY_TASK_STATE:
-                target, only_from = JOB_MOVE_BY_TASK_STATE[task.status]
-                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, target, only_from=only_from)
+            else:
+                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, target, only_from=QUEUED_JOB_MOVES[target])
                 await conn.execute(
                     sa.update(jobs)
                     .where(of_task, jobs.c.status.in_([JobState.READY, JobState.HELD]),
@@ -158,8 +153,7 @@ class Oversight:
                 event_type = {TaskState.DONE: TaskEventType.DONE, TaskState.FINISHED: TaskEventType.FINISHED,
                               TaskState.FAILED: TaskEventType.FAILED}[target]
                 for row in rows:
-                    event = TaskEvent(task_id=row.id, status=row.status, priority=row.priority,
-                                      resource_type=row.resource_type)
+                    event = TaskEvent.of(row)
                     await add_event(conn, self.tasks_exchange, event_type, wrap(event_type, event))
                     ended.append(row.id)
         if ended:

@@ -9,11 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.auth import require_role
 from common.job_listing import JobPage, JobView, job_page
+from common.policies import MAX_ID
 from common.states import JobState, RowNotFound
 from services.job_manager import queries
 from services.job_manager.schemas import FileView, JobWithFiles
 
-MAX_ID = 2**63 - 1
 READ_JOBS = require_role("read job metadata", {"service", "operator", "wfms"})
 
 router = APIRouter(prefix="/internal/v1", dependencies=[Depends(READ_JOBS)])

@@ -13,17 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db.session import retry_transient
 from common.messages import BadMessage, Envelope, JobChunk
-from common.states import JOB_MACHINE, FileState, JobState, TaskState
+from common.policies import job_state_for_task
+from common.states import JOB_MACHINE, FileState, JobState
 from services.job_manager import queries
 
 CONSUMER = "job-manager.register-chunk"
 
-# Where a chunk's jobs go, by the state of their task at registration.
-TARGET_BY_TASK_STATE: dict[str, JobState] = {
-    TaskState.REGISTERED: JobState.READY,
-    TaskState.RUNNING: JobState.READY,
-    TaskState.PAUSED: JobState.HELD,
-}
 
 
 class ChunkRegistrar:
@@ -49,7 +44,8 @@ class ChunkRegistrar:
             task = await queries.count_registered(conn, chunk.task_id, n_jobs)
             if task is None:
                 raise BadMessage(f"chunk for unknown task {chunk.task_id}")
-            target = JOB_MACHINE.check_initial(TARGET_BY_TASK_STATE.get(task.status, JobState.CANCELLED))
+            # where a chunk's jobs go, by the state of their task at registration
+            target = JOB_MACHINE.check_initial(job_state_for_task(task.status))
             queued_at = dt.datetime.now(dt.UTC) if target == JobState.READY else None
             file_state = FileState.CANCELLED if target == JobState.CANCELLED else FileState.PENDING
             job_ids = await queries.allocate_job_ids(conn, n_jobs)

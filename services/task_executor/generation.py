@@ -152,8 +152,7 @@ class ChunkGenerator:
                 returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
             )
             for row in rows:
-                event = TaskEvent(task_id=row.id, status=row.status, priority=row.priority,
-                                  resource_type=row.resource_type)
+                event = TaskEvent.of(row)
                 await add_event(conn, self.tasks_exchange, TaskEventType.FAILED, wrap(TaskEventType.FAILED, event))
         self.on_committed()
         log.warning("task failed", extra={"task_id": task_id, "error": error})

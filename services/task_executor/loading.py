@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-RESOURCE_TYPES = ("cpu", "gpu")
+from common.policies import RESOURCE_TYPES, pilot_types_serving
 
 
 def backlog_bounds(live_pilots: Mapping[str, int], floor: int, per_pilot: int) -> dict[str, int]:
-    slots = {"cpu": live_pilots.get("cpu", 0) + live_pilots.get("gpu", 0), "gpu": live_pilots.get("gpu", 0)}
+    slots = {rt: sum(live_pilots.get(p, 0) for p in pilot_types_serving(rt)) for rt in RESOURCE_TYPES}
     return {rt: max(floor, per_pilot * slots[rt]) for rt in RESOURCE_TYPES}
 
 

@@ -5,11 +5,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import jobs, pilots, tasks
+from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import TASK_MACHINE, JobState, PilotState, TaskState
 
 # States in which a task's dataset is still turned into jobs. A chunk is only ever written for a task in one of
 # them (the guard of advance_cursor), so a committed cancel or pause stops generation at the next chunk.
-GENERATING = (TaskState.REGISTERED, TaskState.RUNNING)
+GENERATING = sorted(TASK_STATES_WHOSE_JOBS_PROCEED)  # generation goes on in these task states
 assert TASK_MACHINE.allowed(TaskState.REGISTERED, TaskState.RUNNING)
 
 

@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.policies import MAX_ID
 from common.states import TaskState
 from services.task_manager import reporting
 from services.task_manager.access_policy import CHANGE_TASKS, OPERATE_TASKS, READ_TASKS, SUBMIT_TASKS
 from services.task_manager.lifecycle import TaskLifecycle
 from services.task_manager.schemas import (
-    MAX_ID,
     FilePage,
     FileView,
     PriorityChange,

@@ -93,8 +93,7 @@ class TaskLifecycle:
         self.on_committed = on_committed
 
     async def _announce(self, conn: AsyncConnection, event: TaskEventType, row: sa.Row) -> None:
-        payload = TaskEvent(task_id=row.id, status=row.status, priority=row.priority, resource_type=row.resource_type)
-        await add_event(conn, self.exchange, event.value, wrap(event.value, payload))
+        await add_event(conn, self.exchange, event.value, wrap(event.value, TaskEvent.of(row)))
 
     async def register(self, description: TaskDescription) -> tuple[sa.Row, bool]:
         """Register a task; (row, created). The same WFMS request id returns the existing task. A task whose

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import files, job_attempts, jobs, pilots, tasks
 from common.job_listing import JobView
+from common.policies import pilot_types_serving
 from common.states import PILOT_MACHINE, TASK_MACHINE, FileState, JobState, RowNotFound, TaskState
 from services.task_manager.schemas import (
     AttemptView,
@@ -136,7 +137,7 @@ async def explain_job(conn: AsyncConnection, job_id: int, now: dt.datetime | Non
                     pilots.c.status.in_(sorted(PILOT_MACHINE.active)),
                     pilots.c.cores >= task.cores, pilots.c.memory_mb >= task.memory_mb,
                     # GPU pilots also take CPU work; CPU pilots never take GPU work
-                    pilots.c.resource_type.in_(["cpu", "gpu"] if job.resource_type == "cpu" else ["gpu"])))
+                    pilots.c.resource_type.in_(pilot_types_serving(job.resource_type))))
             ).scalar_one()
             reasons.append(f"{ahead} ready {job.resource_type} jobs are ahead of it (priority, then age)")
             if fitting == 0:

@@ -11,9 +11,10 @@ from pydantic import BaseModel
 
 from common.auth import require_role
 from common.job_listing import JobPage, job_page
+from common.policies import MAX_ID
 from common.states import JobState
 from services.task_manager import dead_letters, operations
-from services.task_manager.api import MAX_ID, After, Conn, Limit
+from services.task_manager.api import After, Conn, Limit
 from services.task_manager.schemas import (
     DeadLetter,
     Explanation,

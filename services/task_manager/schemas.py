@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from common.job_listing import JobView
+from common.policies import ResourceType
 from common.states import JobState, TaskState
 
-MAX_ID = 2**63 - 1
 MAX_METADATA_BYTES = 64 * 1024
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
@@ -63,7 +63,7 @@ class TaskDescription(BaseModel):
     input_dataset: DatasetName
     output_dataset: DatasetName
     payload: Payload
-    resource_type: Literal["cpu", "gpu"] = "cpu"
+    resource_type: ResourceType = "cpu"
     cores: int = Field(1, ge=1, le=1024)
     memory_mb: int = Field(2000, ge=1, le=2**20)
     split: SplitRule
