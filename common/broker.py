@@ -257,7 +257,7 @@ class Broker:
         """Messages waiting in each queue, dead-letter and retry queue of the topology (by namespaced name)."""
         channel = await self.open_channel()
         try:
-            return {name: (await channel.declare_queue(name, passive=True)).declaration_result.message_count
+            return {name: (await channel.declare_queue(name, passive=True)).declaration_result.message_count or 0
                     for name in self.topology.all_queues()}
         finally:
             await channel.close()
@@ -373,7 +373,8 @@ class Broker:
         """Park the message in the queue's retry queue for a growing delay, then ack it here (an outage is not
         the message's fault). If even that fails, the broker itself is in trouble: requeue."""
         headers = {k: v for k, v in (message.headers or {}).items() if not k.startswith("x-")}
-        retries = int(headers.get(RETRY_HEADER, 0) or 0) + 1  # type: ignore[call-overload]
+        previous = headers.get(RETRY_HEADER, 0)
+        retries = (previous if isinstance(previous, int) else 0) + 1
         delay = backoff_s(retries, self.settings.transient_retry_base_s, self.settings.transient_retry_max_s)
         copy = aio_pika.Message(
             body=message.body, headers={**headers, RETRY_HEADER: retries}, content_type=message.content_type,

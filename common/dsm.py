@@ -107,7 +107,8 @@ class DsmClient:
 
     async def register_files(self, name: str, files: list[DsmFile]) -> dict[str, int]:
         body = {"files": [f.model_dump() for f in files]}
-        return json.loads(await self._call("POST", f"/datasets/{name}/files", json=body))
+        counts: dict[str, int] = json.loads(await self._call("POST", f"/datasets/{name}/files", json=body))
+        return counts
 
     async def close_dataset(self, name: str) -> Dataset:
         return Dataset.model_validate_json(await self._call("POST", f"/datasets/{name}/close"))

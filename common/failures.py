@@ -29,7 +29,7 @@ def _sqlstate(exc: BaseException) -> str | None:
     for candidate in (exc, getattr(exc, "orig", None), getattr(getattr(exc, "orig", None), "__cause__", None),
                       exc.__cause__):
         code = getattr(candidate, "sqlstate", None)
-        if code:
+        if isinstance(code, str) and code:
             return code
     return None
 
@@ -54,4 +54,4 @@ def is_transient(exc: BaseException) -> bool:
 
 def backoff_s(retries: int, base_s: float, max_s: float) -> float:
     """Delay before retry number ``retries`` (1-based): base x 2^(retries-1), capped at ``max_s``."""
-    return min(base_s * 2 ** max(retries - 1, 0), max_s)
+    return min(base_s * 2.0 ** max(retries - 1, 0), max_s)

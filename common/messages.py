@@ -16,7 +16,7 @@ from common.pilot_protocol import Heartbeat, JobReport, PilotRegistration
 from common.policies import ResourceType
 from common.states import TaskState
 
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION: Literal[1] = 1
 
 
 class Envelope(BaseModel):

@@ -42,14 +42,15 @@ class RedMetricsMiddleware:
     def __init__(self, app: Callable[..., Awaitable[None]], service: str) -> None:
         self.app, self.service = app, service
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
         status = 500
 
-        async def send_with_status(message: dict) -> None:
+        async def send_with_status(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -69,4 +69,4 @@ class RetryPolicy:
         return RetryDecision(count < max_attempts, lost_attempts, self.backoff(count))
 
     def backoff(self, count: int) -> float:
-        return min(self.backoff_s * 2 ** max(count - 1, 0), self.backoff_max_s)
+        return min(self.backoff_s * 2.0 ** max(count - 1, 0), self.backoff_max_s)

@@ -3,6 +3,7 @@ its background loops, and their orderly shutdown (loops finish their round, then
 are closed, then whatever the service registered to close)."""
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,7 @@ class ServiceRuntime:
         self.broker = Broker(self.settings)
         self.relay = OutboxRelay(self.engine, self.broker, self.settings.outbox_batch_size,
                                  self.settings.outbox_poll_interval_s, self.settings.outbox_retry_max_s)
-        self._running: list = []
+        self._running: list[tuple[background.Loop, asyncio.Task[None]]] = []
         self._closers: list[Callable[[], Awaitable[None] | None]] = []
 
     async def __aenter__(self) -> ServiceRuntime:

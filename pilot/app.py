@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,12 +26,12 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from common.jsonlog import configure_logging
-from common.pilot_protocol import Heartbeat, JobReport, JobSpec, StagedFile
+from common.pilot_protocol import ErrorCategory, Heartbeat, JobReport, JobSpec, StagedFile
 from pilot.channels import ChannelRefused, ChannelUnavailable
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
@@ -116,7 +117,8 @@ class Pilot:
             while not self.stopping.is_set() and time.monotonic() - started < self.settings.lifetime_s:
                 request_id = uuid.uuid4()  # the same for every retry of this claim
                 asked = time.monotonic()
-                job = await self._retrying("claim", lambda rid=request_id: self.channel.claim(rid), interruptible=True)
+                job = await self._retrying("claim", functools.partial(self.channel.claim, request_id),
+                                           interruptible=True)
                 if job is None:
                     if time.monotonic() - asked > self.settings.request_timeout_s:
                         idle_since = time.monotonic()  # time spent waiting out an outage is not idleness
@@ -175,6 +177,7 @@ class Pilot:
                 result = None
             log_file = await asyncio.to_thread(self._stage_log, job, log_path, throttle)
             if result is None or result.aborted or result.timed_out or result.exit_code != 0:
+                category: ErrorCategory
                 category, message = (
                     ("payload", "payload could not be started") if result is None
                     else ("cancelled", "aborted on the job-executor's request") if result.aborted
@@ -189,8 +192,8 @@ class Pilot:
             try:
                 outputs = await asyncio.to_thread(self._stage_outputs, job, output_dir, workdir, throttle)
             except (StagingError, ManifestError) as exc:
-                category = "manifest" if isinstance(exc, ManifestError) else "stage-out"
-                await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=category,
+                failed_as: ErrorCategory = "manifest" if isinstance(exc, ManifestError) else "stage-out"
+                await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=failed_as,
                                                   error_message=str(exc), log=log_file),
                                    staged=[log_file] if log_file else [])
                 return
@@ -223,7 +226,7 @@ class Pilot:
             for path in sorted(output_dir.iterdir()) if path.is_file()
         ]
 
-    async def _report(self, job: JobSpec, report: JobReport, staged: list[StagedFile] = ()) -> bool:
+    async def _report(self, job: JobSpec, report: JobReport, staged: Sequence[StagedFile] = ()) -> bool:
         """Send a report until the job-executor accepts (True) or refuses it (False); an outage is waited out.
         What a refused attempt staged is removed: it will never be registered."""
         try:

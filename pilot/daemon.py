@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("pilot-daemon", os.environ.get("WMS_LOG_LEVEL", "INFO"))
 
     stopping = False
-    current: subprocess.Popen | None = None
+    current: subprocess.Popen[bytes] | None = None
 
     def on_term(signum: int, _frame: object) -> None:
         nonlocal stopping

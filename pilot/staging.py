@@ -60,7 +60,7 @@ def adler32(path: Path, throttle: Throttle = UNLIMITED) -> str:
 def stage_in(inputs: list[InputFile], directory: Path, throttle: Throttle = UNLIMITED) -> list[Path]:
     """Link each input into ``directory`` (same name as its lfn's last part); check size and checksum."""
     directory.mkdir(parents=True, exist_ok=True)
-    staged = []
+    staged: list[Path] = []
     for f in inputs:
         source = local_path(f.url)
         if not source.is_file():

@@ -33,6 +33,7 @@ async def ensure_database(database_url: str) -> bool:
     admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     conn = await asyncpg.connect(admin)
     try:
+        assert url.database is not None, "the database URL names no database"
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database)
         if exists:
             return False

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -310,10 +310,14 @@ class ConsumedMessage(Base):
 
 
 metadata = Base.metadata
-tasks = Task.__table__
-jobs = Job.__table__
-pilots = Pilot.__table__
-files = File.__table__
-outbox = OutboxMessage.__table__
-consumed_messages = ConsumedMessage.__table__
-job_attempts = JobAttempt.__table__
+# A row of any query (SQLAlchemy 2 types rows by their columns; the services pass them around untyped).
+Record: TypeAlias = sa.Row[*tuple[Any, ...]]
+
+# The tables, for SQLAlchemy Core (a declarative class's __table__ is typed as a mere FromClause).
+tasks = cast(sa.Table, Task.__table__)
+jobs = cast(sa.Table, Job.__table__)
+pilots = cast(sa.Table, Pilot.__table__)
+files = cast(sa.Table, File.__table__)
+outbox = cast(sa.Table, OutboxMessage.__table__)
+consumed_messages = cast(sa.Table, ConsumedMessage.__table__)
+job_attempts = cast(sa.Table, JobAttempt.__table__)

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.db.models import Record
 from common.states import IllegalTransition, RowNotFound, StateMachine
 
 
@@ -50,7 +51,7 @@ async def guarded_transition(
     values: Mapping[str, Any] | None = None,
     returning: Iterable[sa.ColumnElement[Any]] = (),
     only_from: Iterable[str] | None = None,
-) -> list[sa.Row]:
+) -> list[Record]:
     """Apply :func:`guarded_update` and return the rows that moved (their ``returning`` columns, by default the
     id).
 
@@ -72,7 +73,7 @@ async def transition_one(
     values: Mapping[str, Any] | None = None,
     returning: Iterable[sa.ColumnElement[Any]] = (),
     only_from: Iterable[str] | None = None,
-) -> sa.Row:
+) -> Record:
     """Guarded transition of one row; raises RowNotFound or IllegalTransition (naming the current state)."""
     rows = await guarded_transition(conn, table, machine, [row_id], target, values, returning, only_from)
     if rows:

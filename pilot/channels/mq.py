@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -63,9 +64,12 @@ class MqChannel:
         except BadMessage as exc:
             future.set_exception(ChannelUnavailable(f"undecodable reply: {exc}"))
             return
-        future.set_result(reply)  # type: ignore[arg-type]
+        if not isinstance(reply, PilotReply):
+            future.set_exception(ChannelUnavailable(f"not a reply: {type(reply).__name__}"))
+            return
+        future.set_result(reply)
 
-    async def _call(self, op: str, **fields: object) -> PilotReply:
+    async def _call(self, op: str, **fields: Any) -> PilotReply:
         call = PilotCall(pilot_id=self.pilot_id, session=self._session, **fields)
         correlation_id = str(uuid.uuid4())
         envelope = wrap(op, call)

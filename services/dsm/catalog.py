@@ -1,9 +1,9 @@
 """The reference DSM's rules: datasets grow while open, files are registered once, closed datasets are final."""
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.db.models import Record
 from common.dsm import Dataset, DsmFile, DsmFileEntry, FilePage
 from services.dsm import queries
 
@@ -17,7 +17,7 @@ class CatalogConflict(Exception):
     """A closed dataset written to, or an lfn registered again with other attributes."""
 
 
-def dataset_view(row: sa.Row) -> Dataset:
+def dataset_view(row: Record) -> Dataset:
     return Dataset(name=row.name, status=row.status, n_files=row.n_files)
 
 
@@ -30,7 +30,7 @@ class Catalog:
             row, created = await queries.create_dataset(conn, name)
         return dataset_view(row), created
 
-    async def _locked(self, conn: AsyncConnection, name: str) -> sa.Row:
+    async def _locked(self, conn: AsyncConnection, name: str) -> Record:
         row = await queries.select_dataset(conn, name, for_update=True)
         if row is None:
             raise UnknownDataset(name)

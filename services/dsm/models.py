@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -46,5 +47,5 @@ class DsmFile(Base):
     )
 
 
-datasets = DsmDataset.__table__
-dsm_files = DsmFile.__table__
+datasets = cast(sa.Table, DsmDataset.__table__)
+dsm_files = cast(sa.Table, DsmFile.__table__)

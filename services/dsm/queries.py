@@ -5,6 +5,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.db.models import Record
 from common.dsm import DsmFile
 from services.dsm.models import datasets, dsm_files
 
@@ -19,7 +20,7 @@ _INSERT_FILES = sa.text(
 )
 
 
-async def create_dataset(conn: AsyncConnection, name: str) -> tuple[sa.Row, bool]:
+async def create_dataset(conn: AsyncConnection, name: str) -> tuple[Record, bool]:
     stmt = insert(datasets).values(name=name).on_conflict_do_nothing(index_elements=[datasets.c.name])
     row = (await conn.execute(stmt.returning(*datasets.c))).first()
     if row is not None:
@@ -27,7 +28,7 @@ async def create_dataset(conn: AsyncConnection, name: str) -> tuple[sa.Row, bool
     return (await conn.execute(sa.select(datasets).where(datasets.c.name == name))).one(), False
 
 
-async def select_dataset(conn: AsyncConnection, name: str, for_update: bool = False) -> sa.Row | None:
+async def select_dataset(conn: AsyncConnection, name: str, for_update: bool = False) -> Record | None:
     stmt = sa.select(datasets).where(datasets.c.name == name)
     if for_update:
         stmt = stmt.with_for_update()
@@ -43,14 +44,14 @@ _EXISTING_FILES = sa.text(
 )
 
 
-async def existing_files(conn: AsyncConnection, dataset_id: int, lfns: list[str]) -> dict[str, sa.Row]:
+async def existing_files(conn: AsyncConnection, dataset_id: int, lfns: list[str]) -> dict[str, Record]:
     # A join on an unnested array probes the (dataset_id, lfn) index per name; a 10,000-element IN list was
     # planned as a scan of the whole dataset (seconds per request at a million files).
     rows = await conn.execute(_EXISTING_FILES, {"dataset_id": dataset_id, "lfns": lfns})
     return {r.lfn: r for r in rows.all()}
 
 
-async def append_files(conn: AsyncConnection, dataset: sa.Row, files: list[DsmFile]) -> None:
+async def append_files(conn: AsyncConnection, dataset: Record, files: list[DsmFile]) -> None:
     """Append files after the dataset's last seq; the caller holds the dataset's row lock."""
     await conn.execute(
         _INSERT_FILES,
@@ -69,7 +70,7 @@ async def append_files(conn: AsyncConnection, dataset: sa.Row, files: list[DsmFi
     )
 
 
-async def files_after(conn: AsyncConnection, dataset_id: int, after: int, limit: int) -> list[sa.Row]:
+async def files_after(conn: AsyncConnection, dataset_id: int, after: int, limit: int) -> list[Record]:
     stmt = (
         sa.select(dsm_files)
         .where(dsm_files.c.dataset_id == dataset_id, dsm_files.c.seq > after)
@@ -79,7 +80,7 @@ async def files_after(conn: AsyncConnection, dataset_id: int, after: int, limit:
     return list((await conn.execute(stmt)).all())
 
 
-async def close_dataset(conn: AsyncConnection, dataset_id: int) -> sa.Row:
+async def close_dataset(conn: AsyncConnection, dataset_id: int) -> Record:
     stmt = (
         sa.update(datasets)
         .where(datasets.c.id == dataset_id)

@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from common.db.models import Record
 from common.pilot_protocol import (
     Heartbeat,
     HeartbeatReply,
@@ -88,7 +88,7 @@ class Dispatcher:
             )
         return PilotSession(pilot_id=pilot_id, session=session, heartbeat_interval_s=self.settings.heartbeat_interval_s)
 
-    async def authenticate(self, conn: AsyncConnection, pilot_id: int, session: str | None) -> sa.Row:
+    async def authenticate(self, conn: AsyncConnection, pilot_id: int, session: str | None) -> Record:
         pilot = await queries.select_pilot(conn, pilot_id)
         if pilot is None:
             raise UnknownPilot(f"pilot {pilot_id} not registered")
@@ -171,7 +171,7 @@ class Dispatcher:
             # The same final report again (a retry after a lost answer) changes nothing and is no error.
             await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, JobState.FINISHED)
             return None
-        task_id = moved.task_id
+        task_id = int(moved.task_id)
         await self._stage(conn, task_id, job_id, report)
         await queries.set_input_files(conn, [job_id], FileState.DONE)
         await queries.end_attempts(conn, [(job_id, report.attempt)], AttemptOutcome.FINISHED, report.exit_code or 0,

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.background import Loop
 from common.broker import Topology
-from common.db.models import files, jobs, tasks
+from common.db.models import Record, files, jobs, tasks
 from common.db.transitions import guarded_transition, guarded_update
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
 from common.messages import TaskEvent, TaskEventType, wrap
@@ -105,8 +105,10 @@ class Oversight:
             target = job_state_for_task(task.status)
             if target == JobState.CANCELLED:
                 # no RETURNING: a task of a million jobs is cancelled without shipping its ids around
-                await conn.execute(guarded_update(jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
-                                                  {"finished_at": sa.func.now(), "error_category": "cancelled"}))
+                cancel = guarded_update(jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
+                                        {"finished_at": sa.func.now(), "error_category": "cancelled"})
+                assert cancel is not None  # every active state may become cancelled
+                await conn.execute(cancel)
                 await queries.cancel_task_leftovers(conn, event.task_id)
             else:
                 await guarded_transition(conn, jobs, JOB_MACHINE, of_task, target, only_from=QUEUED_JOB_MOVES[target])
@@ -166,7 +168,7 @@ class Oversight:
         DSM could not take now waits its backoff, what it refused is rejected (and fails its task)."""
         async with self.engine.begin() as conn:
             rows = await queries.staged_files_due(conn, REGISTER_BATCH)
-            by_dataset: dict[str, list[sa.Row]] = {}
+            by_dataset: dict[str, list[Record]] = {}
             for r in rows:
                 by_dataset.setdefault(r.dataset, []).append(r)
             registered: list[int] = []
@@ -201,7 +203,7 @@ class Oversight:
                                                     "first": rejected[0][2]})
         return len(rows)
 
-    async def _register(self, dataset: str, group: list[sa.Row]) -> None:
+    async def _register(self, dataset: str, group: list[Record]) -> None:
         entries = [DsmFile(lfn=r.lfn, url=r.url, size=r.size, adler32=r.adler32, events=r.events) for r in group]
         try:
             await self.dsm.register_files(dataset, entries)

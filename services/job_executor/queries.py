@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import consumed_messages, files, job_attempts, jobs, pilots, tasks
+from common.db.models import Record, consumed_messages, files, job_attempts, jobs, pilots, tasks
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
     JOB_MACHINE,
@@ -25,10 +25,10 @@ LIVE = (PilotState.IDLE, PilotState.BUSY)
 
 
 async def insert_pilot(conn: AsyncConnection, values: dict[str, Any]) -> int:
-    return (await conn.execute(sa.insert(pilots).values(**values).returning(pilots.c.id))).scalar_one()
+    return int((await conn.execute(sa.insert(pilots).values(**values).returning(pilots.c.id))).scalar_one())
 
 
-async def select_pilot(conn: AsyncConnection, pilot_id: int) -> sa.Row | None:
+async def select_pilot(conn: AsyncConnection, pilot_id: int) -> Record | None:
     return (await conn.execute(sa.select(pilots).where(pilots.c.id == pilot_id))).first()
 
 
@@ -59,7 +59,7 @@ async def end_pilot(conn: AsyncConnection, pilot_id: int) -> None:
     )
 
 
-async def job_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> sa.Row | None:
+async def job_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> Record | None:
     """The attempt that this pilot's claim ``request_id`` produced, if the pilot still holds it."""
     stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id).where(
         jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(IN_FLIGHT))
@@ -67,7 +67,7 @@ async def job_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_i
 
 
 async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str,
-                    request_id: uuid.UUID | None = None) -> sa.Row | None:
+                    request_id: uuid.UUID | None = None) -> Record | None:
     """Claim the highest-priority ready job of ``resource_type`` whose backoff is over and whose task may run.
 
     One statement; SKIP LOCKED so concurrent claims never wait for each other or take the same job.
@@ -103,7 +103,7 @@ async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str,
     return (await conn.execute(stmt)).first()
 
 
-async def job_context(conn: AsyncConnection, job_id: int) -> tuple[sa.Row, list[sa.Row]]:
+async def job_context(conn: AsyncConnection, job_id: int) -> tuple[Record, list[Record]]:
     task = (
         await conn.execute(
             sa.select(tasks.c.id, tasks.c.payload, tasks.c.output_dataset)
@@ -144,7 +144,7 @@ def _fenced(job_id: int, attempt: int, pilot_id: int) -> list[sa.ColumnElement[b
 
 
 async def _move_job(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], target: JobState,
-                    values: dict[str, Any]) -> list[sa.Row]:
+                    values: dict[str, Any]) -> list[Record]:
     stmt = (
         sa.update(jobs)
         .where(*where, jobs.c.status.in_(sorted(JOB_MACHINE.sources_of(target))))
@@ -161,7 +161,7 @@ async def start_running(conn: AsyncConnection, job_id: int, attempt: int, pilot_
 
 
 async def finish_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int,
-                     exit_code: int) -> sa.Row | None:
+                     exit_code: int) -> Record | None:
     """The pilot's attempt succeeded (fenced): -> finished; the moved row (id, attempt, task_id) or None."""
     moved = await _move_job(conn, _fenced(job_id, attempt, pilot_id), JobState.FINISHED,
                             {"finished_at": sa.func.now(), "exit_code": exit_code, "error_category": None,
@@ -174,14 +174,14 @@ RETRY_FACTS = (jobs.c.id, jobs.c.attempt, jobs.c.lost_attempts, jobs.c.task_id,
                .label("max_attempts"))
 
 
-async def attempt_in_flight(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> list[sa.Row]:
+async def attempt_in_flight(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> list[Record]:
     """The job, if this pilot holds this attempt of it in flight (with what the retry policy needs), locked."""
     stmt = sa.select(*RETRY_FACTS).where(jobs.c.id == job_id, jobs.c.attempt == attempt,
                                          jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT)).with_for_update()
     return list((await conn.execute(stmt)).all())
 
 
-async def lost_in_flight(conn: AsyncConnection, dead_pilots: list[int], timeout_s: float) -> list[sa.Row]:
+async def lost_in_flight(conn: AsyncConnection, dead_pilots: list[int], timeout_s: float) -> list[Record]:
     """In-flight jobs whose pilot is dead, or whose own heartbeat stopped (with what the retry policy needs)."""
     stale = jobs.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s)
     stmt = sa.select(*RETRY_FACTS).where(jobs.c.status.in_(IN_FLIGHT),
@@ -214,7 +214,7 @@ FAIL = sa.text(f"""
 
 
 async def requeue_jobs(conn: AsyncConnection, requeued: list[tuple[int, int, int, float]], category: str,
-                       message: str | None, exit_code: int | None) -> list[sa.Row]:
+                       message: str | None, exit_code: int | None) -> list[Record]:
     """(job id, attempt, lost attempts, backoff s): back to ready after the backoff, in one statement; only
     jobs still at that attempt and in flight move."""
     if not requeued:
@@ -226,7 +226,7 @@ async def requeue_jobs(conn: AsyncConnection, requeued: list[tuple[int, int, int
 
 
 async def fail_jobs(conn: AsyncConnection, failing: list[tuple[int, int, int]], category: str,
-                    message: str | None, exit_code: int | None) -> list[sa.Row]:
+                    message: str | None, exit_code: int | None) -> list[Record]:
     """(job id, attempt, lost attempts): failed, with their input files, in two statements."""
     if not failing:
         return []
@@ -273,7 +273,7 @@ async def beat_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: i
     return (await conn.execute(stmt)).first() is not None
 
 
-async def select_job(conn: AsyncConnection, job_id: int) -> sa.Row | None:
+async def select_job(conn: AsyncConnection, job_id: int) -> Record | None:
     return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
 
 
@@ -296,14 +296,14 @@ async def declare_dead_pilots(conn: AsyncConnection, timeout_s: float) -> list[i
     return [r.id for r in (await conn.execute(stmt)).all()]
 
 
-async def lock_task(conn: AsyncConnection, task_id: int) -> sa.Row | None:
+async def lock_task(conn: AsyncConnection, task_id: int) -> Record | None:
     """The task's row, locked until commit: task commands reconcile one at a time, each against the latest
     state (a command committed meanwhile waits, and its own reconciliation runs after)."""
     stmt = sa.select(tasks.c.id, tasks.c.status, tasks.c.priority).where(tasks.c.id == task_id).with_for_update()
     return (await conn.execute(stmt)).first()
 
 
-async def staged_files_due(conn: AsyncConnection, limit: int) -> list[sa.Row]:
+async def staged_files_due(conn: AsyncConnection, limit: int) -> list[Record]:
     """Staged outputs and logs whose DSM registration is due (not waiting for a backoff), locked (SKIP LOCKED:
     another replica takes other rows)."""
     stmt = (

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import consumed_messages, files, jobs, tasks
+from common.db.models import Record, consumed_messages, files, jobs, tasks
 
 JOB_COLUMNS = ("id", "task_id", "status", "resource_type", "priority", "n_files", "n_bytes", "n_events", "queued_at")
 FILE_COLUMNS = ("lfn", "dataset", "task_id", "job_id", "role", "url", "size", "adler32", "events", "status")
@@ -21,7 +21,7 @@ async def claim_message(conn: AsyncConnection, consumer: str, message_id: uuid.U
     return (await conn.execute(stmt)).rowcount == 1
 
 
-async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int) -> sa.Row | None:
+async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int) -> Record | None:
     """Add the chunk's jobs to the task's registered count and return the task's state, in one statement.
 
     The row lock this takes is held until commit: a pause or cancel cannot slip between reading the state and
@@ -49,21 +49,22 @@ async def copy_rows(conn: AsyncConnection, table: str, columns: tuple[str, ...],
                     records: list[tuple[Any, ...]]) -> None:
     """COPY into ``table`` on the transaction's own connection (the fastest bulk path of asyncpg)."""
     raw = await conn.get_raw_connection()
+    assert raw.driver_connection is not None, "a connection in a transaction has its driver connection"
     try:
         await raw.driver_connection.copy_records_to_table(table, records=records, columns=list(columns))
     except asyncpg.UniqueViolationError as exc:
         raise DuplicateInputFile(str(exc)) from exc
 
 
-async def select_job(conn: AsyncConnection, job_id: int) -> sa.Row | None:
+async def select_job(conn: AsyncConnection, job_id: int) -> Record | None:
     return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
 
 
-async def files_of_job(conn: AsyncConnection, job_id: int) -> list[sa.Row]:
+async def files_of_job(conn: AsyncConnection, job_id: int) -> list[Record]:
     return list((await conn.execute(sa.select(files).where(files.c.job_id == job_id).order_by(files.c.id))).all())
 
 
-async def files_by_lfn(conn: AsyncConnection, lfn: str, dataset: str | None) -> list[sa.Row]:
+async def files_by_lfn(conn: AsyncConnection, lfn: str, dataset: str | None) -> list[Record]:
     stmt = sa.select(files).where(files.c.lfn == lfn).order_by(files.c.id).limit(100)
     if dataset is not None:
         stmt = stmt.where(files.c.dataset == dataset)

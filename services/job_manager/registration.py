@@ -55,7 +55,7 @@ class ChunkRegistrar:
                 "job_dat",
                 queries.JOB_COLUMNS,
                 [
-                    (job_id, chunk.task_id, target.value, chunk.resource_type, chunk.priority, files.stop - files.start,
+                    (job_id, chunk.task_id, str(target), chunk.resource_type, chunk.priority, files.stop - files.start,
                      sum(chunk.sizes[files]), _total_events(chunk.events[files]), queued_at)
                     for job_id, files in zip(job_ids, chunk.job_slices(), strict=True)
                 ],

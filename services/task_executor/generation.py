@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.background import Loop
 from common.broker import Topology
-from common.db.models import tasks
+from common.db.models import Record, tasks
 from common.db.transitions import guarded_transition
 from common.dsm import DsmClient, DsmError, DsmFileEntry, DsmUnavailable, FilePage
 from common.failures import backoff_s
@@ -77,7 +77,7 @@ class ChunkGenerator:
     def close(self) -> None:
         self._drop_prefetch()
 
-    async def generate(self, task: sa.Row, max_jobs: int) -> ChunkResult:
+    async def generate(self, task: Record, max_jobs: int) -> ChunkResult:
         """Generate at most ``max_jobs`` jobs of ``task`` from its next stretch of dataset."""
         limit = self.settings.chunk_files
         if task.split_by == "files":
@@ -158,7 +158,7 @@ class ChunkGenerator:
         log.warning("task failed", extra={"task_id": task_id, "error": error})
 
 
-def _consume_result(task: asyncio.Task) -> None:
+def _consume_result(task: asyncio.Task[FilePage]) -> None:
     if not task.cancelled():
         task.exception()  # a failed prefetch nobody awaits is not an error worth a warning
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import jobs, pilots, tasks
+from common.db.models import Record, jobs, pilots, tasks
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import TASK_MACHINE, JobState, PilotState, TaskState
 
@@ -14,7 +14,7 @@ GENERATING = sorted(TASK_STATES_WHOSE_JOBS_PROCEED)  # generation goes on in the
 assert TASK_MACHINE.allowed(TaskState.REGISTERED, TaskState.RUNNING)
 
 
-async def tasks_to_generate(conn: AsyncConnection) -> list[sa.Row]:
+async def tasks_to_generate(conn: AsyncConnection) -> list[Record]:
     stmt = (
         sa.select(
             tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type, tasks.c.input_dataset,
@@ -72,7 +72,7 @@ async def advance_cursor(
     n_files: int,
     n_jobs: int,
     complete: bool,
-) -> sa.Row | None:
+) -> Record | None:
     """Record a generated chunk: compare-and-set of the task's dataset cursor, only while the task generates.
 
     None when the task left GENERATING or another writer moved the cursor: the chunk must then be dropped.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -30,7 +31,7 @@ class DeadLetterNotFound(Exception):
         super().__init__(f"no dead-lettered message {message_id!r} in {queue}")
 
 
-def _death(message: AbstractIncomingMessage) -> dict:
+def _death(message: AbstractIncomingMessage) -> dict[str, Any]:
     deaths = (message.headers or {}).get("x-death") or [{}]
     return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from common.broker import Topology
-from common.db.models import tasks
+from common.db.models import Record, tasks
 from common.db.transitions import transition_one
 from common.dsm import DsmClient, DsmError
 from common.messages import TaskEvent, TaskEventType, wrap
@@ -92,10 +92,10 @@ class TaskLifecycle:
         # Wakes the outbox relay once an event is committed.
         self.on_committed = on_committed
 
-    async def _announce(self, conn: AsyncConnection, event: TaskEventType, row: sa.Row) -> None:
+    async def _announce(self, conn: AsyncConnection, event: TaskEventType, row: Record) -> None:
         await add_event(conn, self.exchange, event.value, wrap(event.value, TaskEvent.of(row)))
 
-    async def register(self, description: TaskDescription) -> tuple[sa.Row, bool]:
+    async def register(self, description: TaskDescription) -> tuple[Record, bool]:
         """Register a task; (row, created). The same WFMS request id returns the existing task. A task whose
         output dataset is another active task's output is refused (OutputDatasetTaken); so is one whose output
         dataset is closed in the DSM, when the DSM can say so now (``output_dataset_closed``)."""
@@ -146,7 +146,7 @@ class TaskLifecycle:
         if found is not None and found.status == "closed":
             raise OutputDatasetTaken(dataset, "is closed in the DSM: it can take no more files")
 
-    async def apply_command(self, task_id: int, command: str) -> tuple[sa.Row, bool]:
+    async def apply_command(self, task_id: int, command: str) -> tuple[Record, bool]:
         """cancel / pause / resume; (row, changed). Repeating a command already in effect changes nothing."""
         target, event, only_from = COMMANDS[command]
         values: dict[str, Any] = {"updated_at": sa.func.now()}
@@ -165,7 +165,7 @@ class TaskLifecycle:
         self.on_committed()
         return row, True
 
-    async def reprioritise(self, task_id: int, priority: int) -> tuple[sa.Row, bool]:
+    async def reprioritise(self, task_id: int, priority: int) -> tuple[Record, bool]:
         async with self.engine.begin() as conn:
             current = await queries.select_task_for_update(conn, task_id)
             if current is None:

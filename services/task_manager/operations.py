@@ -73,15 +73,15 @@ async def throughput(conn: AsyncConnection, minutes: int, task_id: int | None) -
     )
     if task_id is not None:
         finished = finished.where(jobs.c.task_id == task_id)
-    finished = finished.subquery()
+    per_minute = finished.subquery()
     series = sa.func.generate_series(
         sa.func.date_trunc("minute", sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, minutes - 1)),
         sa.func.date_trunc("minute", sa.func.now()),
         sa.text("interval '1 minute'"),
     ).table_valued("minute").render_derived()
     stmt = (
-        sa.select(series.c.minute, sa.func.coalesce(finished.c.jobs, 0), sa.func.coalesce(finished.c.files, 0))
-        .outerjoin(finished, finished.c.minute == series.c.minute)
+        sa.select(series.c.minute, sa.func.coalesce(per_minute.c.jobs, 0), sa.func.coalesce(per_minute.c.files, 0))
+        .outerjoin(per_minute, per_minute.c.minute == series.c.minute)
         .order_by(series.c.minute)
     )
     return [ThroughputPoint(minute=m, jobs=int(j), files=int(f)) for m, j, f in (await conn.execute(stmt)).all()]

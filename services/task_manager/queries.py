@@ -7,14 +7,14 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import files, jobs, tasks
+from common.db.models import Record, files, jobs, tasks
 from common.states import TASK_MACHINE, JobState
 
 RATE_WINDOW_S = 600
 OUTPUT_LOCK_SPACE = 0x5BD1  # advisory lock key space of "registering a task that writes this output dataset"
 
 
-async def insert_task(conn: AsyncConnection, values: dict[str, Any]) -> sa.Row | None:
+async def insert_task(conn: AsyncConnection, values: dict[str, Any]) -> Record | None:
     """Insert a task; None when a task with the same WFMS request id exists already."""
     stmt = insert(tasks).values(**values).on_conflict_do_nothing(index_elements=[tasks.c.wfms_request_id])
     return (await conn.execute(stmt.returning(*tasks.c))).first()
@@ -31,19 +31,19 @@ async def active_task_writing(conn: AsyncConnection, dataset: str) -> int | None
     return (await conn.execute(stmt)).scalar_one_or_none()
 
 
-async def select_task(conn: AsyncConnection, task_id: int) -> sa.Row | None:
+async def select_task(conn: AsyncConnection, task_id: int) -> Record | None:
     return (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).first()
 
 
-async def select_task_by_request_id(conn: AsyncConnection, request_id: str) -> sa.Row | None:
+async def select_task_by_request_id(conn: AsyncConnection, request_id: str) -> Record | None:
     return (await conn.execute(sa.select(tasks).where(tasks.c.wfms_request_id == request_id))).first()
 
 
-async def select_task_for_update(conn: AsyncConnection, task_id: int) -> sa.Row | None:
+async def select_task_for_update(conn: AsyncConnection, task_id: int) -> Record | None:
     return (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id).with_for_update())).first()
 
 
-async def update_priority(conn: AsyncConnection, task_id: int, priority: int) -> sa.Row | None:
+async def update_priority(conn: AsyncConnection, task_id: int, priority: int) -> Record | None:
     """Change the priority of an active task (never of an ended one)."""
     stmt = (
         sa.update(tasks)
@@ -54,7 +54,7 @@ async def update_priority(conn: AsyncConnection, task_id: int, priority: int) ->
     return (await conn.execute(stmt)).first()
 
 
-async def list_tasks(conn: AsyncConnection, status: str | None, after: int | None, limit: int) -> list[sa.Row]:
+async def list_tasks(conn: AsyncConnection, status: str | None, after: int | None, limit: int) -> list[Record]:
     stmt = sa.select(tasks).order_by(tasks.c.id).limit(limit)
     if status is not None:
         stmt = stmt.where(tasks.c.status == status)
@@ -87,7 +87,7 @@ async def recent_throughput(conn: AsyncConnection, task_id: int) -> tuple[int, f
     return int(files_done), (float(span) if span is not None else None)
 
 
-async def job_statistics(conn: AsyncConnection, task_id: int) -> sa.Row:
+async def job_statistics(conn: AsyncConnection, task_id: int) -> Record:
     run_time = sa.func.extract("epoch", jobs.c.finished_at - jobs.c.started_at)
     finished = jobs.c.status == JobState.FINISHED
     stmt = sa.select(
@@ -100,7 +100,7 @@ async def job_statistics(conn: AsyncConnection, task_id: int) -> sa.Row:
     return (await conn.execute(stmt)).one()
 
 
-async def failure_groups(conn: AsyncConnection, task_id: int, limit: int = 50) -> list[sa.Row]:
+async def failure_groups(conn: AsyncConnection, task_id: int, limit: int = 50) -> list[Record]:
     stmt = (
         sa.select(
             jobs.c.error_category,
@@ -116,7 +116,7 @@ async def failure_groups(conn: AsyncConnection, task_id: int, limit: int = 50) -
     return list((await conn.execute(stmt)).all())
 
 
-async def output_totals(conn: AsyncConnection, task_id: int) -> sa.Row:
+async def output_totals(conn: AsyncConnection, task_id: int) -> Record:
     stmt = sa.select(
         sa.func.count().label("files"),
         sa.func.coalesce(sa.func.sum(files.c.size), 0).label("bytes"),
@@ -126,7 +126,7 @@ async def output_totals(conn: AsyncConnection, task_id: int) -> sa.Row:
     return (await conn.execute(stmt)).one()
 
 
-async def list_files(conn: AsyncConnection, task_id: int, role: str, after: int | None, limit: int) -> list[sa.Row]:
+async def list_files(conn: AsyncConnection, task_id: int, role: str, after: int | None, limit: int) -> list[Record]:
     stmt = (
         sa.select(files)
         .where(files.c.task_id == task_id, files.c.role == role)
