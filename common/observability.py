@@ -6,17 +6,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from common.db.session import Transaction
 from common.failures import BrokerUnavailable
 from common.jsonlog import configure_logging
 from common.settings import Settings
@@ -64,6 +65,15 @@ class RedMetricsMiddleware:
             method = scope.get("method", "")
             HTTP_REQUESTS.labels(self.service, method, template, str(status)).inc()
             HTTP_DURATION.labels(self.service, method, template).observe(time.perf_counter() - start)
+
+
+async def _read_connection(request: Request) -> AsyncIterator[Transaction]:
+    async with request.app.state.engine.connect() as conn:
+        yield conn
+
+
+# A route's database connection for reads (one per request, from the service's engine on app.state).
+Conn = Annotated[Transaction, Depends(_read_connection)]
 
 
 def error_response(status: int, detail: str, **extra: object) -> JSONResponse:

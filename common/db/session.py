@@ -4,12 +4,17 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from common.settings import Settings
+
+# The names domain modules and routes use for a database and an open transaction: they pass them to their
+# service's queries module and never build SQL themselves.
+Database: TypeAlias = AsyncEngine
+Transaction: TypeAlias = AsyncConnection
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

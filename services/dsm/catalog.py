@@ -1,9 +1,8 @@
 """The reference DSM's rules: datasets grow while open, files are registered once, closed datasets are final."""
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from common.db.models import Record
+from common.db.session import Database, Transaction
 from common.dsm import Dataset, DsmFile, DsmFileEntry, FilePage
 from services.dsm import queries
 
@@ -22,7 +21,7 @@ def dataset_view(row: Record) -> Dataset:
 
 
 class Catalog:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Database) -> None:
         self.engine = engine
 
     async def create(self, name: str) -> tuple[Dataset, bool]:
@@ -30,7 +29,7 @@ class Catalog:
             row, created = await queries.create_dataset(conn, name)
         return dataset_view(row), created
 
-    async def _locked(self, conn: AsyncConnection, name: str) -> Record:
+    async def _locked(self, conn: Transaction, name: str) -> Record:
         row = await queries.select_dataset(conn, name, for_update=True)
         if row is None:
             raise UnknownDataset(name)

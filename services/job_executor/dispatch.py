@@ -11,9 +11,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from common.db.models import Record
+from common.db.session import Database, Transaction
 from common.pilot_protocol import (
     Heartbeat,
     HeartbeatReply,
@@ -74,7 +73,7 @@ def storage_prefix(settings: Settings, dataset: str, job_id: int, attempt: int) 
 
 
 class Dispatcher:
-    def __init__(self, engine: AsyncEngine, settings: Settings, on_job_ended: Callable[[int], None]) -> None:
+    def __init__(self, engine: Database, settings: Settings, on_job_ended: Callable[[int], None]) -> None:
         self.engine, self.settings = engine, settings
         self.retry_policy = retry_policy(settings)
         # Called with the task id when a job reached a terminal state: the task may be complete.
@@ -88,7 +87,7 @@ class Dispatcher:
             )
         return PilotSession(pilot_id=pilot_id, session=session, heartbeat_interval_s=self.settings.heartbeat_interval_s)
 
-    async def authenticate(self, conn: AsyncConnection, pilot_id: int, session: str | None) -> Record:
+    async def authenticate(self, conn: Transaction, pilot_id: int, session: str | None) -> Record:
         pilot = await queries.select_pilot(conn, pilot_id)
         if pilot is None:
             raise UnknownPilot(f"pilot {pilot_id} not registered")
@@ -165,7 +164,7 @@ class Dispatcher:
         if task_id is not None:
             self.on_job_ended(task_id)
 
-    async def _finish(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
+    async def _finish(self, conn: Transaction, pilot_id: int, job_id: int, report: JobReport) -> int | None:
         moved = await queries.finish_job(conn, job_id, report.attempt, pilot_id, report.exit_code or 0)
         if moved is None:
             # The same final report again (a retry after a lost answer) changes nothing and is no error.
@@ -179,7 +178,7 @@ class Dispatcher:
         await queries.set_pilot_busy(conn, pilot_id, None)
         return task_id
 
-    async def _fail(self, conn: AsyncConnection, pilot_id: int, job_id: int, report: JobReport) -> int | None:
+    async def _fail(self, conn: Transaction, pilot_id: int, job_id: int, report: JobReport) -> int | None:
         category = report.error_category or "payload"
         in_flight = await queries.attempt_in_flight(conn, job_id, report.attempt, pilot_id)
         retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, category, report.error_message,
@@ -195,7 +194,7 @@ class Dispatcher:
         await queries.set_pilot_busy(conn, pilot_id, None)
         return task_id if failed else None
 
-    async def _stage(self, conn: AsyncConnection, task_id: int, job_id: int, report: JobReport) -> None:
+    async def _stage(self, conn: Transaction, task_id: int, job_id: int, report: JobReport) -> None:
         if not report.outputs and report.log is None:
             return
         dataset = (await queries.job_context(conn, job_id))[0].output_dataset
@@ -211,7 +210,7 @@ class Dispatcher:
             rows.append(row(report.log, FileRole.LOG))
         await queries.insert_staged_files(conn, rows)
 
-    async def _refuse_unless_repeat(self, conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int,
+    async def _refuse_unless_repeat(self, conn: Transaction, job_id: int, attempt: int, pilot_id: int,
                                     repeated_state: JobState | None) -> None:
         job = await queries.select_job(conn, job_id)
         if job is None:

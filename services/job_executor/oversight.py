@@ -15,19 +15,16 @@ import logging
 import time
 from collections.abc import Callable
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from common.background import Loop
 from common.broker import Topology
-from common.db.models import Record, files, jobs, tasks
-from common.db.transitions import guarded_transition, guarded_update
+from common.db.models import Record
+from common.db.session import Database
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.policies import job_state_for_task
 from common.settings import Settings
-from common.states import JOB_MACHINE, TASK_MACHINE, AttemptOutcome, FileState, JobState, TaskState
+from common.states import AttemptOutcome, JobState, TaskState
 from services.job_executor import queries
 from services.job_executor.dispatch import log_dataset
 from services.job_executor.retries import retry_or_fail, retry_policy
@@ -46,7 +43,7 @@ CLOSE_RETRY_S = 5.0
 
 
 class Oversight:
-    def __init__(self, engine: AsyncEngine, settings: Settings, dsm: DsmClient, topology: Topology,
+    def __init__(self, engine: Database, settings: Settings, dsm: DsmClient, topology: Topology,
                  on_committed: Callable[[], None], broker_ready: Callable[[], bool] = lambda: True) -> None:
         self.engine, self.settings, self.dsm = engine, settings, dsm
         self.tasks_exchange = topology.exchange("tasks")
@@ -76,7 +73,7 @@ class Oversight:
         if time.monotonic() - self.heard_since < timeout:
             return 0
         async with self.engine.begin() as conn:
-            if not (await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(LOST_SWEEP_LOCK)))).scalar():
+            if not await queries.try_lead(conn, LOST_SWEEP_LOCK):
                 return 0
             dead = await queries.declare_dead_pilots(conn, timeout)
             in_flight = await queries.lost_in_flight(conn, dead, timeout)
@@ -101,57 +98,28 @@ class Oversight:
             task = await queries.lock_task(conn, event.task_id)
             if task is None:
                 return
-            of_task = jobs.c.task_id == event.task_id  # one statement per command, however many jobs
             target = job_state_for_task(task.status)
             if target == JobState.CANCELLED:
-                # no RETURNING: a task of a million jobs is cancelled without shipping its ids around
-                cancel = guarded_update(jobs, JOB_MACHINE, of_task, JobState.CANCELLED,
-                                        {"finished_at": sa.func.now(), "error_category": "cancelled"})
-                assert cancel is not None  # every active state may become cancelled
-                await conn.execute(cancel)
-                await queries.cancel_task_leftovers(conn, event.task_id)
+                await queries.cancel_task_jobs(conn, event.task_id)
             else:
-                await guarded_transition(conn, jobs, JOB_MACHINE, of_task, target, only_from=QUEUED_JOB_MOVES[target])
-                await conn.execute(
-                    sa.update(jobs)
-                    .where(of_task, jobs.c.status.in_([JobState.READY, JobState.HELD]),
-                           jobs.c.priority != task.priority)
-                    .values(priority=task.priority)
-                )
+                await queries.move_queued_jobs(conn, event.task_id, target, QUEUED_JOB_MOVES[target])
+                await queries.set_queued_jobs_priority(conn, event.task_id, task.priority)
         self.wake()
 
     async def finalize_tasks(self) -> list[int]:
         """A running task whose dataset is fully in jobs and whose jobs all ended is done (no failed file) or
         finished (some failed)."""
-        unfinished = sa.exists().where(
-            jobs.c.task_id == tasks.c.id, jobs.c.status.in_(sorted(JOB_MACHINE.active))
-        )
-        any_failed = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status == JobState.FAILED)
-        any_staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
-        any_rejected = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.REJECTED)
-        # A task ends once its outputs are in the DSM (or refused there): 'done' means usable downstream.
-        candidates = sa.select(tasks.c.id, any_failed.label("any_failed"), any_rejected.label("any_rejected")).where(
-            tasks.c.status == TaskState.RUNNING,
-            tasks.c.files_total.is_not(None),
-            tasks.c.jobs_registered == tasks.c.jobs_total,
-            ~unfinished,
-            ~any_staged,
-        )
         ended: list[int] = []
         async with self.engine.begin() as conn:
             by_target: dict[TaskState, list[int]] = {TaskState.DONE: [], TaskState.FINISHED: [],
                                                      TaskState.FAILED: []}
-            for task_id, failed, rejected in (await conn.execute(candidates)).all():
+            for task_id, failed, rejected in await queries.tasks_ready_to_end(conn):
                 target = TaskState.FAILED if rejected else TaskState.FINISHED if failed else TaskState.DONE
                 by_target[target].append(task_id)
             for target, task_ids in by_target.items():
                 if not task_ids:
                     continue
-                rows = await guarded_transition(
-                    conn, tasks, TASK_MACHINE, task_ids, target,
-                    {"finished_at": sa.func.now(), "updated_at": sa.func.now()},
-                    returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
-                )
+                rows = await queries.end_tasks(conn, task_ids, target)
                 event_type = {TaskState.DONE: TaskEventType.DONE, TaskState.FINISHED: TaskEventType.FINISHED,
                               TaskState.FAILED: TaskEventType.FAILED}[target]
                 for row in rows:
@@ -216,12 +184,8 @@ class Oversight:
     async def close_output_datasets(self) -> list[int]:
         """Close the output (and log) dataset of each ended task once all its files are in the DSM. One task's
         DSM trouble is retried later and never keeps another task's datasets open."""
-        staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
         async with self.engine.connect() as conn:
-            ended = (await conn.execute(
-                sa.select(tasks.c.id, tasks.c.output_dataset).where(
-                    tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_(None), ~staged)
-            )).all()
+            ended = await queries.ended_tasks_with_open_outputs(conn)
         closed, now = [], time.monotonic()
         for task_id, dataset in ended:
             if self._close_not_before.get(task_id, 0.0) > now:
@@ -244,7 +208,7 @@ class Oversight:
     async def purge_old_rows(self) -> dict[str, int]:
         """Housekeeping: consumed message ids and ended pilots past their retention."""
         async with self.engine.begin() as conn:
-            if not (await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(HOUSEKEEPING_LOCK)))).scalar():
+            if not await queries.try_lead(conn, HOUSEKEEPING_LOCK):
                 return {}
             purged = {
                 "consumed_messages": await queries.purge_consumed_messages(

@@ -9,15 +9,18 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, consumed_messages, files, job_attempts, jobs, pilots, tasks
+from common.db.transitions import guarded_transition, guarded_update
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
     JOB_MACHINE,
     PILOT_MACHINE,
+    TASK_MACHINE,
     AttemptOutcome,
     FileRole,
     FileState,
     JobState,
     PilotState,
+    TaskState,
 )
 
 IN_FLIGHT = (JobState.DISPATCHED, JobState.RUNNING)
@@ -372,3 +375,78 @@ async def purge_ended_pilots(conn: AsyncConnection, older_than_s: float) -> int:
         pilots.c.status.in_(sorted(PILOT_MACHINE.terminal)),
         pilots.c.ended_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
     return (await conn.execute(stmt)).rowcount
+
+
+async def count_jobs_by_state_and_type(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+    rows = await conn.execute(sa.select(jobs.c.status, jobs.c.resource_type, sa.func.count())
+                              .group_by(jobs.c.status, jobs.c.resource_type))
+    return {(status, resource_type): n for status, resource_type, n in rows.all()}
+
+
+async def count_live_pilots_by_type_and_channel(conn: AsyncConnection) -> dict[tuple[str, str], int]:
+    rows = await conn.execute(sa.select(pilots.c.resource_type, pilots.c.channel, sa.func.count())
+                              .where(pilots.c.status.in_(sorted(PILOT_MACHINE.active)))
+                              .group_by(pilots.c.resource_type, pilots.c.channel))
+    return {(resource_type, channel): n for resource_type, channel, n in rows.all()}
+
+
+async def try_lead(conn: AsyncConnection, lock: int) -> bool:
+    """Whether this transaction leads the sweep ``lock`` names (one replica at a time; released at commit)."""
+    return bool((await conn.execute(sa.select(sa.func.pg_try_advisory_xact_lock(lock)))).scalar())
+
+
+async def cancel_task_jobs(conn: AsyncConnection, task_id: int) -> None:
+    """Every not-ended job of the task cancelled, its pending inputs too and its running attempts ended: a few
+    statements by task, whatever the number of jobs (no RETURNING: no ids shipped around)."""
+    cancel = guarded_update(jobs, JOB_MACHINE, jobs.c.task_id == task_id, JobState.CANCELLED,
+                            {"finished_at": sa.func.now(), "error_category": "cancelled"})
+    assert cancel is not None  # every active job state may become cancelled
+    await conn.execute(cancel)
+    await cancel_task_leftovers(conn, task_id)
+
+
+async def move_queued_jobs(conn: AsyncConnection, task_id: int, target: JobState, only_from: list[JobState]) -> None:
+    """The task's queued jobs to ``target`` (held <-> ready), in one guarded statement."""
+    await guarded_transition(conn, jobs, JOB_MACHINE, jobs.c.task_id == task_id, target, only_from=only_from)
+
+
+async def set_queued_jobs_priority(conn: AsyncConnection, task_id: int, priority: int) -> None:
+    await conn.execute(
+        sa.update(jobs)
+        .where(jobs.c.task_id == task_id, jobs.c.status.in_([JobState.READY, JobState.HELD]),
+               jobs.c.priority != priority)
+        .values(priority=priority)
+    )
+
+
+async def tasks_ready_to_end(conn: AsyncConnection) -> list[tuple[int, bool, bool]]:
+    """(task id, any job failed, any output rejected) of each running task whose dataset is fully in jobs, whose
+    jobs all ended and whose outputs are all in the DSM or refused there ('done' means usable downstream)."""
+    unfinished = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status.in_(sorted(JOB_MACHINE.active)))
+    any_failed = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status == JobState.FAILED)
+    any_staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
+    any_rejected = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.REJECTED)
+    stmt = sa.select(tasks.c.id, any_failed, any_rejected).where(
+        tasks.c.status == TaskState.RUNNING,
+        tasks.c.files_total.is_not(None),
+        tasks.c.jobs_registered == tasks.c.jobs_total,
+        ~unfinished,
+        ~any_staged,
+    )
+    return [(task_id, bool(failed), bool(rejected)) for task_id, failed, rejected in (await conn.execute(stmt)).all()]
+
+
+async def end_tasks(conn: AsyncConnection, task_ids: list[int], target: TaskState) -> list[Record]:
+    """Running tasks to ``target`` (done, finished, failed), guarded; the moved rows (for their events)."""
+    return await guarded_transition(
+        conn, tasks, TASK_MACHINE, task_ids, target, {"finished_at": sa.func.now(), "updated_at": sa.func.now()},
+        returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
+    )
+
+
+async def ended_tasks_with_open_outputs(conn: AsyncConnection) -> list[tuple[int, str]]:
+    """(task id, output dataset) of ended tasks whose outputs are all registered and not yet closed."""
+    staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
+    stmt = sa.select(tasks.c.id, tasks.c.output_dataset).where(
+        tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_(None), ~staged)
+    return [(task_id, dataset) for task_id, dataset in (await conn.execute(stmt)).all()]

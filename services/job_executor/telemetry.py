@@ -6,14 +6,14 @@ grow with the number of scrapes. Every replica reports the same figures (aggrega
 """
 from __future__ import annotations
 
-import sqlalchemy as sa
 from prometheus_client import Gauge
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import background
 from common.broker import Broker
-from common.db.models import RESOURCE_TYPES, jobs, pilots
-from common.states import JOB_MACHINE, PILOT_MACHINE
+from common.db.models import RESOURCE_TYPES
+from common.db.session import Database
+from common.states import JOB_MACHINE
+from services.job_executor import queries
 
 JOBS = Gauge("wms_jobs", "Jobs by state and resource type", ["state", "resource_type"])
 QUEUE_MESSAGES = Gauge("wms_queue_messages", "Messages waiting in a RabbitMQ queue", ["queue"])
@@ -22,19 +22,14 @@ CHANNELS = ("rest", "mq")
 
 
 class Telemetry:
-    def __init__(self, engine: AsyncEngine, broker: Broker, interval_s: float) -> None:
+    def __init__(self, engine: Database, broker: Broker, interval_s: float) -> None:
         self.engine, self.broker = engine, broker
         self.loop = background.Loop("telemetry", self.sample, interval_s)
 
     async def sample(self) -> bool:
         async with self.engine.connect() as conn:
-            job_counts = dict(((s, r), n) for s, r, n in (await conn.execute(
-                sa.select(jobs.c.status, jobs.c.resource_type, sa.func.count()).group_by(
-                    jobs.c.status, jobs.c.resource_type))).all())
-            pilot_counts = dict(((r, c), n) for r, c, n in (await conn.execute(
-                sa.select(pilots.c.resource_type, pilots.c.channel, sa.func.count())
-                .where(pilots.c.status.in_(sorted(PILOT_MACHINE.active)))
-                .group_by(pilots.c.resource_type, pilots.c.channel))).all())
+            job_counts = await queries.count_jobs_by_state_and_type(conn)
+            pilot_counts = await queries.count_live_pilots_by_type_and_channel(conn)
         for state in JOB_MACHINE.states:
             for resource_type in RESOURCE_TYPES:
                 JOBS.labels(state, resource_type).set(job_counts.get((state, resource_type), 0))

@@ -1,14 +1,13 @@
 """Internal REST API of the job-manager: jobs by task and state, a job with its files, files by lfn."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
+from fastapi import APIRouter, Depends, Path, Query
 
 from common.auth import require_role
 from common.job_listing import JobPage, JobView, job_page
+from common.observability import Conn
 from common.policies import MAX_ID
 from common.states import JobState, RowNotFound
 from services.job_manager import queries
@@ -19,12 +18,7 @@ READ_JOBS = require_role("read job metadata", {"service", "operator", "wfms"})
 router = APIRouter(prefix="/internal/v1", dependencies=[Depends(READ_JOBS)])
 
 
-async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    async with request.app.state.engine.connect() as conn:
-        yield conn
 
-
-Conn = Annotated[AsyncConnection, Depends(_connection)]
 
 
 @router.get("/jobs", response_model=JobPage)

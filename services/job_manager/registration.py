@@ -9,9 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from itertools import repeat
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from common.db.session import retry_transient
+from common.db.session import Database, retry_transient
 from common.messages import BadMessage, Envelope, JobChunk
 from common.policies import job_state_for_task
 from common.states import JOB_MACHINE, FileState, JobState
@@ -22,7 +20,7 @@ CONSUMER = "job-manager.register-chunk"
 
 
 class ChunkRegistrar:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Database) -> None:
         self.engine = engine
 
     async def register(self, envelope: Envelope, chunk: JobChunk) -> list[int]:

@@ -13,19 +13,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from common.background import Loop
 from common.broker import Topology
-from common.db.models import Record, tasks
-from common.db.transitions import guarded_transition
+from common.db.models import Record
+from common.db.session import Database
 from common.dsm import DsmClient, DsmError, DsmFileEntry, DsmUnavailable, FilePage
 from common.failures import backoff_s
 from common.messages import JOB_CHUNK, JobChunk, TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
 from common.settings import Settings
-from common.states import TASK_MACHINE, TaskState
+from common.states import TaskState
 from services.task_executor import queries
 from services.task_executor.fairshare import StrideScheduler
 from services.task_executor.loading import backlog_bounds, headroom
@@ -46,7 +43,7 @@ class ChunkResult:
 
 
 class ChunkGenerator:
-    def __init__(self, engine: AsyncEngine, dsm: DsmClient, topology: Topology, settings: Settings,
+    def __init__(self, engine: Database, dsm: DsmClient, topology: Topology, settings: Settings,
                  on_committed: Callable[[], None]) -> None:
         self.engine, self.dsm, self.settings = engine, dsm, settings
         self.tasks_exchange = topology.exchange("tasks")
@@ -145,13 +142,8 @@ class ChunkGenerator:
         return ChunkResult(len(groups), consumed, False)
 
     async def fail(self, task_id: int, error: str) -> None:
-        values = {"error": error[:ERROR_TEXT_MAX], "updated_at": sa.func.now(), "finished_at": sa.func.now()}
         async with self.engine.begin() as conn:
-            rows = await guarded_transition(
-                conn, tasks, TASK_MACHINE, [task_id], TaskState.FAILED, values,
-                returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
-            )
-            for row in rows:
+            for row in await queries.fail_task(conn, task_id, error[:ERROR_TEXT_MAX]):
                 event = TaskEvent.of(row)
                 await add_event(conn, self.tasks_exchange, TaskEventType.FAILED, wrap(TaskEventType.FAILED, event))
         self.on_committed()
@@ -170,7 +162,7 @@ def _input(e: DsmFileEntry) -> InputFile:
 class GenerationLoop:
     """Serves the generating tasks one chunk at a time, in proportion to their priorities."""
 
-    def __init__(self, engine: AsyncEngine, generator: ChunkGenerator, settings: Settings) -> None:
+    def __init__(self, engine: Database, generator: ChunkGenerator, settings: Settings) -> None:
         self.engine, self.generator, self.settings = engine, generator, settings
         self.scheduler = StrideScheduler()
         self._idle_until: dict[int, float] = {}  # tasks waiting for new files in an open dataset, or for the DSM

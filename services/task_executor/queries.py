@@ -5,6 +5,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, jobs, pilots, tasks
+from common.db.transitions import guarded_transition
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import TASK_MACHINE, JobState, PilotState, TaskState
 
@@ -95,3 +96,13 @@ async def advance_cursor(
         .returning(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type)
     )
     return (await conn.execute(stmt)).first()
+
+
+async def fail_task(conn: AsyncConnection, task_id: int, error: str) -> list[Record]:
+    """The task fails with ``error`` (its input cannot be split); its row (for the event), or none if it had
+    already ended."""
+    return await guarded_transition(
+        conn, tasks, TASK_MACHINE, [task_id], TaskState.FAILED,
+        {"error": error, "updated_at": sa.func.now(), "finished_at": sa.func.now()},
+        returning=(tasks.c.id, tasks.c.status, tasks.c.priority, tasks.c.resource_type),
+    )

@@ -1,12 +1,11 @@
 """Routes of the task-manager: parse -> call the domain -> shape the response. No SQL here."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.observability import Conn
 from common.policies import MAX_ID
 from common.states import TaskState
 from services.task_manager import reporting
@@ -26,16 +25,11 @@ from services.task_manager.schemas import (
 router = APIRouter(prefix="/api/v1")
 
 
-async def _connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    async with request.app.state.engine.connect() as conn:
-        yield conn
-
 
 def _lifecycle(request: Request) -> TaskLifecycle:
     return request.app.state.lifecycle
 
 
-Conn = Annotated[AsyncConnection, Depends(_connection)]
 Lifecycle = Annotated[TaskLifecycle, Depends(_lifecycle)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
 After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="cursor: the last id of the previous page")]

@@ -10,12 +10,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from common.broker import Topology
-from common.db.models import Record, tasks
-from common.db.transitions import transition_one
+from common.db.models import Record
+from common.db.session import Database, Transaction
 from common.dsm import DsmClient, DsmError
 from common.messages import TaskEvent, TaskEventType, wrap
 from common.outbox import add_event
@@ -84,7 +81,7 @@ COMMANDS: dict[str, tuple[TaskState, TaskEventType, frozenset[str] | None]] = {
 
 
 class TaskLifecycle:
-    def __init__(self, engine: AsyncEngine, topology: Topology, on_committed: Callable[[], None],
+    def __init__(self, engine: Database, topology: Topology, on_committed: Callable[[], None],
                  dsm: DsmClient | None = None) -> None:
         self.engine = engine
         self.dsm = dsm
@@ -92,7 +89,7 @@ class TaskLifecycle:
         # Wakes the outbox relay once an event is committed.
         self.on_committed = on_committed
 
-    async def _announce(self, conn: AsyncConnection, event: TaskEventType, row: Record) -> None:
+    async def _announce(self, conn: Transaction, event: TaskEventType, row: Record) -> None:
         await add_event(conn, self.exchange, event.value, wrap(event.value, TaskEvent.of(row)))
 
     async def register(self, description: TaskDescription) -> tuple[Record, bool]:
@@ -149,12 +146,9 @@ class TaskLifecycle:
     async def apply_command(self, task_id: int, command: str) -> tuple[Record, bool]:
         """cancel / pause / resume; (row, changed). Repeating a command already in effect changes nothing."""
         target, event, only_from = COMMANDS[command]
-        values: dict[str, Any] = {"updated_at": sa.func.now()}
-        if target in TASK_MACHINE.terminal:
-            values["finished_at"] = sa.func.now()
         async with self.engine.begin() as conn:
             try:
-                row = await transition_one(conn, tasks, TASK_MACHINE, task_id, target, values, tasks.c, only_from)
+                row = await queries.move_task(conn, task_id, target, only_from)
             except IllegalTransition as exc:
                 if exc.current != target:
                     raise

@@ -1,14 +1,17 @@
 """The task-manager's SQL, nothing else."""
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import Record, files, jobs, tasks
-from common.states import TASK_MACHINE, JobState
+from common.db.models import Record, files, job_attempts, jobs, pilots, tasks
+from common.db.transitions import transition_one
+from common.states import PILOT_MACHINE, TASK_MACHINE, FileRole, FileState, JobState, TaskState
 
 RATE_WINDOW_S = 600
 OUTPUT_LOCK_SPACE = 0x5BD1  # advisory lock key space of "registering a task that writes this output dataset"
@@ -136,3 +139,122 @@ async def list_files(conn: AsyncConnection, task_id: int, role: str, after: int 
     if after is not None:
         stmt = stmt.where(files.c.id > after)
     return list((await conn.execute(stmt)).all())
+
+
+async def move_task(conn: AsyncConnection, task_id: int, target: TaskState,
+                    only_from: frozenset[str] | None) -> Record:
+    """A WFMS or operator command (guarded): the moved row; RowNotFound or IllegalTransition otherwise."""
+    values: dict[str, Any] = {"updated_at": sa.func.now()}
+    if target in TASK_MACHINE.terminal:
+        values["finished_at"] = sa.func.now()
+    return await transition_one(conn, tasks, TASK_MACHINE, task_id, target, values, tasks.c, only_from)
+
+
+# What operators look at (services/task_manager/operations.py shapes it): grouped reads, never one per row.
+
+async def tasks_for_summary(conn: AsyncConnection, include_ended: bool, limit: int) -> list[Record]:
+    stmt = sa.select(tasks.c.id, tasks.c.name, tasks.c.status, tasks.c.priority, tasks.c.resource_type,
+                     tasks.c.files_total, tasks.c.files_assigned).order_by(tasks.c.id.desc()).limit(limit)
+    if not include_ended:
+        stmt = stmt.where(tasks.c.status.in_(sorted(TASK_MACHINE.active)))
+    return list((await conn.execute(stmt)).all())
+
+
+async def job_counts_of_tasks(conn: AsyncConnection, task_ids: list[int],
+                              groups: Sequence[tuple[str, Sequence[str]]]) -> dict[int, Record]:
+    """Per task: one count per (name, job states) group, and the input files of its finished jobs."""
+    if not task_ids:
+        return {}
+    stmt = (
+        sa.select(jobs.c.task_id,
+                  *(sa.func.count().filter(jobs.c.status.in_(states)).label(name) for name, states in groups),
+                  sa.func.coalesce(sa.func.sum(jobs.c.n_files).filter(jobs.c.status == JobState.FINISHED), 0)
+                  .label("files_done"))
+        .where(jobs.c.task_id.in_(task_ids))
+        .group_by(jobs.c.task_id)
+    )
+    return {r.task_id: r for r in (await conn.execute(stmt)).all()}
+
+
+async def list_pilots(conn: AsyncConnection, live_only: bool, limit: int) -> list[Record]:
+    stmt = sa.select(pilots).order_by(pilots.c.id.desc()).limit(limit)
+    if live_only:
+        stmt = stmt.where(pilots.c.status.in_(sorted(PILOT_MACHINE.active)))
+    return list((await conn.execute(stmt)).all())
+
+
+async def finished_per_minute(conn: AsyncConnection, minutes: int, task_id: int | None) -> list[Record]:
+    """(minute, jobs, input files) finished in each of the last ``minutes`` minutes, empty minutes included
+    (ix_job_dat_finished_at: no scan of JOB_DAT)."""
+    finished = (
+        sa.select(sa.func.date_trunc("minute", jobs.c.finished_at).label("minute"),
+                  sa.func.count().label("jobs"), sa.func.sum(jobs.c.n_files).label("files"))
+        .where(jobs.c.status == JobState.FINISHED,
+               jobs.c.finished_at >= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, minutes))
+        .group_by(sa.text("1"))
+    )
+    if task_id is not None:
+        finished = finished.where(jobs.c.task_id == task_id)
+    per_minute = finished.subquery()
+    series = sa.func.generate_series(
+        sa.func.date_trunc("minute", sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, minutes - 1)),
+        sa.func.date_trunc("minute", sa.func.now()),
+        sa.text("interval '1 minute'"),
+    ).table_valued("minute").render_derived()
+    stmt = (
+        sa.select(series.c.minute, sa.func.coalesce(per_minute.c.jobs, 0), sa.func.coalesce(per_minute.c.files, 0))
+        .outerjoin(per_minute, per_minute.c.minute == series.c.minute)
+        .order_by(series.c.minute)
+    )
+    return list((await conn.execute(stmt)).all())
+
+
+async def select_job(conn: AsyncConnection, job_id: int) -> Record | None:
+    return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
+
+
+async def attempts_with_pilots(conn: AsyncConnection, job_id: int) -> list[Record]:
+    stmt = (sa.select(job_attempts, pilots.c.host, pilots.c.status.label("pilot_status"))
+            .outerjoin(pilots, pilots.c.id == job_attempts.c.pilot_id)
+            .where(job_attempts.c.job_id == job_id).order_by(job_attempts.c.attempt))
+    return list((await conn.execute(stmt)).all())
+
+
+async def latest_log_url(conn: AsyncConnection, job_id: int) -> str | None:
+    stmt = (sa.select(files.c.url).where(files.c.job_id == job_id, files.c.role == FileRole.LOG)
+            .order_by(files.c.id.desc()).limit(1))
+    url = (await conn.execute(stmt)).scalar()
+    return None if url is None else str(url)
+
+
+async def database_now(conn: AsyncConnection) -> dt.datetime:
+    now: dt.datetime = (await conn.execute(sa.select(sa.func.now()))).scalar_one()
+    return now
+
+
+async def ready_jobs_ahead(conn: AsyncConnection, job_id: int, resource_type: str, priority: int) -> int:
+    """Ready jobs of the type that are claimed before this one (higher priority, then older)."""
+    stmt = sa.select(sa.func.count()).where(
+        jobs.c.status == JobState.READY, jobs.c.resource_type == resource_type,
+        sa.or_(jobs.c.priority > priority, sa.and_(jobs.c.priority == priority, jobs.c.id < job_id)))
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def live_pilots_fitting(conn: AsyncConnection, pilot_types: Sequence[str], cores: int, memory_mb: int) -> int:
+    stmt = sa.select(sa.func.count()).where(
+        pilots.c.status.in_(sorted(PILOT_MACHINE.active)), pilots.c.cores >= cores,
+        pilots.c.memory_mb >= memory_mb, pilots.c.resource_type.in_(pilot_types))
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def rejected_outputs(conn: AsyncConnection, job_id: int, limit: int) -> list[Record]:
+    stmt = (sa.select(files.c.lfn, files.c.error)
+            .where(files.c.job_id == job_id, files.c.status == FileState.REJECTED).order_by(files.c.id).limit(limit))
+    return list((await conn.execute(stmt)).all())
+
+
+async def output_waiting_for_dsm(conn: AsyncConnection, job_id: int) -> Record | None:
+    """One of the job's outputs whose registration met a DSM outage (its error and next try), if any."""
+    stmt = sa.select(files.c.error, files.c.register_after).where(
+        files.c.job_id == job_id, files.c.status == FileState.STAGED, files.c.error.is_not(None)).limit(1)
+    return (await conn.execute(stmt)).first()

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from common.db.models import Record
+from common.db.session import Transaction
 from common.states import TASK_MACHINE, RowNotFound
 from services.task_manager import queries
 from services.task_manager.progress import ProgressFigures, compute_progress
@@ -18,14 +17,14 @@ from services.task_manager.schemas import (
 )
 
 
-async def _task(conn: AsyncConnection, task_id: int) -> Record:
+async def _task(conn: Transaction, task_id: int) -> Record:
     row = await queries.select_task(conn, task_id)
     if row is None:
         raise RowNotFound("task", task_id)
     return row
 
 
-async def _figures(conn: AsyncConnection, task: Record) -> ProgressFigures:
+async def _figures(conn: Transaction, task: Record) -> ProgressFigures:
     by_state = await queries.job_counts_by_state(conn, task.id)
     recent_done, span = await queries.recent_throughput(conn, task.id) if by_state else (0, None)
     return compute_progress(task.files_total, task.files_assigned, by_state, recent_done, span)
@@ -43,7 +42,7 @@ def _file_progress(f: ProgressFigures) -> FileProgress:
     )
 
 
-async def task_with_progress(conn: AsyncConnection, task_id: int) -> tuple[Record, Progress]:
+async def task_with_progress(conn: Transaction, task_id: int) -> tuple[Record, Progress]:
     task = await _task(conn, task_id)
     f = await _figures(conn, task)
     progress = Progress(
@@ -52,7 +51,7 @@ async def task_with_progress(conn: AsyncConnection, task_id: int) -> tuple[Recor
     return task, progress
 
 
-async def task_report(conn: AsyncConnection, task_id: int) -> TaskReport:
+async def task_report(conn: Transaction, task_id: int) -> TaskReport:
     task = await _task(conn, task_id)
     f = await _figures(conn, task)
     stats = await queries.job_statistics(conn, task_id)
@@ -88,10 +87,10 @@ def _float(value: object) -> float | None:
     return None if value is None else float(value)  # type: ignore[arg-type]
 
 
-async def produced_files(conn: AsyncConnection, task_id: int, role: str, after: int | None, limit: int) -> list[Record]:
+async def produced_files(conn: Transaction, task_id: int, role: str, after: int | None, limit: int) -> list[Record]:
     await _task(conn, task_id)
     return await queries.list_files(conn, task_id, role, after, limit)
 
 
-async def list_tasks(conn: AsyncConnection, status: str | None, after: int | None, limit: int) -> list[Record]:
+async def list_tasks(conn: Transaction, status: str | None, after: int | None, limit: int) -> list[Record]:
     return await queries.list_tasks(conn, status, after, limit)
