@@ -2,8 +2,8 @@
 
 - which resource types a pilot serves (GPU pilots fall back to CPU work), and which pilots serve a job;
 - which task states let their jobs proceed, and the state a task's jobs must be in;
-- retries: payload failures bounded by the task's max_attempts, losses to infrastructure by their own budget,
-  with a backoff that doubles per retry, capped.
+- retries by error category: payload failures bounded by the task's max_attempts, losses to infrastructure by
+  their own budget, errors that a retry cannot mend not retried; a backoff that doubles per retry, capped.
 """
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ def job_state_for_task(task_state: str) -> JobState:
     return JobState.CANCELLED
 
 
+# Error categories (common.pilot_protocol.ErrorCategory) by how a retry treats them.
+LOSS_CATEGORIES = frozenset({"lost", "pilot"})  # the infrastructure failed, not the payload: the loss budget
+FINAL_CATEGORIES = frozenset({"manifest", "cancelled"})  # the same input fails the same way: never retried
+
+
 @dataclass(frozen=True)
 class RetryDecision:
     retry: bool
@@ -60,13 +65,15 @@ class RetryPolicy:
     backoff_max_s: float
     max_lost: int
 
-    def decide(self, attempt: int, lost_attempts: int, max_attempts: int, lost: bool) -> RetryDecision:
-        """``attempt``: the attempt that just ended (1-based); ``lost_attempts``: losses before it."""
-        if lost:
+    def decide(self, attempt: int, lost_attempts: int, max_attempts: int, category: str) -> RetryDecision:
+        """``attempt``: the attempt that just ended (1-based), with error ``category``; ``lost_attempts``: losses
+        before it."""
+        if category in LOSS_CATEGORIES:
             count = lost_attempts + 1
             return RetryDecision(count < self.max_lost, count, self.backoff(count))
         count = attempt - lost_attempts
-        return RetryDecision(count < max_attempts, lost_attempts, self.backoff(count))
+        retry = count < max_attempts and category not in FINAL_CATEGORIES
+        return RetryDecision(retry, lost_attempts, self.backoff(count))
 
     def backoff(self, count: int) -> float:
         return min(self.backoff_s * 2.0 ** max(count - 1, 0), self.backoff_max_s)

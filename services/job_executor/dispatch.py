@@ -182,7 +182,7 @@ class Dispatcher:
         category = report.error_category or "payload"
         in_flight = await queries.attempt_in_flight(conn, job_id, report.attempt, pilot_id)
         retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, category, report.error_message,
-                                              report.exit_code, lost=False)
+                                              report.exit_code)
         if not retried and not failed:
             await self._refuse_unless_repeat(conn, job_id, report.attempt, pilot_id, None)
             return None

@@ -80,8 +80,7 @@ class Oversight:
             if not in_flight:
                 return 0
             message = "pilot stopped heartbeating"
-            retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, "lost", message, None,
-                                                  lost=True)
+            retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, "lost", message, None)
             keys = [(j.id, j.attempt) for j in in_flight]
             await queries.end_attempts(conn, keys, AttemptOutcome.LOST, None, "lost", message)
         log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(retried), "failed": len(failed)})

@@ -5,6 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.policies import (
+    FINAL_CATEGORIES,
+    LOSS_CATEGORIES,
     RESOURCE_TYPES,
     TASK_STATES_WHOSE_JOBS_PROCEED,
     RetryPolicy,
@@ -37,14 +39,14 @@ def test_jobs_follow_their_task() -> None:
 def test_payload_failures_are_bounded_by_max_attempts_not_counting_losses(policy, max_attempts, lost) -> None:
     # after `lost` losses, a job may still fail max_attempts - 1 times and be retried
     for payload_attempts in range(1, max_attempts + 2):
-        decision = policy.decide(payload_attempts + lost, lost, max_attempts, lost=False)
+        decision = policy.decide(payload_attempts + lost, lost, max_attempts, "payload")
         assert decision.retry == (payload_attempts < max_attempts)
         assert decision.lost_attempts == lost
 
 
-@given(policies, st.integers(0, 60), st.integers(1, 50))
-def test_losses_have_their_own_budget(policy, lost_before, max_attempts) -> None:
-    decision = policy.decide(lost_before + 1, lost_before, max_attempts, lost=True)
+@given(policies, st.integers(0, 60), st.integers(1, 50), st.sampled_from(sorted(LOSS_CATEGORIES)))
+def test_losses_have_their_own_budget(policy, lost_before, max_attempts, category) -> None:
+    decision = policy.decide(lost_before + 1, lost_before, max_attempts, category)
     assert decision.lost_attempts == lost_before + 1
     assert decision.retry == (lost_before + 1 < policy.max_lost)  # whatever max_attempts says
 
@@ -54,3 +56,18 @@ def test_backoff_doubles_and_is_capped(policy, count) -> None:
     assert 0 <= policy.backoff(count) <= max(policy.backoff_max_s, 0)
     assert policy.backoff(count) <= policy.backoff(count + 1) or policy.backoff(count) == policy.backoff_max_s
     assert policy.backoff(count) == min(policy.backoff_s * 2 ** (count - 1), policy.backoff_max_s)
+
+
+@given(policies, st.integers(1, 50), st.integers(0, 10), st.sampled_from(sorted(FINAL_CATEGORIES)))
+def test_errors_a_retry_cannot_mend_are_not_retried(policy, attempt, lost, category) -> None:
+    assert not policy.decide(attempt + lost, lost, 100, category).retry
+
+
+def test_every_error_category_has_a_rule() -> None:
+    from typing import get_args
+
+    from common.pilot_protocol import ErrorCategory
+
+    categories = set(get_args(ErrorCategory))
+    assert LOSS_CATEGORIES <= categories and FINAL_CATEGORIES <= categories
+    assert not LOSS_CATEGORIES & FINAL_CATEGORIES
