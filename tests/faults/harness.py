@@ -126,6 +126,17 @@ class FaultRun:
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
+    async def task_under_way(self, name: str, channels: tuple[str, ...] = ("rest", "rest", "mq", "mq")) -> int:
+        """Services up, a dataset ``raw.<name>``, its task writing ``out.<name>``, pilots of both channels, and
+        a quarter of its jobs finished: the moment to inject a fault."""
+        await self.start_services()
+        await self.make_dataset(f"raw.{name}")
+        task_id = await self.submit(f"raw.{name}", f"out.{name}")
+        for channel in channels:
+            self.start_pilot(channel)
+        await self.wait_finished_jobs(task_id, N_JOBS_DEFAULT // 4)
+        return task_id
+
     async def task(self, task_id: int) -> sa.Row:
         async with self.engine.connect() as conn:
             return (await conn.execute(sa.select(tasks).where(tasks.c.id == task_id))).one()

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import free_port, wait_for
-from tests.faults.harness import N_JOBS_DEFAULT, fault_run, now_utc, record
+from tests.faults.harness import fault_run, now_utc, record
 
 pytestmark = pytest.mark.e2e
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -65,12 +65,7 @@ def private_postgres() -> Iterator[tuple[str, Path, int]]:
 async def test_rabbitmq_restart_mid_run(postgres_server_url, private_rabbitmq, tmp_path) -> None:
     amqp_url, directory, port = private_rabbitmq
     async with fault_run(postgres_server_url, amqp_url, tmp_path) as run:
-        await run.start_services()
-        await run.make_dataset("raw.mq")
-        task_id = await run.submit("raw.mq", "out.mq")
-        for channel in ("rest", "rest", "mq", "mq"):
-            run.start_pilot(channel)
-        await run.wait_finished_jobs(task_id, N_JOBS_DEFAULT // 4)
+        task_id = await run.task_under_way("mq")
         await asyncio.to_thread(subprocess.run, [SCRIPTS / "private-rabbitmq", "stop-app", directory, str(port)],
                                 check=True, capture_output=True, timeout=120)
         # services whose consumers are gone say so (they answered 200 "broker ok" here before)
@@ -106,12 +101,7 @@ def _broker_users_not_ready(run):
 async def test_postgresql_restart_mid_run(private_postgres, amqp_url, tmp_path) -> None:
     server_url, directory, port = private_postgres
     async with fault_run(server_url, amqp_url, tmp_path) as run:
-        await run.start_services()
-        await run.make_dataset("raw.pg")
-        task_id = await run.submit("raw.pg", "out.pg")
-        for channel in ("rest", "rest", "mq", "mq"):
-            run.start_pilot(channel)
-        await run.wait_finished_jobs(task_id, N_JOBS_DEFAULT // 4)
+        task_id = await run.task_under_way("pg")
         await asyncio.to_thread(subprocess.run, [SCRIPTS / "private-postgres", "stop", directory],
                                 check=True, capture_output=True, timeout=120)
         await asyncio.sleep(2.0)
