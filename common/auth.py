@@ -1,6 +1,7 @@
 """Bearer-token authentication with roles; which role may do what is each service's named access policy."""
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable, Collection
 from typing import Annotated
 
@@ -12,12 +13,24 @@ from common.settings import Role, Settings
 _bearer = HTTPBearer(auto_error=False, description="Bearer token; the settings map each token to a role")
 
 
+def token_role(settings: Settings, token: str) -> Role | None:
+    """The role of ``token``, compared in constant time against every configured token (so the time taken does
+    not tell how much of a guess was right). Several tokens may hold one role: rotate by adding the new one,
+    moving clients, then removing the old one."""
+    presented = token.encode()
+    found: Role | None = None
+    for known, role in settings.api_tokens.items():
+        if hmac.compare_digest(presented, known.encode()):
+            found = role
+    return found
+
+
 def role_of(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> Role:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"}
         )
-    role = settings.api_tokens.get(credentials.credentials)
+    role = token_role(settings, credentials.credentials)
     if role is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "unknown bearer token", headers={"WWW-Authenticate": "Bearer"}

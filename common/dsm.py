@@ -6,19 +6,33 @@ registration of files (outputs, logs) in a dataset, and closing a dataset.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 LFN_PATTERN = r"^[A-Za-z0-9_.:/+=-]{1,1024}$"
+# Dataset names: dot-separated words (no empty, '.' or '..' part: a name is also a path on storage).
+DATASET_NAME_PATTERN = r"^[A-Za-z0-9_:+-]+(\.[A-Za-z0-9_:+-]+)*$"
+
+
+def check_lfn(lfn: str) -> str:
+    """An lfn is a relative path of words: no empty, '.' or '..' part (it names a file on storage too)."""
+    parts = lfn.split("/")
+    if lfn.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"lfn {lfn!r} must be a relative path without empty, '.' or '..' parts")
+    return lfn
+
+
+Lfn = Annotated[str, Field(pattern=LFN_PATTERN), AfterValidator(check_lfn)]
+DatasetName = Annotated[str, Field(min_length=1, max_length=512, pattern=DATASET_NAME_PATTERN)]
 DETAIL_MAX = 500  # bytes of a non-JSON error body kept in a DsmError
 
 
 class DsmFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lfn: str = Field(pattern=LFN_PATTERN)
+    lfn: Lfn
     url: str = Field(min_length=1, max_length=4096)
     size: int = Field(ge=0, le=2**62)
     adler32: str = Field(pattern=r"^[0-9a-f]{8}$")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from common.dsm import check_lfn
 from common.policies import ResourceType
 
 # 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}).
@@ -81,7 +82,8 @@ class HeartbeatReply(BaseModel):
 class StagedFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lfn: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9_.:/+=-]+$")]
+    lfn: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9_.:/+=-]+$"),
+                   AfterValidator(check_lfn)]
     url: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     size: int = Field(ge=0)
     adler32: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}$")]

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Where pilots stage outputs (a shared filesystem in this version): file://<storage_root>/<dataset>/...
     storage_root: str = "/var/tmp/spd-wms/storage"
 
+    # Larger request bodies are refused (413): the largest legitimate ones are 10,000-file registrations.
+    max_request_bytes: int = Field(32 << 20, ge=1024)
+
     listen_host: str = "127.0.0.1"
     task_manager_port: int = Field(8081, ge=1, le=65535)
     job_manager_port: int = Field(8082, ge=1, le=65535)

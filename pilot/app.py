@@ -166,8 +166,7 @@ class Pilot:
             if abort.is_set():
                 return  # superseded or cancelled while staging in: nothing to report
             await self._report(job, JobReport(attempt=job.attempt, state="running"))
-            env = {**os.environ, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt),
-                   "WMS_OUTPUT_DIR": str(output_dir), "WMS_WORKDIR": str(workdir)}
+            env = payload_environment(self.settings.payload_env, job, output_dir, workdir)
             args = expand_args(job.args, inputs, output_dir, job.job_id)
             log.info("payload starting", extra={**ids, "command": job.command})
             try:
@@ -264,6 +263,14 @@ class Pilot:
                 log.warning("abort requested", extra={"job_id": job.job_id, "reason": reply.reason})
                 abort.set()
                 return
+
+
+def payload_environment(allowed: list[str], job: JobSpec, output_dir: Path, workdir: Path) -> dict[str, str]:
+    """A clean environment: the allowed variables of the pilot's own (never its credentials or broker URL),
+    the task's, and the job's coordinates. The task's variables were checked at submission."""
+    inherited = {name: os.environ[name] for name in allowed if name in os.environ and not name.startswith("WMS_")}
+    return {**inherited, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt),
+            "WMS_OUTPUT_DIR": str(output_dir), "WMS_WORKDIR": str(workdir)}
 
 
 def read_manifest(path: Path) -> dict[str, int]:

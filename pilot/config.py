@@ -8,6 +8,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.policies import ResourceType
 
+PAYLOAD_ENV_DEFAULT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
 
 class PilotSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WMS_PILOT_", extra="ignore")
@@ -28,6 +30,9 @@ class PilotSettings(BaseSettings):
     report_give_up_s: float = Field(6 * 3600.0, gt=0)
     # Staging bandwidth limit in MB/s (0: unlimited), to spare shared storage when a farm stages at once.
     stage_bandwidth_mbps: float = Field(0.0, ge=0)
+    # The only variables of the pilot's own environment a payload sees (never the pilot's token or broker URL):
+    # WMS_PILOT_PAYLOAD_ENV='["PATH", "HOME"]'.
+    payload_env: list[str] = Field(default_factory=lambda: list(PAYLOAD_ENV_DEFAULT))
     # Asked to stop (SIGTERM) while the server is unavailable: a pending report is retried this much longer.
     stop_grace_s: float = Field(30.0, ge=0)
     # Resources: detected, unless set (tests, or a site that wants to offer less than the node has).

@@ -1,13 +1,11 @@
 """Request models of the reference DSM (responses are the shared models of common.dsm)."""
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from common.dsm import DatasetName, DsmFile
 
-from common.dsm import DsmFile
-
-DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_.:+-]+$")]
+__all__ = ["DatasetName", "DatasetCreate", "FileRegistration", "MAX_FILES_PER_REQUEST"]
 MAX_FILES_PER_REQUEST = 10_000
 
 

@@ -17,12 +17,21 @@ from common.pilot_protocol import (
     PilotSession,
 )
 from common.policies import MAX_ID
-from services.job_executor.dispatch import Dispatcher, PilotEnded, PilotRefused, UnknownPilot, WrongSession
+from services.job_executor.dispatch import (
+    Dispatcher,
+    PilotBusy,
+    PilotEnded,
+    PilotRefused,
+    UnknownPilot,
+    WrongSession,
+)
 
 PILOTS_ONLY = require_role("act as a pilot", {"pilot"})
 # The answer to each kind of refusal, on REST and (as the reply's status) on RabbitMQ.
-REFUSAL_STATUS: dict[type[PilotRefused], int] = {UnknownPilot: 404, WrongSession: 403, PilotEnded: 409}
+REFUSAL_STATUS: dict[type[PilotRefused], int] = {UnknownPilot: 404, WrongSession: 403, PilotEnded: 409,
+                                                 PilotBusy: 409}
 REPORT_REFUSED_STATUS = 409
+REPORT_INVALID_STATUS = 422
 
 
 def refusal_status(exc: PilotRefused) -> int:

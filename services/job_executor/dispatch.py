@@ -6,6 +6,7 @@ pilot AND status IN (...)``; a superseded pilot's late report matches nothing an
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import secrets
 import uuid
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from common.states import AttemptOutcome, FileRole, FileState, JobState, PilotSt
 from services.job_executor import queries
 from services.job_executor.retries import retry_or_fail, retry_policy
 
+PILOT_SLOTS = 1  # jobs a pilot runs at once in this version
+
 
 class PilotRefused(Exception):
     """The job-executor will not talk with this pilot (the transports map each kind to their answer)."""
@@ -50,6 +53,15 @@ class PilotEnded(PilotRefused):
     """The pilot was declared dead or exited: its calls are refused, it must stop."""
 
 
+class PilotBusy(PilotRefused):
+    """The pilot holds as many jobs as it has slots (one, in this version): it may not claim more."""
+
+
+class ReportInvalid(ValueError):
+    """The report names files this attempt may not register (outside its storage directory, or an lfn outside
+    its job's): refused, nothing changes."""
+
+
 class ReportRefused(Exception):
     """The report names an attempt this pilot no longer holds: it must stop its payload."""
 
@@ -64,6 +76,22 @@ def _hash(session: str) -> str:
 
 def log_dataset(output_dataset: str) -> str:
     return f"{output_dataset}.log"
+
+
+def check_staged_files(prefix: str, dataset: str, job_id: int, report: JobReport) -> None:
+    """What a pilot reports is checked, not trusted: each output lies in this attempt's storage directory and is
+    named under its job (``<dataset>/<job>/...``); the log lies in the attempt's ``logs/`` and is named under the
+    log dataset. Anything else (another job's name, /proc, a FIFO elsewhere, '..') is a ReportInvalid."""
+    expected = [(f, prefix, f"{dataset}/{job_id}/") for f in report.outputs]
+    if report.log is not None:
+        expected.append((report.log, prefix + "logs/", f"{log_dataset(dataset)}/"))
+    for f, url_prefix, lfn_prefix in expected:
+        path = f.url.removeprefix("file://")
+        if (not f.url.startswith(url_prefix) or posixpath.normpath(path) != path
+                or "/" in path.removeprefix(url_prefix.removeprefix("file://"))):
+            raise ReportInvalid(f"{f.url!r} is not a file of this attempt's storage directory {url_prefix!r}")
+        if not f.lfn.startswith(lfn_prefix) or "/" in f.lfn.removeprefix(lfn_prefix):
+            raise ReportInvalid(f"lfn {f.lfn!r} is not a name under {lfn_prefix!r}")
 
 
 def storage_prefix(settings: Settings, dataset: str, job_id: int, attempt: int) -> str:
@@ -110,8 +138,11 @@ class Dispatcher:
             if request_id is not None:
                 claimed = await queries.job_claimed_by_request(conn, pilot_id, request_id)
             if claimed is None:
+                if await queries.jobs_held_by(conn, pilot_id) >= PILOT_SLOTS:
+                    raise PilotBusy(f"pilot {pilot_id} already holds a job: report it before claiming another")
                 for resource_type in resource_types_served(pilot.resource_type):
-                    claimed = await queries.claim_job(conn, pilot_id, resource_type, request_id)
+                    claimed = await queries.claim_job(conn, pilot_id, resource_type, pilot.cores, pilot.memory_mb,
+                                                      request_id)
                     if claimed is not None:
                         break
                 if claimed is None:
@@ -198,6 +229,7 @@ class Dispatcher:
         if not report.outputs and report.log is None:
             return
         dataset = (await queries.job_context(conn, job_id))[0].output_dataset
+        check_staged_files(storage_prefix(self.settings, dataset, job_id, report.attempt), dataset, job_id, report)
 
         def row(f: StagedFile, role: FileRole) -> dict[str, Any]:
             return {"lfn": f.lfn, "dataset": dataset if role == FileRole.OUTPUT else log_dataset(dataset),

@@ -69,7 +69,12 @@ async def job_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_i
     return (await conn.execute(stmt)).first()
 
 
-async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str,
+async def jobs_held_by(conn: AsyncConnection, pilot_id: int) -> int:
+    stmt = sa.select(sa.func.count()).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT))
+    return int((await conn.execute(stmt)).scalar_one())
+
+
+async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str, cores: int, memory_mb: int,
                     request_id: uuid.UUID | None = None) -> Record | None:
     """Claim the highest-priority ready job of ``resource_type`` whose backoff is over and whose task may run.
 
@@ -81,7 +86,9 @@ async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str,
             jobs.c.status == JobState.READY,
             jobs.c.resource_type == resource_type,
             sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.func.now()),
-            sa.exists().where(tasks.c.id == jobs.c.task_id, tasks.c.status.in_(sorted(TASK_STATES_WHOSE_JOBS_PROCEED))),
+            # its task may run, and fits the pilot's cores and memory
+            sa.exists().where(tasks.c.id == jobs.c.task_id, tasks.c.status.in_(sorted(TASK_STATES_WHOSE_JOBS_PROCEED)),
+                              tasks.c.cores <= cores, tasks.c.memory_mb <= memory_mb),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.id)
         .limit(1)

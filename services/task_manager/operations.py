@@ -4,8 +4,10 @@ Every view is one or two grouped queries, never one query per task or job.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from pathlib import Path
+import os
+import stat
 
 from common.db.session import Transaction
 from common.job_listing import JobView
@@ -54,23 +56,37 @@ async def throughput(conn: Transaction, minutes: int, task_id: int | None) -> li
             for m, j, f in await queries.finished_per_minute(conn, minutes, task_id)]
 
 
-def _log_tail(url: str | None) -> str | None:
-    """The end of a job's log, when it is on storage this process can read (file://)."""
+def read_log_tail(url: str | None, storage_root: str) -> str | None:
+    """The end of a job's log: only a regular file under the storage root (a log URL comes from a pilot, so
+    /proc/self/environ, /dev/zero or a FIFO are never opened or read), at most LOG_TAIL_BYTES. Blocking: call
+    it in a worker thread."""
     if not url or not url.startswith("file://"):
         return None
-    path = Path(url.removeprefix("file://"))
+    root = os.path.realpath(storage_root)
+    path = os.path.realpath(url.removeprefix("file://"))
+    if os.path.commonpath([root, path]) != root:
+        return None
     try:
-        with path.open("rb") as log:
-            log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-            return log.read().decode(errors="replace")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        os.lseek(fd, max(0, info.st_size - LOG_TAIL_BYTES), os.SEEK_SET)
+        return os.read(fd, LOG_TAIL_BYTES).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 EXPLAIN_REJECTED_MAX = 5
 
 
-async def explain_job(conn: Transaction, job_id: int, now: dt.datetime | None = None) -> Explanation:
+async def explain_job(conn: Transaction, job_id: int, storage_root: str,
+                      now: dt.datetime | None = None) -> Explanation:
     """Why a job is not running, or why it failed: its task's state, its queue position, attempts, log."""
     job = await queries.select_job(conn, job_id)
     if job is None:
@@ -123,6 +139,6 @@ async def explain_job(conn: Transaction, job_id: int, now: dt.datetime | None = 
         reasons=reasons,
         attempts=[AttemptView.model_validate(a, from_attributes=True) for a in attempts],
         log_url=log,
-        log_tail=_log_tail(log),
+        log_tail=await asyncio.to_thread(read_log_tail, log, storage_root),
     )
 

@@ -58,8 +58,8 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}/explain", response_model=Explanation, dependencies=[Depends(READ_OPERATIONS)])
-async def explain_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], conn: Conn) -> Explanation:
-    return await operations.explain_job(conn, job_id)
+async def explain_job(job_id: Annotated[int, Path(ge=1, le=MAX_ID)], conn: Conn, request: Request) -> Explanation:
+    return await operations.explain_job(conn, job_id, request.app.state.settings.storage_root)
 
 
 @router.get("/pilots", response_model=list[PilotView], dependencies=[Depends(READ_OPERATIONS)])

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from common.dsm import DatasetName
 from common.job_listing import JobView
 from common.policies import ResourceType
 from common.states import JobState, TaskState
@@ -14,8 +15,11 @@ from common.states import JobState, TaskState
 MAX_METADATA_BYTES = 64 * 1024
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
-DatasetName = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9_.:+-]+$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+# Variables a task may not set for its payload: they would change what runs (the loader, the search paths) or
+# speak for the WMS (its own WMS_* settings and credentials).
+FORBIDDEN_ENV_PREFIXES = ("LD_", "WMS_", "PYTHON", "DYLD_")
+FORBIDDEN_ENV = frozenset({"PATH", "IFS", "BASH_ENV", "ENV", "PERL5LIB", "PERL5OPT", "RUBYOPT", "NODE_OPTIONS"})
 
 
 def _find_nul(value: Any, path: str) -> str | None:
@@ -41,7 +45,18 @@ class Payload(BaseModel):
     command: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     args: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=list, max_length=1000)
     env: dict[EnvName, Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=dict)
-    container_image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    container_image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
+        None, description="not supported yet: no container runtime runs payloads in this version (422 if set)")
+
+    @model_validator(mode="after")
+    def _runnable_here(self) -> Payload:
+        if self.container_image is not None:
+            raise ValueError("container_image is not supported yet: payloads run on the worker node itself, "
+                             "no container runtime runs them in this version")
+        for name in self.env:
+            if name.upper() in FORBIDDEN_ENV or name.upper().startswith(FORBIDDEN_ENV_PREFIXES):
+                raise ValueError(f"env may not set {name}: it would change what runs or speak for the WMS")
+        return self
 
 
 class SplitRule(BaseModel):

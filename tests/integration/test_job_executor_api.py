@@ -41,7 +41,10 @@ async def make_jobs(db, n: int = 1, resource_type: str = "cpu", priorities: list
     return ids
 
 
-OUTPUT = {"lfn": "out/1/a.out", "url": "file:///s/out/1/a.out", "size": 3, "adler32": "0000000a", "events": 2}
+def output_of(spec: dict, name: str = "a.out") -> dict:
+    """A staged output as the pilot reports it: in its attempt's directory, named under its job."""
+    return {"lfn": f"out/{spec['job_id']}/{name}", "url": spec["output_url_prefix"] + name, "size": 3,
+            "adler32": "0000000a", "events": 2}
 
 
 async def test_claim_run_finish_and_a_repeated_final_report(job_executor, db) -> None:
@@ -52,18 +55,19 @@ async def test_claim_run_finish_and_a_repeated_final_report(job_executor, db) ->
     spec = claim.json()
     assert (spec["job_id"], spec["attempt"], spec["inputs"][0]["lfn"]) == (job_id, 1, f"in/{job_id}")
     assert spec["output_url_prefix"].endswith(f"/out/{job_id}/1/")  # a directory per attempt
-    assert (await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)).status_code == 204
+    busy = await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)
+    assert busy.status_code == 409 and "already holds a job" in busy.json()["detail"]  # one slot
 
     url = f"/pilot/v1/pilots/{pilot_id}/jobs/{job_id}/report"
     assert (await job_executor.post(url, json={"attempt": 1, "state": "running"}, headers=auth)).status_code == 200
-    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [OUTPUT]}
+    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [output_of(spec)]}
     assert (await job_executor.post(url, json=final, headers=auth)).status_code == 200
     assert (await job_executor.post(url, json=final, headers=auth)).status_code == 200  # the same report again
     async with db.connect() as conn:
         outs = (await conn.execute(sa.select(files).where(files.c.role == "output"))).all()
         job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
         attempt = (await conn.execute(sa.select(job_attempts))).one()
-    assert [(f.lfn, f.status, f.events) for f in outs] == [("out/1/a.out", "staged", 2)]
+    assert [(f.lfn, f.status, f.events) for f in outs] == [(f"out/{job_id}/a.out", "staged", 2)]
     assert (job.status, job.exit_code) == ("finished", 0)
     assert (attempt.outcome, attempt.pilot_id) == ("finished", pilot_id)
 
@@ -106,9 +110,25 @@ async def test_priority_order_and_gpu_pilots_fall_back_to_cpu(job_executor, db) 
     cpu_pilot, cpu_auth = await register(job_executor)
     gpu_pilot, gpu_auth = await register(job_executor, resource_type="gpu", gpus=1)
     assert (await job_executor.post(f"/pilot/v1/pilots/{cpu_pilot}/claim", headers=cpu_auth)).json()["job_id"] == high
-    claims = [(await job_executor.post(f"/pilot/v1/pilots/{gpu_pilot}/claim", headers=gpu_auth)).json()["job_id"]
-              for _ in range(3)]
+    claims = []
+    for _ in range(3):  # one job at a time: each is reported finished before the next claim
+        spec = (await job_executor.post(f"/pilot/v1/pilots/{gpu_pilot}/claim", headers=gpu_auth)).json()
+        claims.append(spec["job_id"])
+        done = {"attempt": spec["attempt"], "state": "finished", "exit_code": 0}
+        report = f"/pilot/v1/pilots/{gpu_pilot}/jobs/{spec['job_id']}/report"
+        assert (await job_executor.post(report, json=done, headers=gpu_auth)).status_code == 200
     assert claims == [gpu_job, mid, low]  # GPU work first, then CPU work by priority
+
+
+async def test_claims_fit_the_pilots_cores_and_memory(job_executor, db) -> None:
+    async with db.begin() as conn:
+        big = await insert_task(conn, status="running", output_dataset="big", cores=8, memory_mb=64000)
+        (big_job,) = await insert_jobs(conn, big, 1, status="ready")
+    small_pilot, small_auth = await register(job_executor, cores=4, memory_mb=8000)
+    assert (await job_executor.post(f"/pilot/v1/pilots/{small_pilot}/claim", headers=small_auth)).status_code == 204
+    large_pilot, large_auth = await register(job_executor, host="wn-big", cores=16, memory_mb=128000)
+    claim = await job_executor.post(f"/pilot/v1/pilots/{large_pilot}/claim", headers=large_auth)
+    assert claim.json()["job_id"] == big_job
 
 
 async def test_heartbeat_tells_the_pilot_to_abort_a_cancelled_job(job_executor, db) -> None:

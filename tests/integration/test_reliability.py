@@ -25,7 +25,9 @@ async def test_a_retried_claim_gets_the_same_job_not_a_second_one(job_executor, 
     first = (await job_executor.post(url, json=request, headers=auth)).json()
     again = (await job_executor.post(url, json=request, headers=auth)).json()  # the answer was lost: retry
     assert (again["job_id"], again["attempt"]) == (first["job_id"], first["attempt"])
-    other = (await job_executor.post(url, json={"request_id": str(uuid.uuid4())}, headers=auth)).json()
+    second_pilot, second_auth = await register(job_executor, host="wn2")
+    other = (await job_executor.post(f"/pilot/v1/pilots/{second_pilot}/claim",
+                                     json={"request_id": str(uuid.uuid4())}, headers=second_auth)).json()
     assert other["job_id"] != first["job_id"]
     async with db.connect() as conn:
         dispatched = (await conn.execute(sa.select(sa.func.count()).where(jobs.c.status == "dispatched"))).scalar()

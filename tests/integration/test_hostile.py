@@ -1,0 +1,114 @@
+"""Hostile or broken pilots and clients (first part of the zero-trust work): what they say is checked, not
+trusted; each attempt is refused with a clear 4xx and changes nothing."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import sqlalchemy as sa
+
+from common.db.models import files, jobs
+from tests.conftest import OPERATOR_TOKEN, WFMS_TOKEN, running_app
+from tests.factories import task_description
+from tests.integration.test_job_executor_api import job_executor, make_jobs, output_of, register  # noqa: F401
+
+WFMS = {"Authorization": f"Bearer {WFMS_TOKEN}"}
+OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
+
+async def _running_job(job_executor, db):  # noqa: F811
+    (job_id,) = await make_jobs(db)
+    pilot_id, auth = await register(job_executor)
+    spec = (await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)).json()
+    report = f"/pilot/v1/pilots/{pilot_id}/jobs/{job_id}/report"
+    assert (await job_executor.post(report, json={"attempt": 1, "state": "running"}, headers=auth)).status_code == 200
+    return spec, report, auth
+
+
+async def _unchanged(db, job_id: int) -> None:
+    async with db.connect() as conn:
+        status = (await conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id))).scalar_one()
+        staged = (await conn.execute(sa.select(sa.func.count()).where(files.c.role != "input"))).scalar_one()
+    assert (status, staged) == ("running", 0)
+
+
+@pytest.mark.parametrize("forge", [
+    # another attempt's or another job's directory, a file elsewhere, a way out with '..'
+    lambda spec: {**output_of(spec), "url": spec["output_url_prefix"].replace("/1/", "/2/") + "a.out"},
+    lambda spec: {**output_of(spec), "url": "file:///etc/passwd"},
+    lambda spec: {**output_of(spec), "url": spec["output_url_prefix"] + "../../other/a.out"},
+    # a name outside its job: another job's lfn, taken first
+    lambda spec: {**output_of(spec), "lfn": f"out/{spec['job_id'] + 1}/a.out"},
+    lambda spec: {**output_of(spec), "lfn": "elsewhere/a.out"},
+])
+async def test_outputs_outside_the_attempt_are_refused(job_executor, db, forge) -> None:  # noqa: F811
+    spec, report, auth = await _running_job(job_executor, db)
+    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [forge(spec)]}
+    refused = await job_executor.post(report, json=final, headers=auth)
+    assert refused.status_code == 422, refused.text
+    await _unchanged(db, spec["job_id"])
+
+
+@pytest.mark.parametrize("url", ["file:///proc/self/environ", "file:///dev/zero"])
+async def test_a_log_outside_the_attempt_is_refused(job_executor, db, url) -> None:  # noqa: F811
+    spec, report, auth = await _running_job(job_executor, db)
+    log = {"lfn": f"out.log/{spec['job_id']}.1.log", "url": url, "size": 1, "adler32": "00000001"}
+    final = {"attempt": 1, "state": "failed", "error_category": "payload", "log": log}
+    assert (await job_executor.post(report, json=final, headers=auth)).status_code == 422
+    await _unchanged(db, spec["job_id"])
+
+
+@pytest.mark.parametrize("lfn", ["out/1/../2/a.out", "/abs/a.out", "out//a.out", "./a.out"])
+async def test_dot_dot_and_empty_lfn_parts_are_refused(job_executor, db, lfn) -> None:  # noqa: F811
+    spec, report, auth = await _running_job(job_executor, db)
+    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [{**output_of(spec), "lfn": lfn}]}
+    assert (await job_executor.post(report, json=final, headers=auth)).status_code == 422
+    await _unchanged(db, spec["job_id"])
+
+
+async def test_an_oversized_body_is_refused_with_413(job_executor) -> None:  # noqa: F811
+    limit = job_executor.app.state.settings.max_request_bytes
+    response = await job_executor.post("/pilot/v1/pilots", content=b"x" * (limit + 1),
+                                       headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "larger than" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"output_dataset": ".."}, "output_dataset"),
+    ({"input_dataset": "a..b"}, "input_dataset"),
+    ({"output_dataset": "x/../y"}, "output_dataset"),
+    ({"payload": {"command": "x", "env": {"LD_PRELOAD": "/tmp/evil.so"}}}, "LD_PRELOAD"),
+    ({"payload": {"command": "x", "env": {"PATH": "/tmp"}}}, "PATH"),
+    ({"payload": {"command": "x", "env": {"WMS_PILOT_TOKEN": "t"}}}, "WMS_PILOT_TOKEN"),
+    ({"payload": {"command": "x", "container_image": "docker://evil"}}, "container_image"),
+])
+async def test_submissions_that_would_escape_are_refused(task_manager, db, change, reason) -> None:
+    response = await task_manager.post("/api/v1/tasks", json=task_description(**change), headers=WFMS)
+    assert response.status_code == 422 and reason in response.text
+
+
+async def test_explain_reads_only_regular_files_under_the_storage_root(settings, db, tmp_path) -> None:
+    """Log rows written by an older version (or by hand) may point anywhere: explain must not read them."""
+    from services.task_manager.app import create_app
+    from tests.factories import insert_jobs, insert_task
+
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    fifo = storage / "a.fifo"
+    os.mkfifo(fifo)
+    good = storage / "job.log"
+    good.write_text("the payload said hello\n")
+    urls = [f"file://{good}", "file:///proc/self/environ", "file:///dev/zero", f"file://{fifo}",
+            f"file://{storage}/../outside.log"]
+    (tmp_path / "outside.log").write_text("outside\n")
+    async with db.begin() as conn:
+        task_id = await insert_task(conn, output_dataset="o")
+        job_ids = await insert_jobs(conn, task_id, len(urls), status="failed")
+        for i, (job_id, url) in enumerate(zip(job_ids, urls, strict=True)):
+            await conn.execute(sa.insert(files).values(lfn=f"o.log/{i}.log", dataset="o.log", task_id=task_id,
+                                                       job_id=job_id, role="log", url=url, size=1,
+                                                       adler32="00000001", status="registered"))
+    async with running_app(create_app(settings.model_copy(update={"storage_root": str(storage)}))) as tm:
+        tails = [(await tm.get(f"/api/v1/jobs/{job_id}/explain", headers=OPERATOR)).json()["log_tail"]
+                 for job_id in job_ids]
+    assert tails == ["the payload said hello\n", None, None, None, None]
