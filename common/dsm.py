@@ -25,6 +25,12 @@ def check_lfn(lfn: str) -> str:
 
 
 Lfn = Annotated[str, Field(pattern=LFN_PATTERN), AfterValidator(check_lfn)]
+# A file's URL: scheme://path, printable, no spaces (file:// on shared storage; root://, davs://, https:// at
+# sites with such storage).
+URL_PATTERN = r"^[a-z][a-z0-9+.-]*://[!-~]+$"
+FileUrl = Annotated[str, Field(min_length=1, max_length=4096, pattern=URL_PATTERN)]
+# Counts are integers, never booleans or strings that look like numbers.
+Count = Annotated[int, Field(strict=True, ge=0, le=2**62)]
 DatasetName = Annotated[str, Field(min_length=1, max_length=512, pattern=DATASET_NAME_PATTERN)]
 DETAIL_MAX = 500  # bytes of a non-JSON error body kept in a DsmError
 
@@ -33,10 +39,10 @@ class DsmFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     lfn: Lfn
-    url: str = Field(min_length=1, max_length=4096)
-    size: int = Field(ge=0, le=2**62)
+    url: FileUrl
+    size: Count
     adler32: str = Field(pattern=r"^[0-9a-f]{8}$")
-    events: int | None = Field(None, ge=0, le=2**62)
+    events: Count | None = None
 
 
 class DsmFileEntry(DsmFile):

@@ -162,7 +162,12 @@ def run_service(app: FastAPI, service: str, settings: Settings, port: int) -> No
     """Serve ``app`` with JSON logs until SIGINT/SIGTERM (uvicorn shuts down gracefully)."""
     configure_logging(service, settings.log_level)
     if settings.uses_dev_tokens:
-        logging.getLogger("wms").warning("development API tokens are enabled: set WMS_API_TOKENS in production")
+        if not settings.dev_mode:
+            logging.getLogger("wms").error(
+                "refusing to start with the development tokens: set WMS_API_TOKENS and WMS_SERVICE_TOKEN (see "
+                "docs/security.md), or WMS_DEV_MODE=1 on a development machine")
+            raise SystemExit(2)
+        logging.getLogger("wms").warning("development mode: the development tokens are live (WMS_DEV_MODE=1)")
     uvicorn.run(app, host=settings.listen_host, port=port, log_config=None, access_log=False)
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from common.dsm import check_lfn
+from common.dsm import Count, FileUrl, check_lfn
 from common.policies import ResourceType
 
 # 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}).
@@ -20,12 +20,12 @@ ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "manifest
 class PilotRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    host: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    host: Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[!-~]+$")]
     resource_type: ResourceType
-    cores: int = Field(ge=1, le=4096)
-    memory_mb: int = Field(ge=1, le=2**24)
-    gpus: int = Field(0, ge=0, le=64)
-    version: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    cores: int = Field(ge=1, le=4096, strict=True)
+    memory_mb: int = Field(ge=1, le=2**24, strict=True)
+    gpus: int = Field(0, ge=0, le=64, strict=True)
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]+$")]
 
 
 class PilotSession(BaseModel):
@@ -84,19 +84,19 @@ class StagedFile(BaseModel):
 
     lfn: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z0-9_.:/+=-]+$"),
                    AfterValidator(check_lfn)]
-    url: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
-    size: int = Field(ge=0)
+    url: FileUrl
+    size: Count
     adler32: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{8}$")]
-    events: int | None = Field(None, ge=0)
+    events: Count | None = None
 
 
 class JobReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, strict=True)
     state: Literal["running", "finished", "failed"]
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, strict=True, ge=-(2**31), le=2**31 - 1)
     error_category: ErrorCategory | None = None
-    error_message: Annotated[str, StringConstraints(max_length=4000)] | None = None
+    error_message: Annotated[str, StringConstraints(max_length=4000, pattern=r"^[^\x00]*$")] | None = None
     outputs: list[StagedFile] = Field(default_factory=list, max_length=10_000)
     log: StagedFile | None = None

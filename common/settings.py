@@ -53,6 +53,9 @@ class Settings(BaseSettings):
 
     # The token WMS services present to each other and to the DSM (role 'service').
     service_token: str = "dev-service-token"
+    # The development tokens above are refused at start-up unless this is set (the launcher sets it when no
+    # tokens are given, and says so): a deployment never runs with tokens anybody can read in this file.
+    dev_mode: bool = False
 
     # Data management system: the reference DSM of this project, or a site's own with the same API.
     dsm_url: str = "http://127.0.0.1:8084"
@@ -112,5 +115,5 @@ class Settings(BaseSettings):
 
     @property
     def uses_dev_tokens(self) -> bool:
-        return any(t in DEV_TOKENS for t in self.api_tokens)
+        return any(t in DEV_TOKENS for t in self.api_tokens) or self.service_token in DEV_TOKENS
 

@@ -11,7 +11,9 @@ from services.dsm.catalog import Catalog
 from services.dsm.schemas import DatasetCreate, DatasetName, FileRegistration
 
 READ = require_role("read datasets", {"wfms", "operator", "service", "pilot"})
-WRITE = require_role("change datasets", {"wfms", "operator", "service"})
+# Only the WMS's services (and a site's data acquisition, given a service token) write: a WFMS or operator
+# token can neither add files to nor close any dataset.
+WRITE = require_role("change datasets", {"service"})
 
 router = APIRouter(prefix="/dsm/v1")
 

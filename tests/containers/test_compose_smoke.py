@@ -65,6 +65,7 @@ async def test_demo_chain_through_the_containers(postgres_server_url, amqp_url, 
         **os.environ,
         "SMOKE_DATABASE_URL": url.set(host="127.0.0.1").render_as_string(hide_password=False),
         "SMOKE_AMQP_URL": amqp_url, "SMOKE_NAMESPACE": namespace, "SMOKE_DATA": str(data),
+        "WMS_DEV_MODE": "1",  # the development tokens, as a first `docker compose up` on a laptop uses them
         **{f"SMOKE_{name}_PORT": str(port) for name, port in ports.items()},
     }
     # Host networking cannot publish ports, and a v1 override cannot remove the base file's `ports`: the test

@@ -94,6 +94,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         "WMS_METRICS_INTERVAL_S": "0.5",
         "WMS_CLI_URL": f"http://127.0.0.1:{ports['WMS_TASK_MANAGER_PORT']}",
         "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['WMS_DSM_PORT']}", "WMS_CLI_TOKEN": OPERATOR_TOKEN,
+            "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN,
     }
     out = tmp_path / "launch.out"
     launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "2", "--logs", str(tmp_path / "logs")], env=env,

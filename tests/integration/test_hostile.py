@@ -112,3 +112,43 @@ async def test_explain_reads_only_regular_files_under_the_storage_root(settings,
         tails = [(await tm.get(f"/api/v1/jobs/{job_id}/explain", headers=OPERATOR)).json()["log_tail"]
                  for job_id in job_ids]
     assert tails == ["the payload said hello\n", None, None, None, None]
+
+
+@pytest.mark.parametrize("change", [{"memory_mb": True}, {"cores": "4"}, {"host": "wn\x00"}, {"version": "a b"}])
+async def test_pilot_registrations_are_validated_strictly(job_executor, change) -> None:  # noqa: F811
+    from tests.integration.test_job_executor_api import PILOT, REGISTRATION
+
+    response = await job_executor.post("/pilot/v1/pilots", json={**REGISTRATION, **change}, headers=PILOT)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize("url", ["not a url at all", "file:///data/a\x00b", "file:///with space", ""])
+async def test_the_dsm_refuses_a_file_url_that_is_not_one(dsm_url, url) -> None:
+    import httpx
+
+    from tests.conftest import SERVICE_TOKEN
+
+    auth = {"Authorization": f"Bearer {SERVICE_TOKEN}"}
+    async with httpx.AsyncClient(base_url=dsm_url) as client:
+        created = await client.post("/dsm/v1/datasets", json={"name": "spd.raw.v"}, headers=auth)
+        assert created.status_code in (200, 201)
+        entry = {"lfn": "spd.raw.v/a", "url": url, "size": 1, "adler32": "00000001"}
+        response = await client.post("/dsm/v1/datasets/spd.raw.v/files", json={"files": [entry]},
+                                     headers=auth)
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize("token", [WFMS_TOKEN, OPERATOR_TOKEN])
+async def test_only_the_service_role_writes_to_the_dsm(dsm_url, dsm, token) -> None:
+    import httpx
+
+    await dsm.create_dataset("spd.raw.w")
+    auth = {"Authorization": f"Bearer {token}"}
+    entry = {"lfn": "spd.raw.w/a", "url": "file:///data/a", "size": 1, "adler32": "00000001"}
+    async with httpx.AsyncClient(base_url=dsm_url) as client:
+        writes = [await client.post("/dsm/v1/datasets", json={"name": "spd.raw.x"}, headers=auth),
+                  await client.post("/dsm/v1/datasets/spd.raw.w/files", json={"files": [entry]}, headers=auth),
+                  await client.post("/dsm/v1/datasets/spd.raw.w/close", headers=auth)]
+        read = await client.get("/dsm/v1/datasets/spd.raw.w", headers=auth)
+    assert [w.status_code for w in writes] == [403, 403, 403]
+    assert read.status_code == 200 and read.json()["status"] == "open" and read.json()["n_files"] == 0

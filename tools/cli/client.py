@@ -12,13 +12,15 @@ DETAIL_MAX = 500  # characters of a non-JSON error answer shown
 
 
 class CliSettings(BaseSettings):
-    """WMS_CLI_URL, WMS_CLI_TOKEN, WMS_CLI_DSM_URL (the project's WMS_ prefix)."""
+    """WMS_CLI_URL, WMS_CLI_TOKEN, WMS_CLI_DSM_URL, WMS_CLI_DSM_TOKEN (the project's WMS_ prefix)."""
 
     model_config = SettingsConfigDict(env_prefix="WMS_CLI_", extra="ignore")
 
     url: str = "http://127.0.0.1:8081"
     token: str = "dev-operator-token"
     dsm_url: str = "http://127.0.0.1:8084"
+    # Writing to the DSM (the demo registers its raw data, as a DAQ would) takes the service role.
+    dsm_token: str = "dev-service-token"
     timeout_s: float = 30.0
 
 

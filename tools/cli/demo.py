@@ -24,7 +24,7 @@ DSM_BATCH = 5000
 
 async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: int) -> None:
     """Write the raw slices and register them in a new, then closed, DSM dataset (the project's DSM client)."""
-    dsm = DsmClient(cli.dsm_url, cli.token, cli.timeout_s)
+    dsm = DsmClient(cli.dsm_url, cli.dsm_token, cli.timeout_s)
     try:
         if await dsm.dataset(name) is not None:
             raise CliError(f"dataset {name} exists already: choose another --run")

@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         ("job-manager", settings.job_manager_port), ("task-executor", settings.task_executor_port),
         ("job-executor", settings.job_executor_port))}
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if settings.uses_dev_tokens:
+        # a laptop or a demo: no tokens were given, so the well-known development ones are used, openly
+        env["WMS_DEV_MODE"] = "1"
+        print("wms-launch: development mode (WMS_DEV_MODE=1): the development tokens are live; set "
+              "WMS_API_TOKENS and WMS_SERVICE_TOKEN for anything else", flush=True)
     if not args.no_dsm:
         env.setdefault("WMS_DSM_URL", url["dsm"])
     launch = Launch(env=env, logs=logs, log_max_bytes=args.log_max_mb << 20, log_backups=args.log_backups)
