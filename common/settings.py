@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     dsm_retry_max_s: float = Field(60.0, gt=0)
     oversight_interval_s: float = Field(2.0, gt=0)
     job_wall_time_s: int = Field(3600, ge=1)
+    # The server enforces wall time too: a job running longer than its wall time plus this grace is failed
+    # (category 'timeout', retried within max_attempts) and its pilot told to abort at its next heartbeat.
+    wall_time_grace_s: float = Field(60.0, ge=0)
     # Where pilots stage outputs (a shared filesystem in this version): file://<storage_root>/<dataset>/...
     storage_root: str = "/var/tmp/spd-wms/storage"
 

@@ -32,6 +32,7 @@ from services.job_executor.retries import retry_or_fail, retry_policy
 log = logging.getLogger("wms.job_executor")
 LOST_SWEEP_LOCK = 0x5BD_0001
 HOUSEKEEPING_LOCK = 0x5BD_0002
+WALL_TIME_SWEEP_LOCK = 0x5BD_0003
 ERROR_TEXT_MAX = 2000
 REGISTER_BATCH = 5000
 MIN_ROUND_S = 0.1
@@ -87,6 +88,24 @@ class Oversight:
         if failed:
             self.wake()
         return len(keys)
+
+    async def sweep_overrun_jobs(self) -> int:
+        """Jobs in flight past their wall time plus grace: a pilot that does not enforce it (broken, hostile, or
+        frozen with a live payload) is overruled; the job is retried or failed as a timeout."""
+        async with self.engine.begin() as conn:
+            if not await queries.try_lead(conn, WALL_TIME_SWEEP_LOCK):
+                return 0
+            overrun = await queries.overrun_in_flight(conn, self.settings.job_wall_time_s,
+                                                      self.settings.wall_time_grace_s)
+            if not overrun:
+                return 0
+            message = "wall time exceeded (enforced by the job-executor)"
+            await retry_or_fail(conn, overrun, self.retry_policy, "timeout", message, None)
+            await queries.end_attempts(conn, [(j.id, j.attempt) for j in overrun], AttemptOutcome.FAILED, None,
+                                       "timeout", message)
+        log.warning("jobs past their wall time", extra={"job_ids": [j.id for j in overrun]})
+        self.wake()
+        return len(overrun)
 
     async def apply_task_event(self, event_type: str, event: TaskEvent) -> None:
         """Carry a task command to its jobs by reconciling them with the task's current state, whatever the
@@ -221,6 +240,7 @@ class Oversight:
     async def run_once(self) -> bool:
         try:
             await self.sweep_lost_jobs()
+            await self.sweep_overrun_jobs()
             await self.register_staged_files()
             await self.finalize_tasks()
         except Exception:

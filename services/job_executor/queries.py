@@ -199,6 +199,18 @@ async def lost_in_flight(conn: AsyncConnection, dead_pilots: list[int], timeout_
     return list((await conn.execute(stmt)).all())
 
 
+async def overrun_in_flight(conn: AsyncConnection, default_wall_time_s: int, grace_s: float) -> list[Record]:
+    """In-flight jobs started longer ago than their task's wall time (payload.wall_time_s, else the default)
+    plus ``grace_s`` (with what the retry policy needs), locked."""
+    wall_time = sa.func.coalesce(sa.cast(tasks.c.payload["wall_time_s"].astext, sa.Float), default_wall_time_s)
+    limit = sa.select(wall_time).where(tasks.c.id == jobs.c.task_id).scalar_subquery()
+    stmt = sa.select(*RETRY_FACTS).where(
+        jobs.c.status.in_(IN_FLIGHT),
+        jobs.c.started_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, limit + grace_s),
+    ).with_for_update()
+    return list((await conn.execute(stmt)).all())
+
+
 def _moved_from(target: JobState) -> str:
     return ", ".join(f"'{s}'" for s in sorted(JOB_MACHINE.sources_of(target) & set(IN_FLIGHT)))
 

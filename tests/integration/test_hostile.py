@@ -152,3 +152,27 @@ async def test_only_the_service_role_writes_to_the_dsm(dsm_url, dsm, token) -> N
         read = await client.get("/dsm/v1/datasets/spd.raw.w", headers=auth)
     assert [w.status_code for w in writes] == [403, 403, 403]
     assert read.status_code == 200 and read.json()["status"] == "open" and read.json()["n_files"] == 0
+
+
+async def test_the_server_enforces_wall_time(settings, db, tmp_path) -> None:
+    """A pilot that lets its payload run past the wall time (broken, hostile, frozen) is overruled."""
+    from services.job_executor.app import create_app
+
+    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60,
+                                        "job_wall_time_s": 5, "wall_time_grace_s": 1.0})
+    async with running_app(create_app(tuned)) as je:
+        (job_id,) = await make_jobs(db)
+        pilot_id, auth = await register(je)
+        await je.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)
+        oversight = je.app.state.oversight
+        assert await oversight.sweep_overrun_jobs() == 0  # within its wall time
+        async with db.begin() as conn:
+            await conn.execute(sa.update(jobs).where(jobs.c.id == job_id)
+                               .values(started_at=sa.func.now() - sa.text("interval '10 seconds'")))
+        assert await oversight.sweep_overrun_jobs() == 1
+        async with db.connect() as conn:
+            job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
+        assert (job.status, job.error_category) == ("ready", "timeout")  # retried within max_attempts
+        beat = await je.post(f"/pilot/v1/pilots/{pilot_id}/heartbeat", json={"job_id": job_id, "attempt": 1},
+                             headers=auth)
+        assert beat.json()["abort"] is True  # the pilot is told to kill its payload
