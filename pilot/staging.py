@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from common.checksums import BLOCK, adler32_of
 from common.pilot_protocol import InputFile, StagedFile
-
-BLOCK = 1 << 20
 
 
 class StagingError(Exception):
@@ -49,12 +47,7 @@ def local_path(url: str) -> Path:
 
 
 def adler32(path: Path, throttle: Throttle = UNLIMITED) -> str:
-    value = 1
-    with path.open("rb") as f:
-        while block := f.read(BLOCK):
-            value = zlib.adler32(block, value)
-            throttle.moved(len(block))
-    return f"{value & 0xFFFFFFFF:08x}"
+    return adler32_of(path, throttle.moved)
 
 
 def stage_in(inputs: list[InputFile], directory: Path, throttle: Throttle = UNLIMITED) -> list[Path]:

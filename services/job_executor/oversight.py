@@ -11,12 +11,17 @@ reason; neither stops any other task's registration, completion or dataset closu
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+from stat import S_ISREG
 
 from common.background import Loop
 from common.broker import Topology
+from common.checksums import adler32_of
 from common.db.models import Record
 from common.db.session import Database
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
@@ -41,6 +46,33 @@ MIN_ROUND_S = 0.1
 # The move that brings a task's queued jobs to the state its task calls for (common.policies): (only from).
 QUEUED_JOB_MOVES: dict[JobState, list[JobState]] = {JobState.HELD: [JobState.READY], JobState.READY: [JobState.HELD]}
 CLOSE_RETRY_S = 5.0
+
+
+def verify_on_storage(rows: list[Record], storage_root: str) -> dict[int, str]:
+    """File id -> why it is refused, for staged files under a local storage root whose size or adler32 differs
+    from what the pilot reported (or that are missing, or not regular files). Files elsewhere (another storage,
+    or a storage root this process does not see) are left to the DSM. Blocking: run it in a worker thread."""
+    root = os.path.realpath(storage_root)
+    if not os.path.isdir(root):
+        return {}
+    refused: dict[int, str] = {}
+    for r in rows:
+        if not r.url.startswith("file://"):
+            continue
+        path = os.path.realpath(r.url.removeprefix("file://"))
+        if os.path.commonpath([root, path]) != root:
+            continue
+        try:
+            info = os.stat(path)
+            if not S_ISREG(info.st_mode):
+                refused[r.id] = f"{r.url} is not a regular file"
+            elif info.st_size != r.size:
+                refused[r.id] = f"{r.url} has {info.st_size} bytes on storage, the pilot reported {r.size}"
+            elif (checksum := adler32_of(Path(path))) != r.adler32:
+                refused[r.id] = f"{r.url} has adler32 {checksum} on storage, the pilot reported {r.adler32}"
+        except OSError as exc:
+            refused[r.id] = f"{r.url} cannot be read on storage: {exc.strerror}"
+    return refused
 
 
 class Oversight:
@@ -154,12 +186,16 @@ class Oversight:
         DSM could not take now waits its backoff, what it refused is rejected (and fails its task)."""
         async with self.engine.begin() as conn:
             rows = await queries.staged_files_due(conn, REGISTER_BATCH)
+            # what a pilot said is checked against the storage before the DSM is told
+            mismatches = await asyncio.to_thread(verify_on_storage, rows, self.settings.storage_root)
+            rejected: list[tuple[int, int, str]] = [(r.id, r.task_id, mismatches[r.id]) for r in rows
+                                                    if r.id in mismatches]
             by_dataset: dict[str, list[Record]] = {}
             for r in rows:
-                by_dataset.setdefault(r.dataset, []).append(r)
+                if r.id not in mismatches:
+                    by_dataset.setdefault(r.dataset, []).append(r)
             registered: list[int] = []
             deferred: dict[str, list[int]] = {}
-            rejected: list[tuple[int, int, str]] = []
             for dataset, group in by_dataset.items():
                 try:
                     await self._register(dataset, group)
@@ -184,7 +220,7 @@ class Oversight:
             log.warning("DSM unavailable: registrations deferred",
                         extra={"files": sum(map(len, deferred.values())), "error": next(iter(deferred))})
         if rejected:
-            log.error("DSM refused outputs", extra={"files": len(rejected),
+            log.error("outputs refused (by the DSM, or not as reported on storage)", extra={"files": len(rejected),
                                                     "task_ids": sorted({t for _, t, _ in rejected}),
                                                     "first": rejected[0][2]})
         return len(rows)

@@ -373,7 +373,7 @@ async def reject_files(conn: AsyncConnection, rejected: list[tuple[int, int, str
     await conn.execute(
         sa.update(tasks).where(tasks.c.id == sa.bindparam("task_id"), tasks.c.error.is_(None))
         .values(error=sa.bindparam("reason"), updated_at=sa.func.now()),
-        [{"task_id": t, "reason": f"the DSM refused an output: {r}"} for t, r in first_by_task.items()],
+        [{"task_id": t, "reason": f"an output was refused: {r}"} for t, r in first_by_task.items()],
     )
 
 

@@ -176,3 +176,32 @@ async def test_the_server_enforces_wall_time(settings, db, tmp_path) -> None:
         beat = await je.post(f"/pilot/v1/pilots/{pilot_id}/heartbeat", json={"job_id": job_id, "attempt": 1},
                              headers=auth)
         assert beat.json()["abort"] is True  # the pilot is told to kill its payload
+
+
+async def test_staged_files_are_verified_on_storage_before_registration(job_executor, db, tmp_path) -> None:  # noqa: F811
+    """A pilot that reports a size or checksum its file does not have (or a file that is not there) gets it
+    rejected, with the reason, and the DSM never hears of it."""
+    from pathlib import Path
+
+    from common.checksums import adler32_of
+
+    spec, report, auth = await _running_job(job_executor, db)
+    directory = Path(spec["output_url_prefix"].removeprefix("file://"))
+    directory.mkdir(parents=True)
+    (directory / "good.out").write_bytes(b"abc")
+    (directory / "lying.out").write_bytes(b"abc")
+    outputs = [{**output_of(spec, "good.out"), "size": 3, "adler32": adler32_of(directory / "good.out")},
+               {**output_of(spec, "lying.out"), "size": 3, "adler32": "0badc0de"},
+               {**output_of(spec, "missing.out"), "size": 3, "adler32": "00000001"}]
+    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": outputs}
+    assert (await job_executor.post(report, json=final, headers=auth)).status_code == 200
+    await job_executor.app.state.oversight.register_staged_files()  # (the DSM of this test is unreachable)
+    async with db.connect() as conn:
+        rows = (await conn.execute(sa.select(files).where(files.c.role == "output"))).all()
+        task_error = (await conn.execute(sa.text("SELECT error FROM task_dat"))).scalar_one()
+    by_name = {r.lfn.rsplit("/", 1)[1]: r for r in rows}
+    assert by_name["good.out"].status == "staged"  # verified; waits for the DSM, which is down here
+    assert (by_name["lying.out"].status, by_name["missing.out"].status) == ("rejected", "rejected")
+    assert "adler32 " in by_name["lying.out"].error and "0badc0de" in by_name["lying.out"].error
+    assert "cannot be read" in by_name["missing.out"].error
+    assert task_error.startswith("an output was refused")
