@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.settings import Role, Settings
 
-_bearer = HTTPBearer(auto_error=False, description="Bearer token; the settings map each token to a role")
+bearer = HTTPBearer(auto_error=False, description="Bearer token; the settings map each token to a role")
 
 
 def token_role(settings: Settings, token: str) -> Role | None:
@@ -42,7 +42,7 @@ def require_role(action: str, allowed: Collection[Role]) -> Callable[..., Role]:
     """A FastAPI dependency: 401 without a valid token, 403 when the token's role may not do ``action``."""
 
     def dependency(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
     ) -> Role:
         role = role_of(request.app.state.settings, credentials)
         if role not in allowed:

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # The server enforces wall time too: a job running longer than its wall time plus this grace is failed
     # (category 'timeout', retried within max_attempts) and its pilot told to abort at its next heartbeat.
     wall_time_grace_s: float = Field(60.0, ge=0)
+    # Pilot registrations per credential: a steady rate with a burst (a farm starting at once); beyond: 429.
+    pilot_registrations_per_s: float = Field(50.0, gt=0)
+    pilot_registration_burst: int = Field(500, ge=1)
     # Where pilots stage outputs (a shared filesystem in this version): file://<storage_root>/<dataset>/...
     storage_root: str = "/var/tmp/spd-wms/storage"
 

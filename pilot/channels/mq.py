@@ -92,7 +92,7 @@ class MqChannel:
             raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             self._pending.pop(correlation_id, None)
-        if reply.status >= 500:
+        if reply.status >= 500 or reply.status == 429:  # unavailable, or too busy for us now: both mean "later"
             raise ChannelUnavailable(f"{reply.status}: {reply.detail}")
         if reply.status >= 300:
             raise ChannelRefused(reply.status, reply.detail)

@@ -27,7 +27,7 @@ class RestChannel:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc
         detail = data[:DETAIL_MAX].decode(errors="replace")
-        if status >= 500:
+        if status >= 500 or status == 429:  # unavailable, or too busy for us now: both mean "later"
             raise ChannelUnavailable(f"{status}: {detail}")
         if status >= 300:
             raise ChannelRefused(status, detail)

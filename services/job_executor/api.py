@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials
 
-from common.auth import require_role
+from common.auth import bearer, require_role
 from common.pilot_protocol import (
     ClaimRequest,
     Heartbeat,
@@ -49,9 +50,11 @@ PilotId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
 
 
-@router.post("/pilots", response_model=PilotSession, status_code=201)
-async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep) -> PilotSession:
-    return await dispatcher.register(registration, channel="rest")
+@router.post("/pilots", response_model=PilotSession, status_code=201,
+             responses={429: {"description": "too many registrations with this credential (Retry-After)"}})
+async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep,
+                         credentials: Annotated[HTTPAuthorizationCredentials, Depends(bearer)]) -> PilotSession:
+    return await dispatcher.register(registration, channel="rest", credential=credentials.credentials)
 
 
 @router.post("/pilots/{pilot_id}/claim", response_model=JobSpec, responses={204: {"description": "no work"}})

@@ -15,7 +15,13 @@ from common.observability import add_health_routes, instrument, map_error, obser
 from common.runtime import ServiceRuntime
 from common.settings import Settings
 from services.job_executor.api import REPORT_INVALID_STATUS, REPORT_REFUSED_STATUS, refusal_status, router
-from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportInvalid, ReportRefused
+from services.job_executor.dispatch import (
+    Dispatcher,
+    PilotRefused,
+    ReportInvalid,
+    ReportRefused,
+    TooManyRegistrations,
+)
 from services.job_executor.mq_channel import PilotMqChannel
 from services.job_executor.oversight import Oversight
 from services.job_executor.telemetry import Telemetry
@@ -62,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     map_error(app, PilotRefused, refusal_status)
     map_error(app, ReportRefused, REPORT_REFUSED_STATUS, lambda exc: {"current_state": exc.current_state})
     map_error(app, ReportInvalid, REPORT_INVALID_STATUS)
+    map_error(app, TooManyRegistrations, 429)
     return app
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,30 @@ class PilotBusy(PilotRefused):
     """The pilot holds as many jobs as it has slots (one, in this version): it may not claim more."""
 
 
+class TooManyRegistrations(Exception):
+    """This credential registers pilots faster than its rate: try again later."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many pilot registrations with this credential: retry in {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
+class RegistrationLimiter:
+    """A token bucket per credential (pure: the clock is passed in)."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate, self.burst = rate_per_s, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # credential -> (tokens, at)
+
+    def take(self, credential: str, now: float) -> None:
+        tokens, at = self._buckets.get(credential, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self._buckets[credential] = (tokens, now)
+            raise TooManyRegistrations((1 - tokens) / self.rate)
+        self._buckets[credential] = (tokens - 1, now)
+
+
 class ReportInvalid(ValueError):
     """The report names files this attempt may not register (outside its storage directory, or an lfn outside
     its job's): refused, nothing changes."""
@@ -104,10 +129,13 @@ class Dispatcher:
     def __init__(self, engine: Database, settings: Settings, on_job_ended: Callable[[int], None]) -> None:
         self.engine, self.settings = engine, settings
         self.retry_policy = retry_policy(settings)
+        self.registrations = RegistrationLimiter(settings.pilot_registrations_per_s, settings.pilot_registration_burst)
         # Called with the task id when a job reached a terminal state: the task may be complete.
         self.on_job_ended = on_job_ended
 
-    async def register(self, registration: PilotRegistration, channel: str) -> PilotSession:
+    async def register(self, registration: PilotRegistration, channel: str, credential: str) -> PilotSession:
+        """``credential``: what the pilot authenticated with (registrations are rate-limited per credential)."""
+        self.registrations.take(_hash(credential), time.monotonic())
         session = secrets.token_urlsafe(24)
         async with self.engine.begin() as conn:
             pilot_id = await queries.insert_pilot(

@@ -22,7 +22,7 @@ from common.failures import is_transient
 from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
 from common.observability import observe_message
 from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status
-from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused
+from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused, TooManyRegistrations
 
 log = logging.getLogger("wms.job_executor.mq")
 SERVICE = "job-executor"
@@ -46,7 +46,9 @@ class PilotMqChannel:
 
     async def _answer(self, op: str, call: PilotCall) -> PilotReply:
         handlers: dict[str, Callable[[], Awaitable[BaseModel | None]]] = {
-            "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq"),
+            # MQ pilots present no credential of their own yet: they share one bucket
+            "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq",
+                                                               credential="mq"),
             "pilot.claim.cpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
             "pilot.claim.gpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
             "pilot.heartbeat": lambda: self.dispatcher.heartbeat(_need(call.pilot_id), call.session,
@@ -62,6 +64,8 @@ class PilotMqChannel:
             result = await handler()
         except PilotRefused as exc:
             return PilotReply(status=refusal_status(exc), detail=exc.detail)
+        except TooManyRegistrations as exc:
+            return PilotReply(status=429, detail=str(exc), body={"retry_after_s": exc.retry_after_s})
         except ReportRefused as exc:
             return PilotReply(status=REPORT_REFUSED_STATUS, detail=exc.detail,
                               body={"current_state": exc.current_state})

@@ -205,3 +205,30 @@ async def test_staged_files_are_verified_on_storage_before_registration(job_exec
     assert "adler32 " in by_name["lying.out"].error and "0badc0de" in by_name["lying.out"].error
     assert "cannot be read" in by_name["missing.out"].error
     assert task_error.startswith("an output was refused")
+
+
+def test_registration_limiter_is_a_token_bucket_per_credential() -> None:
+    from services.job_executor.dispatch import RegistrationLimiter, TooManyRegistrations
+
+    limiter = RegistrationLimiter(rate_per_s=2.0, burst=3)
+    for _ in range(3):
+        limiter.take("a", now=100.0)
+    with pytest.raises(TooManyRegistrations) as refused:
+        limiter.take("a", now=100.0)
+    assert refused.value.retry_after_s == pytest.approx(0.5)
+    limiter.take("b", now=100.0)  # another credential has its own bucket
+    limiter.take("a", now=100.5)  # half a second later: one more token
+    with pytest.raises(TooManyRegistrations):
+        limiter.take("a", now=100.5)
+
+
+async def test_pilot_registrations_are_rate_limited_per_credential(settings, db, tmp_path) -> None:
+    from services.job_executor.app import create_app
+    from tests.integration.test_job_executor_api import PILOT, REGISTRATION
+
+    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60,
+                                        "pilot_registrations_per_s": 0.01, "pilot_registration_burst": 2})
+    async with running_app(create_app(tuned)) as je:
+        codes = [(await je.post("/pilot/v1/pilots", json=REGISTRATION, headers=PILOT)).status_code
+                 for _ in range(3)]
+    assert codes == [201, 201, 429]
