@@ -7,6 +7,7 @@ with 503; loops back off and resume by themselves.
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import asyncpg
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -19,6 +20,10 @@ from common.dsm import DsmUnavailable
 # connections (53300), query cancelled by statement_timeout (57014).
 TRANSIENT_SQLSTATE_PREFIXES = ("08",)
 TRANSIENT_SQLSTATES = {"57P01", "57P02", "57P03", "53300", "57014", "40P01", "40001"}
+
+
+NETWORK_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                            errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE})
 
 
 class BrokerUnavailable(ConnectionError):
@@ -49,7 +54,9 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         # a driver error without SQLSTATE is a lost connection (asyncpg raises those as plain errors)
         return isinstance(exc.orig, (OSError, asyncio.TimeoutError)) or "connection" in str(exc).lower()
-    return isinstance(exc, OSError)
+    # A socket error is an outage (asyncpg reports a refused connect to several addresses as a bare OSError
+    # without errno); a file that is missing or unreadable is a verdict, not something to retry forever.
+    return isinstance(exc, OSError) and (exc.errno is None or exc.errno in NETWORK_ERRNOS)
 
 
 def backoff_s(retries: int, base_s: float, max_s: float) -> float:

@@ -36,6 +36,9 @@ def test_verdicts_are_not_transient() -> None:
     assert not is_transient(ValueError("bad"))
     assert not is_transient(IntegrityError("INSERT", {}, _Pg("23505")))
     assert not is_transient(_Pg("22P02"))  # invalid text representation: the statement is wrong
+    assert not is_transient(FileNotFoundError(2, "no such file"))  # a bug or bad input: never retried forever
+    assert not is_transient(PermissionError(13, "denied"))
+    assert is_transient(OSError("Multiple exceptions: [Errno 111] Connect call failed"))  # asyncpg's connect
 
 
 @given(st.integers(1, 60), st.floats(0.01, 10), st.floats(0.01, 600))
