@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # tokens are given, and says so): a deployment never runs with tokens anybody can read in this file.
     dev_mode: bool = False
 
+    # task-manager: the site's transformations registry (JSON; empty: the SPD demo's, examples/spd/), and the
+    # development switch that lets tasks name raw commands instead (off: 422; logged loudly when on).
+    transformations_file: str = ""
+    allow_arbitrary_commands: bool = False
+
     # Data management system: the reference DSM of this project, or a site's own with the same API.
     dsm_url: str = "http://127.0.0.1:8084"
     dsm_timeout_s: float = Field(30.0, gt=0)

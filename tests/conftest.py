@@ -164,6 +164,8 @@ def settings(db: AsyncEngine, database_url: str, amqp_url: str, broker_namespace
         delivery_limit=2,
         api_tokens={WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot", SERVICE_TOKEN: "service"},
         service_token=SERVICE_TOKEN,
+        # most tests run small raw commands; tests/integration/test_transformations.py checks the default (off)
+        allow_arbitrary_commands=True,
     )
 
 

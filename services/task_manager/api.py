@@ -21,6 +21,7 @@ from services.task_manager.schemas import (
     TaskView,
     task_view,
 )
+from services.task_manager.transformations import Transformation, Transformations
 
 router = APIRouter(prefix="/api/v1")
 
@@ -51,6 +52,13 @@ async def register_task(description: TaskDescription, lifecycle: Lifecycle, resp
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/v1/tasks/{row.id}"
     return task_view(row)
+
+
+@router.get("/transformations", response_model=list[Transformation], dependencies=[Depends(READ_TASKS)])
+async def list_transformations(request: Request) -> list[Transformation]:
+    """The payloads this site runs: a task names one of them and fills in its parameters."""
+    transformations: Transformations = request.app.state.transformations
+    return [t for name in transformations.names() if (t := transformations.get(name)) is not None]
 
 
 @router.get("/tasks", response_model=TaskPage, dependencies=[Depends(READ_TASKS)])

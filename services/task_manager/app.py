@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -15,7 +16,15 @@ from common.states import IllegalTransition, RowNotFound
 from services.task_manager import operations_api
 from services.task_manager.api import router
 from services.task_manager.dead_letters import DeadLetterNotFound, UnknownQueue
-from services.task_manager.lifecycle import OutputDatasetTaken, RequestIdReused, TaskEnded, TaskLifecycle
+from services.task_manager.lifecycle import (
+    OutputDatasetTaken,
+    PayloadRefused,
+    PayloadResolver,
+    RequestIdReused,
+    TaskEnded,
+    TaskLifecycle,
+)
+from services.task_manager.transformations import Transformations
 
 SERVICE = "task-manager"
 log = logging.getLogger("wms.task_manager")
@@ -28,6 +37,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dsm = DsmClient(settings.dsm_url, settings.service_token, settings.dsm_timeout_s)
         runtime.close_later(dsm.close)
         app.state.lifecycle = TaskLifecycle(runtime.engine, runtime.broker.topology, on_committed=runtime.relay.wake,
+                                            payloads=PayloadResolver(app.state.transformations,
+                                                                     settings.allow_arbitrary_commands),
                                             dsm=dsm)
         yield
 
@@ -40,7 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "progress, final reports and produced files.",
         lifespan=lifespan,
     )
-    app.state.settings = settings or Settings()
+    app.state.settings = settings = settings or Settings()
+    # read at creation, so a broken registry stops the service before it listens
+    app.state.transformations = Transformations.load(
+        Path(settings.transformations_file) if settings.transformations_file else None)
+    if settings.allow_arbitrary_commands:
+        log.warning("ARBITRARY COMMANDS ARE ON (WMS_ALLOW_ARBITRARY_COMMANDS=1): any wfms or operator token can "
+                    "run any command on every worker node; a development switch, never for a shared farm")
     app.include_router(router)
     app.include_router(operations_api.router)
     app.include_router(operations_api.pages)
@@ -52,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for conflict in (IllegalTransition, TaskEnded):
         map_error(app, conflict, 409, lambda exc: {"current_state": exc.current})
     map_error(app, RequestIdReused, 409, lambda exc: {"task_id": exc.task_id})
+    map_error(app, PayloadRefused, 422)
     map_error(app, OutputDatasetTaken, 409, lambda exc: {"output_dataset": exc.dataset, "task_id": exc.task_id})
     return app
 

@@ -19,6 +19,7 @@ from common.outbox import add_event
 from common.states import TASK_MACHINE, IllegalTransition, RowNotFound, TaskState
 from services.task_manager import queries
 from services.task_manager.schemas import TaskDescription
+from services.task_manager.transformations import BadParameters, Transformations, resolve_args
 
 log = logging.getLogger("wms.task_manager")
 
@@ -40,6 +41,48 @@ class OutputDatasetTaken(Exception):
         self.dataset, self.task_id = dataset, task_id
 
 
+class PayloadRefused(Exception):
+    """The task's payload is not one this site runs: an unknown transformation, parameters that do not fit it,
+    or a raw command while arbitrary commands are off (422)."""
+
+
+class PayloadResolver:
+    """Turns a task's transformation (or, only behind the development switch, its raw command) into what its
+    jobs run, and the task's resources, defaulting to the transformation's."""
+
+    def __init__(self, transformations: Transformations, allow_arbitrary_commands: bool) -> None:
+        self.transformations, self.allow_arbitrary_commands = transformations, allow_arbitrary_commands
+
+    def resolve(self, description: TaskDescription) -> dict[str, Any]:
+        call, raw = description.transformation, description.payload
+        if call is not None:
+            transformation = self.transformations.get(call.name)
+            if transformation is None:
+                raise PayloadRefused(f"unknown transformation {call.name!r}; this site runs "
+                                     f"{', '.join(self.transformations.names()) or 'none'}")
+            try:
+                args = resolve_args(transformation, call.parameters)
+            except BadParameters as exc:
+                raise PayloadRefused(str(exc)) from exc
+            payload: dict[str, Any] = {"transformation": transformation.name, "parameters": call.parameters,
+                       "command": transformation.executable, "args": args, "env": {}}
+            defaults: tuple[str, int, int] = (transformation.resource_type, transformation.cores,
+                                              transformation.memory_mb)
+        else:
+            assert raw is not None  # the description names exactly one of them
+            if not self.allow_arbitrary_commands:
+                raise PayloadRefused("raw commands are disabled on this site: name a transformation "
+                                     "(GET /api/v1/transformations lists them)")
+            payload = {"transformation": None, "parameters": {}, **raw.model_dump(mode="json")}
+            defaults = ("cpu", 1, 2000)
+        return {
+            "payload": payload,
+            "resource_type": description.resource_type or defaults[0],
+            "cores": description.cores or defaults[1],
+            "memory_mb": description.memory_mb or defaults[2],
+        }
+
+
 class TaskEnded(Exception):
     def __init__(self, task_id: int, current: str) -> None:
         super().__init__(f"task {task_id} is {current}: it can no longer be changed")
@@ -51,16 +94,13 @@ def description_hash(description: TaskDescription) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def row_values(description: TaskDescription) -> dict[str, Any]:
+def row_values(description: TaskDescription, resolved: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": description.name,
         "task_type": description.type,
         "input_dataset": description.input_dataset,
         "output_dataset": description.output_dataset,
-        "payload": description.payload.model_dump(mode="json"),
-        "resource_type": description.resource_type,
-        "cores": description.cores,
-        "memory_mb": description.memory_mb,
+        **resolved,
         "split_by": description.split.by,
         "split_size": description.split.size,
         "max_attempts": description.max_attempts,
@@ -82,8 +122,9 @@ COMMANDS: dict[str, tuple[TaskState, TaskEventType, frozenset[str] | None]] = {
 
 class TaskLifecycle:
     def __init__(self, engine: Database, topology: Topology, on_committed: Callable[[], None],
-                 dsm: DsmClient | None = None) -> None:
+                 payloads: PayloadResolver, dsm: DsmClient | None = None) -> None:
         self.engine = engine
+        self.payloads = payloads
         self.dsm = dsm
         self.exchange = topology.exchange("tasks")
         # Wakes the outbox relay once an event is committed.
@@ -96,7 +137,7 @@ class TaskLifecycle:
         """Register a task; (row, created). The same WFMS request id returns the existing task. A task whose
         output dataset is another active task's output is refused (OutputDatasetTaken); so is one whose output
         dataset is closed in the DSM, when the DSM can say so now (``output_dataset_closed``)."""
-        values = row_values(description)
+        values = row_values(description, self.payloads.resolve(description))
         if description.wfms_request_id is not None:
             async with self.engine.connect() as conn:
                 existing = await queries.select_task_by_request_id(conn, description.wfms_request_id)

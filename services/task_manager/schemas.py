@@ -59,6 +59,17 @@ class Payload(BaseModel):
         return self
 
 
+class TransformationCall(BaseModel):
+    """A site-declared transformation and the values of its parameters (GET /api/v1/transformations)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    parameters: dict[Annotated[str, StringConstraints(max_length=64)],
+                     Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=dict,
+                                                                                  max_length=100)
+
+
 class SplitRule(BaseModel):
     """How the input dataset becomes jobs: N files per job, at most N bytes per job, or about N events per job."""
 
@@ -77,10 +88,15 @@ class TaskDescription(BaseModel):
     type: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")]
     input_dataset: DatasetName
     output_dataset: DatasetName
-    payload: Payload
-    resource_type: ResourceType = "cpu"
-    cores: int = Field(1, ge=1, le=1024)
-    memory_mb: int = Field(2000, ge=1, le=2**20)
+    transformation: TransformationCall | None = Field(
+        None, description="what the jobs run: a transformation of the site's registry (exactly one of "
+        "transformation and payload)")
+    payload: Payload | None = Field(
+        None, description="a raw command: refused (422) unless the site runs with WMS_ALLOW_ARBITRARY_COMMANDS=1, "
+        "a development switch")
+    resource_type: ResourceType | None = Field(None, description="default: the transformation's, else cpu")
+    cores: int | None = Field(None, ge=1, le=1024, description="default: the transformation's, else 1")
+    memory_mb: int | None = Field(None, ge=1, le=2**20, description="default: the transformation's, else 2000")
     split: SplitRule
     max_attempts: int = Field(3, ge=1, le=100)
     priority: int = Field(10, ge=1, le=1000)
@@ -89,6 +105,8 @@ class TaskDescription(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskDescription:
+        if (self.transformation is None) == (self.payload is None):
+            raise ValueError("name exactly one of transformation and payload")
         if self.input_dataset == self.output_dataset:
             raise ValueError("output_dataset must differ from input_dataset")
         nul = _find_nul(self.model_dump(), "body")
@@ -123,6 +141,16 @@ class Progress(BaseModel):
     eta_s: float | None
 
 
+class PayloadView(BaseModel):
+    """What the task's jobs run, as resolved at registration."""
+
+    transformation: str | None = Field(None, description="null: a raw command (development switch)")
+    parameters: dict[str, str] = Field(default_factory=dict)
+    command: str
+    args: list[str]
+    env: dict[str, str]
+
+
 class TaskView(BaseModel):
     id: int
     name: str
@@ -131,7 +159,7 @@ class TaskView(BaseModel):
     error: str | None
     input_dataset: str
     output_dataset: str
-    payload: Payload
+    payload: PayloadView
     resource_type: str
     cores: int
     memory_mb: int

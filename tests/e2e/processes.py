@@ -45,6 +45,7 @@ class Deployment:
             "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", SERVICE_TOKEN: "service",
                                           PILOT_TOKEN: "pilot"}),
             "WMS_SERVICE_TOKEN": SERVICE_TOKEN,
+            "WMS_ALLOW_ARBITRARY_COMMANDS": "1",
             "WMS_DSM_URL": f"http://127.0.0.1:{ports['wms-dsm']}",
             "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
             **{var: str(ports[name]) for name, var in PORT_VARS.items()},

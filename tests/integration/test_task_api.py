@@ -183,7 +183,7 @@ async def test_missing_fields_and_malformed_json_are_422(task_manager, db) -> No
     response = await task_manager.post("/api/v1/tasks", json={"name": "x"}, headers=WFMS)
     assert response.status_code == 422
     missing = {e["loc"][-1] for e in response.json()["detail"]}
-    assert {"type", "input_dataset", "output_dataset", "payload", "split"} <= missing
+    assert {"type", "input_dataset", "output_dataset", "split"} <= missing
     response = await task_manager.post(
         "/api/v1/tasks", content=b"{not json", headers={**WFMS, "Content-Type": "application/json"}
     )

@@ -44,10 +44,9 @@ async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: 
 
 def chain(run: str, slices: int) -> list[dict]:
     """The three task descriptions: each step reads the previous one's output dataset while it grows."""
-    def step(name: str, command: str, inputs: str, outputs: str, files_per_job: int) -> dict:
+    def step(name: str, transformation: str, inputs: str, outputs: str, files_per_job: int) -> dict:
         return {"name": f"{name} {run}", "type": name, "input_dataset": inputs, "output_dataset": outputs,
-                "payload": {"command": command, "args": ["{inputs}"], "env": {}},
-                "resource_type": "cpu", "cores": 1, "memory_mb": 500,
+                "transformation": {"name": transformation},
                 "split": {"by": "files", "size": files_per_job}, "max_attempts": 3, "priority": 10,
                 "wfms_request_id": f"{run}-{name}", "metadata": {"demo": run}}
 
