@@ -32,7 +32,7 @@ from tests.e2e.processes import Deployment
 async def simulated_pilot(n: int, d: Deployment, channel_kind: str, running_at: dict[int, float],
                           stop: asyncio.Event) -> int:
     channel = (RestChannel(d.url("wms-job-executor"), PILOT_TOKEN, 60) if channel_kind == "rest"
-               else MqChannel(AMQP, d.env["WMS_BROKER_NAMESPACE"], 60))
+               else MqChannel(AMQP, d.env["WMS_BROKER_NAMESPACE"], PILOT_TOKEN, 60))
     await channel.register(PilotRegistration(host=f"sim{n}", resource_type="cpu", cores=1, memory_mb=1000,
                                              version="bench"))
     done = 0

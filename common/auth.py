@@ -1,6 +1,7 @@
 """Bearer-token authentication with roles; which role may do what is each service's named access policy."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Collection
 from typing import Annotated
@@ -11,6 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from common.settings import Role, Settings
 
 bearer = HTTPBearer(auto_error=False, description="Bearer token; the settings map each token to a role")
+
+
+def token_digest(token: str) -> str:
+    """What is kept of an operator-issued credential: its sha256 (looked up by value, never compared by prefix)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def token_role(settings: Settings, token: str) -> Role | None:

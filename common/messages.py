@@ -10,7 +10,7 @@ import enum
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from common.pilot_protocol import Heartbeat, JobReport, PilotRegistration
 from common.policies import ResourceType
@@ -100,6 +100,8 @@ class PilotCall(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # the pilot's credential (its bearer token over REST): every call is authenticated, as over REST
+    credential: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
     pilot_id: int | None = None
     session: str | None = None
     job_id: int | None = None

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # Pilot registrations per credential: a steady rate with a burst (a farm starting at once); beyond: 429.
     pilot_registrations_per_s: float = Field(50.0, gt=0)
     pilot_registration_burst: int = Field(500, ge=1)
+    # Operator-issued pilot credentials are looked up at most this often per token (a revocation takes effect
+    # within this time).
+    credential_cache_s: float = Field(5.0, ge=0)
     # Where pilots stage outputs (a shared filesystem in this version): file://<storage_root>/<dataset>/...
     storage_root: str = "/var/tmp/spd-wms/storage"
 

@@ -36,12 +36,13 @@ from pilot.channels import ChannelRefused, ChannelUnavailable
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
 from pilot.config import PilotSettings
+from pilot.exit_codes import EXIT_DEAD, EXIT_FAILURE, EXIT_NO_WORK, EXIT_OK, EXIT_REFUSED
 from pilot.payload import expand_args, run_payload
 from pilot.resources import identify
 from pilot.staging import StagingError, Throttle, remove_staged, stage_in, stage_out
 
 log = logging.getLogger("wms.pilot")
-EXIT_OK, EXIT_FAILURE, EXIT_NO_WORK, EXIT_DEAD = 0, 1, 3, 4
+CREDENTIAL_REFUSED = (401, 403)  # no use trying again with this credential
 RETRY_FIRST_S = 0.5
 EXIT_CALL_TIMEOUT_S = 5.0
 DETAIL_LOG_MAX = 300
@@ -66,7 +67,7 @@ class Pilot:
         self.channel: RestChannel | MqChannel = (
             RestChannel(settings.server_url, settings.token, settings.request_timeout_s)
             if settings.channel == "rest"
-            else MqChannel(settings.amqp_url, settings.broker_namespace, settings.request_timeout_s)
+            else MqChannel(settings.amqp_url, settings.broker_namespace, settings.token, settings.request_timeout_s)
         )
         self.stopping = asyncio.Event()  # SIGTERM: finish the current job, take no other
         self.throttle_bytes_per_s = settings.stage_bandwidth_mbps * 1e6
@@ -110,6 +111,13 @@ class Pilot:
         except Stopped:
             await self.channel.close()
             return EXIT_OK
+        except ChannelRefused as exc:
+            await self.channel.close()
+            if exc.status in CREDENTIAL_REFUSED:
+                log.error("pilot credential refused", extra={"status": exc.status,
+                                                             "detail": str(exc.detail)[:DETAIL_LOG_MAX]})
+                return EXIT_REFUSED
+            raise
         self.heartbeat_interval = session.heartbeat_interval_s
         log.info("pilot registered", extra={"pilot_id": session.pilot_id, **registration.model_dump()})
         started = idle_since = time.monotonic()
@@ -138,6 +146,10 @@ class Pilot:
             if exc.status == 409:  # declared dead (or ended) by the job-executor
                 log.error("pilot refused by the job-executor", extra={"detail": str(exc.detail)[:DETAIL_LOG_MAX]})
                 return EXIT_DEAD
+            if exc.status in CREDENTIAL_REFUSED:  # the credential was revoked
+                log.error("pilot credential refused", extra={"status": exc.status,
+                                                             "detail": str(exc.detail)[:DETAIL_LOG_MAX]})
+                return EXIT_REFUSED
             raise
         finally:
             log.info("pilot ending", extra={"pilot_id": self.channel.pilot_id})

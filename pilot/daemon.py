@@ -15,6 +15,7 @@ import sys
 import time
 
 from common.jsonlog import configure_logging
+from pilot.exit_codes import EXIT_REFUSED
 
 log = logging.getLogger("wms.pilot.daemon")
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         if code == 0:
             backoff = args.backoff
             continue
+        if code == EXIT_REFUSED:
+            log.error("the job-executor refuses this node's pilot credential (unknown, revoked, or not allowed "
+                      "for this node's resources): not relaunching; fix WMS_PILOT_TOKEN and restart the daemon")
+            return EXIT_REFUSED
         # no work, or a crash: do not hammer the job-executor
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:

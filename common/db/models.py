@@ -120,6 +120,8 @@ class Pilot(Base):
     session_hash: Mapped[str] = mapped_column(sa.Text, server_default="")
     channel: Mapped[str] = mapped_column(sa.Text, server_default="rest")
     current_job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # the operator-issued credential it registered with (null: a site-wide pilot token of the settings)
+    credential_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     registered_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     heartbeat_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
@@ -133,6 +135,29 @@ class Pilot(Base):
             "heartbeat_at",
             postgresql_where=sa.text(_in("status", sorted(PILOT_MACHINE.active))),
         ),
+    )
+
+
+class PilotCredential(Base):
+    """A pilot (or node) credential issued by an operator: only the sha256 of its token is kept; it may register
+    pilots of one resource type, up to max_cores/max_gpus, on hosts matching host_pattern (a shell glob)."""
+
+    __tablename__ = "pilot_credential"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    token_sha256: Mapped[str] = mapped_column(sa.Text, unique=True)
+    resource_type: Mapped[str] = mapped_column(sa.Text)
+    max_cores: Mapped[int] = mapped_column(sa.Integer)
+    max_gpus: Mapped[int] = mapped_column(sa.Integer)
+    host_pattern: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("resource_type", RESOURCE_TYPES), name="resource_type"),
+        sa.CheckConstraint("max_cores > 0 AND max_gpus >= 0 AND (resource_type = 'gpu' OR max_gpus = 0)",
+                           name="limits"),
     )
 
 
@@ -321,3 +346,4 @@ files = cast(sa.Table, File.__table__)
 outbox = cast(sa.Table, OutboxMessage.__table__)
 consumed_messages = cast(sa.Table, ConsumedMessage.__table__)
 job_attempts = cast(sa.Table, JobAttempt.__table__)
+pilot_credentials = cast(sa.Table, PilotCredential.__table__)

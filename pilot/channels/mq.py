@@ -24,8 +24,9 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 class MqChannel:
-    def __init__(self, amqp_url: str, namespace: str, timeout_s: float) -> None:
+    def __init__(self, amqp_url: str, namespace: str, token: str, timeout_s: float) -> None:
         self.amqp_url, self.exchange_name, self.timeout_s = amqp_url, f"{namespace}.pilots", timeout_s
+        self.token = token  # the pilot's credential: every request carries it, as over REST
         self.pilot_id: int | None = None
         self._session: str | None = None
         self._pending: dict[str, asyncio.Future[PilotReply]] = {}
@@ -70,7 +71,7 @@ class MqChannel:
         future.set_result(reply)
 
     async def _call(self, op: str, **fields: Any) -> PilotReply:
-        call = PilotCall(pilot_id=self.pilot_id, session=self._session, **fields)
+        call = PilotCall(credential=self.token, pilot_id=self.pilot_id, session=self._session, **fields)
         correlation_id = str(uuid.uuid4())
         envelope = wrap(op, call)
         try:

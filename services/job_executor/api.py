@@ -1,13 +1,14 @@
-"""Pilot REST API: register, claim, heartbeat, report, exit. A pilot token (role 'pilot') and the pilot's own
-session secret (header X-Pilot-Session) are needed for every call after registration."""
+"""Pilot REST API: register, claim, heartbeat, report, exit. A pilot credential (an operator-issued one, or a
+site-wide token of role 'pilot') and the pilot's own session secret (header X-Pilot-Session) are needed for every
+call after registration."""
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials
 
-from common.auth import bearer, require_role
+from common.auth import bearer
 from common.pilot_protocol import (
     ClaimRequest,
     Heartbeat,
@@ -18,7 +19,9 @@ from common.pilot_protocol import (
     PilotSession,
 )
 from common.policies import MAX_ID
+from services.job_executor.credentials import NotAPilotToken, PilotCredentials, PilotGrant
 from services.job_executor.dispatch import (
+    CredentialMismatch,
     Dispatcher,
     PilotBusy,
     PilotEnded,
@@ -27,10 +30,9 @@ from services.job_executor.dispatch import (
     WrongSession,
 )
 
-PILOTS_ONLY = require_role("act as a pilot", {"pilot"})
 # The answer to each kind of refusal, on REST and (as the reply's status) on RabbitMQ.
 REFUSAL_STATUS: dict[type[PilotRefused], int] = {UnknownPilot: 404, WrongSession: 403, PilotEnded: 409,
-                                                 PilotBusy: 409}
+                                                 PilotBusy: 409, CredentialMismatch: 403}
 REPORT_REFUSED_STATUS = 409
 REPORT_INVALID_STATUS = 422
 
@@ -38,10 +40,28 @@ REPORT_INVALID_STATUS = 422
 def refusal_status(exc: PilotRefused) -> int:
     return REFUSAL_STATUS[type(exc)]
 
-router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(PILOTS_ONLY)])
+async def pilot_grant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                              Depends(bearer)]) -> PilotGrant:
+    """401 without a known, unrevoked pilot credential; 403 for another role's token."""
+    unauthorized = HTTPException(status.HTTP_401_UNAUTHORIZED, "missing, unknown or revoked pilot credential",
+                                 headers={"WWW-Authenticate": "Bearer"})
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise unauthorized
+    store: PilotCredentials = request.app.state.pilot_credentials
+    try:
+        grant = await store.grant_for(credentials.credentials)
+    except NotAPilotToken as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
+    if grant is None:
+        raise unauthorized
+    return grant
 
 
-def _dispatcher(request: Request) -> Dispatcher:
+Grant = Annotated[PilotGrant, Depends(pilot_grant)]
+router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(pilot_grant)])
+
+
+async def _dispatcher(request: Request) -> Dispatcher:  # async: no thread-pool hop
     return request.app.state.dispatcher
 
 
@@ -51,10 +71,11 @@ Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
 
 
 @router.post("/pilots", response_model=PilotSession, status_code=201,
-             responses={429: {"description": "too many registrations with this credential (Retry-After)"}})
-async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep,
-                         credentials: Annotated[HTTPAuthorizationCredentials, Depends(bearer)]) -> PilotSession:
-    return await dispatcher.register(registration, channel="rest", credential=credentials.credentials)
+             responses={403: {"description": "the credential does not allow this resource type, these cores or "
+                                             "GPUs, or this host"},
+                        429: {"description": "too many registrations with this credential (Retry-After)"}})
+async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep, grant: Grant) -> PilotSession:
+    return await dispatcher.register(registration, channel="rest", grant=grant)
 
 
 @router.post("/pilots/{pilot_id}/claim", response_model=JobSpec, responses={204: {"description": "no work"}})

@@ -15,6 +15,7 @@ from common.observability import add_health_routes, instrument, map_error, obser
 from common.runtime import ServiceRuntime
 from common.settings import Settings
 from services.job_executor.api import REPORT_INVALID_STATUS, REPORT_REFUSED_STATUS, refusal_status, router
+from services.job_executor.credentials import PilotCredentials
 from services.job_executor.dispatch import (
     Dispatcher,
     PilotRefused,
@@ -39,6 +40,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         oversight = Oversight(engine, settings, dsm, broker.topology, runtime.relay.wake,
                               broker_ready=lambda: broker.is_connected)
         dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
+        credentials = PilotCredentials(engine, settings)
 
         async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
             assert isinstance(event, TaskEvent)
@@ -46,11 +48,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await oversight.apply_task_event(envelope.type, event)
 
         await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
-        await PilotMqChannel(broker, dispatcher).start()
+        await PilotMqChannel(broker, dispatcher, credentials).start()
         housekeeping = Loop("housekeeping", lambda: _not_busy(oversight.purge_old_rows()),
                             settings.housekeeping_interval_s)
         runtime.run(oversight.loop, housekeeping, Telemetry(engine, broker, settings.metrics_interval_s).loop)
-        app.state.dispatcher, app.state.oversight = dispatcher, oversight
+        app.state.dispatcher, app.state.oversight, app.state.pilot_credentials = dispatcher, oversight, credentials
         yield
 
 

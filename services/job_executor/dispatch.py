@@ -29,6 +29,7 @@ from common.policies import resource_types_served
 from common.settings import Settings
 from common.states import AttemptOutcome, FileRole, FileState, JobState, PilotState
 from services.job_executor import queries
+from services.job_executor.credentials import PilotGrant, registration_refusal
 from services.job_executor.retries import retry_or_fail, retry_policy
 
 PILOT_SLOTS = 1  # jobs a pilot runs at once in this version
@@ -56,6 +57,10 @@ class PilotEnded(PilotRefused):
 
 class PilotBusy(PilotRefused):
     """The pilot holds as many jobs as it has slots (one, in this version): it may not claim more."""
+
+
+class CredentialMismatch(PilotRefused):
+    """The credential does not allow this registration (resource type, cores, GPUs or host)."""
 
 
 class TooManyRegistrations(Exception):
@@ -133,13 +138,18 @@ class Dispatcher:
         # Called with the task id when a job reached a terminal state: the task may be complete.
         self.on_job_ended = on_job_ended
 
-    async def register(self, registration: PilotRegistration, channel: str, credential: str) -> PilotSession:
-        """``credential``: what the pilot authenticated with (registrations are rate-limited per credential)."""
-        self.registrations.take(_hash(credential), time.monotonic())
+    async def register(self, registration: PilotRegistration, channel: str, grant: PilotGrant) -> PilotSession:
+        """``grant``: what the pilot's credential allows (checked here; registrations are rate-limited per
+        credential)."""
+        refusal = registration_refusal(grant, registration)
+        if refusal is not None:
+            raise CredentialMismatch(refusal)
+        self.registrations.take(grant.key, time.monotonic())
         session = secrets.token_urlsafe(24)
         async with self.engine.begin() as conn:
             pilot_id = await queries.insert_pilot(
-                conn, {**registration.model_dump(), "session_hash": _hash(session), "channel": channel}
+                conn, {**registration.model_dump(), "session_hash": _hash(session), "channel": channel,
+                       "credential_id": grant.credential_id}
             )
         return PilotSession(pilot_id=pilot_id, session=session, heartbeat_interval_s=self.settings.heartbeat_interval_s)
 

@@ -22,15 +22,17 @@ from common.failures import is_transient
 from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
 from common.observability import observe_message
 from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status
+from services.job_executor.credentials import NotAPilotToken, PilotCredentials
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused, TooManyRegistrations
 
 log = logging.getLogger("wms.job_executor.mq")
+REPLY_QUEUE_PREFIX = "amq.gen-"  # the broker names a pilot's exclusive reply queue
 SERVICE = "job-executor"
 
 
 class PilotMqChannel:
-    def __init__(self, broker: Broker, dispatcher: Dispatcher) -> None:
-        self.broker, self.dispatcher = broker, dispatcher
+    def __init__(self, broker: Broker, dispatcher: Dispatcher, credentials: PilotCredentials) -> None:
+        self.broker, self.dispatcher, self.credentials = broker, dispatcher, credentials
 
     async def start(self) -> None:
         topology = self.broker.topology
@@ -40,15 +42,26 @@ class PilotMqChannel:
     async def _on_request(self, envelope: Envelope, call: object, message: AbstractIncomingMessage) -> None:
         if not isinstance(call, PilotCall) or not message.reply_to:
             raise BadMessage(f"not a pilot request with reply_to: {envelope.type}")
+        if not message.reply_to.startswith(REPLY_QUEUE_PREFIX):
+            # a pilot may have only its own server-named reply queue answered: never a service's queue
+            raise BadMessage(f"reply_to {message.reply_to!r} is not a pilot's reply queue")
         with observe_message(SERVICE, envelope.type):
             reply = await self._answer(envelope.type, call)
         await self.broker.reply(message, wrap("pilot.reply", reply))
 
     async def _answer(self, op: str, call: PilotCall) -> PilotReply:
+        try:
+            grant = await self.credentials.grant_for(call.credential) if call.credential else None
+        except NotAPilotToken as exc:
+            return PilotReply(status=403, detail=str(exc))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            return PilotReply(status=503, detail="database unavailable, retry later")
+        if grant is None:
+            return PilotReply(status=401, detail="missing, unknown or revoked pilot credential")
         handlers: dict[str, Callable[[], Awaitable[BaseModel | None]]] = {
-            # MQ pilots present no credential of their own yet: they share one bucket
-            "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq",
-                                                               credential="mq"),
+            "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq", grant=grant),
             "pilot.claim.cpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
             "pilot.claim.gpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
             "pilot.heartbeat": lambda: self.dispatcher.heartbeat(_need(call.pilot_id), call.session,

@@ -8,3 +8,4 @@ SUBMIT_TASKS = require_role("submit tasks", {"wfms", "operator"})
 # Cancel and reprioritise are the WFMS's own decisions; pause/resume is an operational action.
 CHANGE_TASKS = require_role("cancel or reprioritise tasks", {"wfms", "operator"})
 OPERATE_TASKS = require_role("pause or resume tasks", {"operator"})
+MANAGE_PILOT_CREDENTIALS = require_role("issue, list or revoke pilot credentials", {"operator"})

@@ -13,7 +13,7 @@ from common.observability import add_health_routes, instrument, map_error, run_s
 from common.runtime import ServiceRuntime
 from common.settings import Settings
 from common.states import IllegalTransition, RowNotFound
-from services.task_manager import operations_api
+from services.task_manager import credentials_api, operations_api
 from services.task_manager.api import router
 from services.task_manager.dead_letters import DeadLetterNotFound, UnknownQueue
 from services.task_manager.lifecycle import (
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "run any command on every worker node; a development switch, never for a shared farm")
     app.include_router(router)
     app.include_router(operations_api.router)
+    app.include_router(credentials_api.router)
     app.include_router(operations_api.pages)
     instrument(app, SERVICE)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import Record, files, job_attempts, jobs, pilots, tasks
+from common.db.models import Record, files, job_attempts, jobs, pilot_credentials, pilots, tasks
 from common.db.transitions import transition_one
 from common.states import PILOT_MACHINE, TASK_MACHINE, FileRole, FileState, JobState, TaskState
 
@@ -257,4 +257,24 @@ async def output_waiting_for_dsm(conn: AsyncConnection, job_id: int) -> Record |
     """One of the job's outputs whose registration met a DSM outage (its error and next try), if any."""
     stmt = sa.select(files.c.error, files.c.register_after).where(
         files.c.job_id == job_id, files.c.status == FileState.STAGED, files.c.error.is_not(None)).limit(1)
+    return (await conn.execute(stmt)).first()
+
+
+async def insert_pilot_credential(conn: AsyncConnection, values: dict[str, Any]) -> Record:
+    stmt = sa.insert(pilot_credentials).values(**values).returning(*pilot_credentials.c)
+    return (await conn.execute(stmt)).one()
+
+
+async def select_pilot_credentials(conn: AsyncConnection, include_revoked: bool) -> Sequence[Record]:
+    stmt = sa.select(pilot_credentials).order_by(pilot_credentials.c.id)
+    if not include_revoked:
+        stmt = stmt.where(pilot_credentials.c.revoked_at.is_(None))
+    return (await conn.execute(stmt)).all()
+
+
+async def revoke_pilot_credential(conn: AsyncConnection, credential_id: int) -> Record | None:
+    """Revoke (once: a repeated revocation keeps the first time); None if there is no such credential."""
+    stmt = (sa.update(pilot_credentials).where(pilot_credentials.c.id == credential_id)
+            .values(revoked_at=sa.func.coalesce(pilot_credentials.c.revoked_at, sa.func.now()))
+            .returning(*pilot_credentials.c))
     return (await conn.execute(stmt)).first()

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from common.db.models import pilots
+from pilot.exit_codes import EXIT_REFUSED
 from tests.conftest import PILOT_TOKEN, wait_for
 from tests.e2e.stack import wms_stack
 from tests.e2e.test_dispatch import _has_pid_files, slow_payload
@@ -49,3 +50,12 @@ async def test_sigterm_lets_the_running_job_finish(settings, db, tmp_path) -> No
         assert await asyncio.to_thread(process.wait, 30) == 0
         await wait_for(lambda: stack.ended(task_id))
         assert (await stack.task(task_id)).status == "done"
+
+
+async def test_a_refused_credential_stops_the_daemon_instead_of_relaunching(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        process = daemon(stack, "--max-pilots", "5", "--backoff", "0.1", WMS_PILOT_TOKEN="wmsp_never-issued")
+        assert await asyncio.to_thread(process.wait, 60) == EXIT_REFUSED
+        log = (tmp_path / "daemon.log").read_text()
+        assert log.count('"msg": "pilot ended"') == 1  # one launch: relaunching with this credential is futile
+        assert "missing, unknown or revoked pilot credential" in log and "not relaunching" in log

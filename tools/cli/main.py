@@ -22,6 +22,9 @@ EXIT_USAGE = 2
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 dlq = typer.Typer(help="Dead-lettered messages: list them, replay one.", no_args_is_help=True)
 app.add_typer(dlq, name="dlq")
+credentials = typer.Typer(help="Pilot credentials (operators): issue one per node or batch queue, list, revoke.",
+                          no_args_is_help=True)
+app.add_typer(credentials, name="credentials")
 
 
 class State:
@@ -232,6 +235,44 @@ def dlq_replay(queue: Annotated[str, typer.Argument(help="the queue it was dead-
     """Put one dead-lettered message back on its queue (after the cause is fixed)."""
     _show(state.api.post(f"/api/v1/dead-letters/{queue}/{message_id}/replay"),
           lambda r: render.console.print(f"{r['message_id']} replayed to {r['republished_to']}"))
+
+
+def _credential_rows(items: list[dict]) -> None:
+    render.table("Pilot credentials", ["id", "name", "type", "max cores", "max gpus", "hosts", "created", "revoked"],
+                 [[c["id"], c["name"], c["resource_type"], c["max_cores"], c["max_gpus"], c["host_pattern"],
+                   c["created_at"], c["revoked_at"]] for c in items])
+
+
+@credentials.command("issue")
+def credentials_issue(
+    name: Annotated[str, typer.Argument(help="who holds it: a node, a rack, a batch queue")],
+    resource_type: Annotated[str, typer.Option("--type", help="cpu or gpu: the pilots it may register")],
+    max_cores: Annotated[int, typer.Option(min=1, help="the most cores one of its pilots may declare")],
+    max_gpus: Annotated[int, typer.Option(min=0, help="the most GPUs (gpu credentials only)")] = 0,
+    hosts: Annotated[str, typer.Option(help="shell glob the pilot's host must match")] = "*",
+) -> None:
+    """Issue a pilot credential; its token is printed once (give it to the pilots as WMS_PILOT_TOKEN)."""
+    issued = state.api.post("/api/v1/pilot-credentials", {"name": name, "resource_type": resource_type,
+                                                         "max_cores": max_cores, "max_gpus": max_gpus,
+                                                         "host_pattern": hosts})
+    _show(issued, lambda c: render.console.print(
+        f"credential {c['id']} ({c['name']}: {c['resource_type']}, <= {c['max_cores']} cores, <= {c['max_gpus']} "
+        f"GPUs, hosts {c['host_pattern']})\ntoken (shown once): {c['token']}", markup=False, highlight=False))
+
+
+@credentials.command("list")
+def credentials_list(all_of_them: Annotated[bool, typer.Option("--all", help="include revoked ones")] = False
+                     ) -> None:
+    """Pilot credentials (never their tokens)."""
+    _show(state.api.get("/api/v1/pilot-credentials", all=all_of_them), _credential_rows)
+
+
+@credentials.command("revoke")
+def credentials_revoke(credential_id: Annotated[int, typer.Argument(min=1, help="credential id")]) -> None:
+    """Revoke a credential: its pilots are refused from now on (their jobs are retried elsewhere)."""
+    _show(state.api.post(f"/api/v1/pilot-credentials/{credential_id}/revoke"),
+          lambda c: render.console.print(f"credential {c['id']} ({c['name']}) revoked at {c['revoked_at']}",
+                                         markup=False, highlight=False))
 
 
 @app.command()
