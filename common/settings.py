@@ -21,7 +21,8 @@ DEV_TOKENS: dict[str, Role] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WMS_", extra="ignore")
+    # an empty variable counts as unset (compose passes `${VAR:-}` when the shell and .env do not set it)
+    model_config = SettingsConfigDict(env_prefix="WMS_", extra="ignore", env_ignore_empty=True)
 
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/wms"
     db_pool_size: int = Field(10, ge=1, le=200)

@@ -12,7 +12,7 @@ PAYLOAD_ENV_DEFAULT = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ"
 
 
 class PilotSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WMS_PILOT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="WMS_PILOT_", extra="ignore", env_ignore_empty=True)
 
     channel: Literal["rest", "mq"] = "rest"
     server_url: str = "http://127.0.0.1:8085"  # job-executor (REST channel)

@@ -97,11 +97,15 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
             "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN,
     }
     out = tmp_path / "launch.out"
-    launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "2", "--logs", str(tmp_path / "logs")], env=env,
-                                stdout=out.open("w"), stderr=subprocess.STDOUT)
+    # MQ pilots: the launcher gives them a broker user of their own (removed when it ends)
+    pilot_user = f"{settings.broker_namespace}-pilot"
+    launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "2", "--channel", "mq", "--logs",
+                                 str(tmp_path / "logs")], env=env, stdout=out.open("w"), stderr=subprocess.STDOUT)
     try:
         await wait_for_line(out, "wms-launch: up:", launcher)
         assert "/monitor#token=<operator token>" in out.read_text()  # dev tokens are not in use here
+        assert f"MQ pilots use broker user {pilot_user}" in out.read_text()
+        assert pilot_user in await asyncio.to_thread(broker_users)
 
         demo = await asyncio.to_thread(run_cli, env, "demo", "--slices", "24", "--run", "t1", timeout=240)
         assert demo.returncode == 0, demo.stdout + demo.stderr
@@ -126,11 +130,18 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         code = await asyncio.to_thread(launcher.wait, 90)
     assert code == 0, out.read_text()
     assert "wms-launch: stopped" in out.read_text()
+    assert pilot_user not in await asyncio.to_thread(broker_users)
     async with db.connect() as conn:  # the pilots ended cleanly (told the WMS), none was declared dead
         states = (await conn.execute(sa.select(pilots.c.status))).scalars().all()
     assert states and set(states) == {"exited"}, states
     refused = await asyncio.to_thread(run_cli, env, "q")
     assert refused.returncode == 3 and "cannot reach" in refused.stderr
+
+
+def broker_users() -> list[str]:
+    listed = subprocess.run(["rabbitmqctl", "-q", "list_users"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    return [line.split("\t")[0] for line in listed.stdout.splitlines()]
 
 
 def children_of(pid: int) -> dict[int, str]:

@@ -4,62 +4,17 @@ task (a fault-injecting proxy in front of the reference DSM)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from tests.conftest import free_port, wait_for
+from tests.faults.conftest import SCRIPTS
 from tests.faults.harness import fault_run, now_utc, record
 
 pytestmark = pytest.mark.e2e
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _free_port_pair() -> int:
-    """A port p with p + 20000 free too (a RabbitMQ node's AMQP and distribution ports)."""
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        if port + 20000 > 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 20000))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free port pair")
-
-
-@contextlib.contextmanager
-def _private_server(script: str, port: int, stop: str) -> Iterator[tuple[str, Path, int]]:
-    """Start ``scripts/<script>`` in a directory of its own on ``port``; ``stop`` it (and its data) after."""
-    directory = Path(tempfile.mkdtemp(prefix=f"wms-fault-{script}."))
-    url = subprocess.run([SCRIPTS / script, "start", directory, str(port)], check=True, capture_output=True,
-                         text=True, timeout=180).stdout.strip()
-    try:
-        yield url, directory, port
-    finally:
-        subprocess.run([SCRIPTS / script, stop, directory, str(port)], capture_output=True, timeout=180)
-
-
-@pytest.fixture
-def private_rabbitmq() -> Iterator[tuple[str, Path, int]]:
-    with _private_server("private-rabbitmq", _free_port_pair(), "stop") as server:
-        yield server
-
-
-@pytest.fixture
-def private_postgres() -> Iterator[tuple[str, Path, int]]:
-    with _private_server("private-postgres", free_port(), "remove") as server:
-        yield server
 
 
 async def test_rabbitmq_restart_mid_run(postgres_server_url, private_rabbitmq, tmp_path) -> None:

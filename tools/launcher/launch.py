@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from common.settings import Settings
 from tools.launcher.logs import RotatingLog, pump
@@ -92,6 +93,32 @@ class LaunchFailed(Exception):
     pass
 
 
+class PilotBrokerUser:
+    """The MQ pilots' broker user (wms-broker-setup through rabbitmqctl), removed again when the launch ends."""
+
+    def __init__(self) -> None:
+        self.namespace: str | None = None
+
+    def set_up(self, settings: Settings, env: dict[str, str]) -> str:
+        address = urlsplit(settings.amqp_url)
+        done = subprocess.run([BIN / "wms-broker-setup", "--apply", "--namespace", settings.broker_namespace,
+                               "--amqp-host", f"{address.hostname}:{address.port or 5672}"],
+                              env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"wms-launch: WARNING: no broker user of their own for the MQ pilots ({done.stderr.strip()}); "
+                  "they use the services' broker login", file=sys.stderr, flush=True)
+            return settings.amqp_url
+        self.namespace = settings.broker_namespace
+        print(f"wms-launch: MQ pilots use broker user {self.namespace}-pilot (the pilot conversation only)",
+              flush=True)
+        return done.stdout.strip()
+
+    def remove(self, env: dict[str, str]) -> None:
+        if self.namespace is not None:
+            subprocess.run([BIN / "wms-broker-setup", "--remove", "--namespace", self.namespace], env=env,
+                           capture_output=True, text=True)
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -138,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_dsm:
         env.setdefault("WMS_DSM_URL", url["dsm"])
     launch = Launch(env=env, logs=logs, log_max_bytes=args.log_max_mb << 20, log_backups=args.log_backups)
+    pilot_broker = PilotBrokerUser()
 
     def on_signal(signum: int, _frame: object) -> None:
         if not launch.stopping:
@@ -160,9 +188,11 @@ def main(argv: list[str] | None = None) -> int:
                 break
         pilot_env = {
             "WMS_PILOT_CHANNEL": args.channel, "WMS_PILOT_SERVER_URL": url["job-executor"],
-            "WMS_PILOT_AMQP_URL": settings.amqp_url, "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace,
-            "WMS_PILOT_CORES": str(args.pilot_cores),
+            "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace, "WMS_PILOT_CORES": str(args.pilot_cores),
         }
+        if args.channel == "mq" and not launch.stopping:
+            # MQ pilots get a broker login of their own (the pilot conversation only), never the services' one
+            pilot_env["WMS_PILOT_AMQP_URL"] = pilot_broker.set_up(settings, env)
         kinds = ["cpu"] * args.pilots + ["gpu"] * args.gpu_pilots
         for i, kind in enumerate(kinds):
             if launch.stopping:
@@ -192,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         launch.stop()
+        pilot_broker.remove(env)
         print("wms-launch: stopped", file=sys.stderr)
 
 
