@@ -4,9 +4,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Collection
-from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from common.settings import Role, Settings
@@ -47,8 +46,10 @@ def role_of(settings: Settings, credentials: HTTPAuthorizationCredentials | None
 def require_role(action: str, allowed: Collection[Role]) -> Callable[..., Role]:
     """A FastAPI dependency: 401 without a valid token, 403 when the token's role may not do ``action``."""
 
+    # the roles are the security requirement's scopes in the OpenAPI document (OpenAPI 3.1: role names)
     def dependency(
-        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer, scopes=sorted(allowed)),  # noqa: B008
     ) -> Role:
         role = role_of(request.app.state.settings, credentials)
         if role not in allowed:

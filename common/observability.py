@@ -33,7 +33,7 @@ HTTP_DURATION = Histogram(
 def instrument(app: FastAPI, service: str) -> None:
     """Add RED metrics (a plain ASGI middleware: BaseHTTPMiddleware costs a task group per request) and the
     /metrics route."""
-    app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_request_bytes)
+    app.add_middleware(RequestLimitMiddleware, max_bytes=app.state.settings.max_request_bytes)
     app.add_middleware(RedMetricsMiddleware, service=service)
 
     @app.get("/metrics", include_in_schema=False)
@@ -45,9 +45,10 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
+class RequestLimitMiddleware:
     """413 for a request body larger than ``max_bytes``, announced (Content-Length) or streamed: nobody makes a
-    service buffer a body without bound."""
+    service buffer a body without bound. 422 for a NUL character in the path or the query (PostgreSQL text cannot
+    hold one: it would otherwise surface as a database error)."""
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -56,6 +57,10 @@ class BodyLimitMiddleware:
                        send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        query = scope.get("query_string", b"")
+        if "\x00" in scope.get("path", "") or b"%00" in query or b"\x00" in query:
+            await _answer(send, 422, "NUL character in the URL")
             return
         announced = dict(scope.get("headers") or []).get(b"content-length")
         if announced is not None and announced.isdigit() and int(announced) > self.max_bytes:
@@ -77,10 +82,14 @@ class BodyLimitMiddleware:
             await self._refuse(send)
 
     async def _refuse(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
-        body = json.dumps({"detail": f"request body larger than {self.max_bytes} bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"request body larger than {self.max_bytes} bytes")
+
+
+async def _answer(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class RedMetricsMiddleware:

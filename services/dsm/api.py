@@ -26,7 +26,8 @@ CatalogDep = Annotated[Catalog, Depends(_catalog)]
 Name = Annotated[DatasetName, Path(description="dataset name")]
 
 
-@router.post("/datasets", response_model=Dataset, status_code=201, dependencies=[Depends(WRITE)])
+@router.post("/datasets", response_model=Dataset, status_code=201, dependencies=[Depends(WRITE)],
+             responses={200: {"model": Dataset, "description": "exists already (creation is idempotent)"}})
 async def create_dataset(body: DatasetCreate, catalog: CatalogDep, response: Response) -> Dataset:
     dataset, created = await catalog.create(body.name)
     if not created:
@@ -39,7 +40,8 @@ async def get_dataset(name: Name, catalog: CatalogDep) -> Dataset:
     return await catalog.get(name)
 
 
-@router.post("/datasets/{name}/files", dependencies=[Depends(WRITE)])
+@router.post("/datasets/{name}/files", dependencies=[Depends(WRITE)],
+             responses={409: {"description": "the dataset is closed, or an lfn is registered with other attributes"}})
 async def register_files(name: Name, body: FileRegistration, catalog: CatalogDep) -> dict[str, int]:
     return await catalog.register(name, body.files)
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from common.api_docs import document_errors
 from common.db.session import create_engine
 from common.observability import add_health_routes, instrument, map_error, run_service
 from common.settings import Settings
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)
+    document_errors(app)
     add_health_routes(app, lambda: {})
     map_error(app, UnknownDataset, 404)
     map_error(app, CatalogConflict, 409)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response, Security, status
 from fastapi.security import HTTPAuthorizationCredentials
 
 from common.auth import bearer
@@ -41,7 +41,7 @@ def refusal_status(exc: PilotRefused) -> int:
     return REFUSAL_STATUS[type(exc)]
 
 async def pilot_grant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                                              Depends(bearer)]) -> PilotGrant:
+                                                              Security(bearer, scopes=["pilot"])]) -> PilotGrant:
     """401 without a known, unrevoked pilot credential; 403 for another role's token."""
     unauthorized = HTTPException(status.HTTP_401_UNAUTHORIZED, "missing, unknown or revoked pilot credential",
                                  headers={"WWW-Authenticate": "Bearer"})

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common.api_docs import document_errors
 from common.background import Loop
 from common.dsm import DsmClient
 from common.messages import Envelope, TaskEvent
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)
+    document_errors(app)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     map_error(app, PilotRefused, refusal_status)
     map_error(app, ReportRefused, REPORT_REFUSED_STATUS, lambda exc: {"current_state": exc.current_state})

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common.api_docs import document_errors
 from common.messages import BadMessage, Envelope, JobChunk
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.runtime import ServiceRuntime
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)
+    document_errors(app)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     map_error(app, RowNotFound, 404)
     return app

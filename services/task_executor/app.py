@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
+from common.api_docs import document_errors
 from common.dsm import DsmClient
 from common.messages import Envelope
 from common.observability import add_health_routes, instrument, observe_message, run_service
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="SPD WMS task-executor", version="1", lifespan=lifespan)
     app.state.settings = settings or Settings()
     instrument(app, SERVICE)
+    document_errors(app)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     return app
 

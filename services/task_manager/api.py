@@ -1,7 +1,7 @@
 """Routes of the task-manager: parse -> call the domain -> shape the response. No SQL here."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
@@ -35,6 +35,9 @@ Lifecycle = Annotated[TaskLifecycle, Depends(_lifecycle)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
 After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="cursor: the last id of the previous page")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+# A command the task's state does not allow (e.g. resume a task that is not paused, change an ended task).
+TASK_CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"description": "not allowed in the task's current state (the body's current_state says which)"}}
 
 
 @router.post(
@@ -75,25 +78,29 @@ async def get_task(task_id: TaskId, conn: Conn) -> TaskView:
     return task_view(row, progress)
 
 
-@router.patch("/tasks/{task_id}", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)])
+@router.patch("/tasks/{task_id}", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)],
+              responses=TASK_CONFLICT)
 async def reprioritise_task(task_id: TaskId, change: PriorityChange, lifecycle: Lifecycle) -> TaskView:
     row, _ = await lifecycle.reprioritise(task_id, change.priority)
     return task_view(row)
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)])
+@router.post("/tasks/{task_id}/cancel", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)],
+             responses=TASK_CONFLICT)
 async def cancel_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
     row, _ = await lifecycle.apply_command(task_id, "cancel")
     return task_view(row)
 
 
-@router.post("/tasks/{task_id}/pause", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)])
+@router.post("/tasks/{task_id}/pause", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)],
+             responses=TASK_CONFLICT)
 async def pause_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
     row, _ = await lifecycle.apply_command(task_id, "pause")
     return task_view(row)
 
 
-@router.post("/tasks/{task_id}/resume", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)])
+@router.post("/tasks/{task_id}/resume", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)],
+             responses=TASK_CONFLICT)
 async def resume_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
     row, _ = await lifecycle.apply_command(task_id, "resume")
     return task_view(row)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from common.api_docs import document_errors
 from common.dsm import DsmClient
 from common.observability import add_health_routes, instrument, map_error, run_service
 from common.runtime import ServiceRuntime
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(credentials_api.router)
     app.include_router(operations_api.pages)
     instrument(app, SERVICE)
+    document_errors(app)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})
     map_error(app, RowNotFound, 404)
     map_error(app, UnknownQueue, 404)

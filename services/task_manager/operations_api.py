@@ -84,7 +84,8 @@ async def monitor_snapshot(conn: Conn, minutes: Minutes = 30) -> MonitorSnapshot
     )
 
 
-@router.get("/dead-letters", response_model=list[DeadLetter], dependencies=[Depends(HANDLE_DEAD_LETTERS)])
+@router.get("/dead-letters", response_model=list[DeadLetter], dependencies=[Depends(HANDLE_DEAD_LETTERS)],
+            responses={404: {"description": "no such queue"}})
 async def list_dead_letters(request: Request, queue: str | None = None, limit: Limit = 100) -> list[DeadLetter]:
     return await dead_letters.browse(request.app.state.broker, queue, limit)
 

@@ -147,8 +147,8 @@ class PayloadView(BaseModel):
     transformation: str | None = Field(None, description="null: a raw command (development switch)")
     parameters: dict[str, str] = Field(default_factory=dict)
     command: str
-    args: list[str]
-    env: dict[str, str]
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
 
 
 class TaskView(BaseModel):

@@ -89,20 +89,20 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
         assert (await tm.get("/api/v1/jobs?status=lost", headers=OPERATOR)).status_code == 422
 
         # Prometheus: system gauges (sampled by the job-executor) and the RED metrics of routes and consumers.
+        # the gauges are samples (every WMS_METRICS_INTERVAL_S): wait for one taken after both tasks ended
+        ns = settings.broker_namespace
+        expected = ('wms_jobs{resource_type="cpu",state="finished"} 6.0',
+                    'wms_jobs{resource_type="cpu",state="failed"} 1.0',
+                    'wms_jobs{resource_type="gpu",state="ready"} 2.0',
+                    'wms_pilots_live{channel="rest",resource_type="cpu"} 1.0',
+                    'wms_pilots_live{channel="mq",resource_type="gpu"} 0.0',
+                    f'wms_queue_messages{{queue="{ns}.job-executor.claims.gpu"}} 0.0',
+                    f'wms_queue_messages{{queue="{ns}.task-executor.task-events.dlq"}} 0.0')
         async with httpx.AsyncClient(base_url=stack.job_executor_url) as je:
             async def sampled() -> str | None:
                 text = (await je.get("/metrics")).text
-                return text if 'wms_jobs{resource_type="cpu",state="finished"} 6.0' in text else None
-            metrics = await wait_for(sampled, timeout=20)
-        ns = settings.broker_namespace
-        for line in ('wms_jobs{resource_type="cpu",state="finished"} 6.0',
-                     'wms_jobs{resource_type="cpu",state="failed"} 1.0',
-                     'wms_jobs{resource_type="gpu",state="ready"} 2.0',
-                     'wms_pilots_live{channel="rest",resource_type="cpu"} 1.0',
-                     'wms_pilots_live{channel="mq",resource_type="gpu"} 0.0',
-                     f'wms_queue_messages{{queue="{ns}.job-executor.claims.gpu"}} 0.0',
-                     f'wms_queue_messages{{queue="{ns}.task-executor.task-events.dlq"}} 0.0'):
-            assert line in metrics, line
+                return text if all(line in text for line in expected) else None
+            metrics = await wait_for(sampled, timeout=30)
         assert re.search(r'wms_http_requests_total\{[^}]*route="/pilot/v1/pilots/\{pilot_id\}/claim"', metrics)
         assert re.search(r'wms_messages_total\{[^}]*consumer="task-events"', metrics)
         tm_metrics = (await tm.get("/metrics")).text

@@ -34,6 +34,7 @@ async def test_migrate_then_serve_over_http(postgres_server_url, amqp_url, amqp,
         "WMS_TASK_MANAGER_PORT": str(port),
         "WMS_API_TOKENS": json.dumps({"e2e-token": "wfms", "e2e-service-token": "service"}),
         "WMS_SERVICE_TOKEN": "e2e-service-token",
+        "WMS_ALLOW_ARBITRARY_COMMANDS": "1",
     }
     try:
         migrate = subprocess.run([BIN / "wms-migrate"], env=env, capture_output=True, text=True, timeout=120)

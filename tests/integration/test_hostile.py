@@ -73,6 +73,13 @@ async def test_an_oversized_body_is_refused_with_413(job_executor) -> None:  # n
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
 
 
+async def test_a_nul_character_in_a_url_is_422_not_a_database_error(task_manager, db) -> None:
+    """Found by schemathesis: a NUL in a query parameter reached PostgreSQL (503 "database unavailable")."""
+    for url in ("/api/v1/jobs?status=%00", "/api/v1/dead-letters?queue=a%00b", "/api/v1/tasks/1%00"):
+        response = await task_manager.get(url, headers=OPERATOR)
+        assert response.status_code == 422 and response.json()["detail"] == "NUL character in the URL", url
+
+
 @pytest.mark.parametrize(("change", "reason"), [
     ({"output_dataset": ".."}, "output_dataset"),
     ({"input_dataset": "a..b"}, "input_dataset"),
