@@ -54,7 +54,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("job-executor.claims.cpu", "pilots", ("pilot.claim.cpu",)),
     QueueSpec("job-executor.claims.gpu", "pilots", ("pilot.claim.gpu",)),
     QueueSpec("job-executor.pilot-events", "pilots",
-              ("pilot.register", "pilot.heartbeat", "pilot.report", "pilot.exit")),
+              ("pilot.register", "pilot.heartbeat", "pilot.report", "pilot.exit", "pilot.exchange")),
 )
 DEAD_LETTER_EXCHANGE = "dlx"
 CLOSE_TIMEOUT_S = 5.0

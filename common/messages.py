@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from common.pilot_protocol import Heartbeat, JobReport, PilotRegistration
+from common.pilot_protocol import ExchangeRequest, Heartbeat, JobReport, PilotRegistration
 from common.policies import ResourceType
 from common.states import TaskState
 
@@ -109,6 +109,7 @@ class PilotCall(BaseModel):
     registration: PilotRegistration | None = None
     heartbeat: Heartbeat | None = None
     report: JobReport | None = None
+    exchange: ExchangeRequest | None = None
 
 
 class PilotReply(BaseModel):
@@ -122,7 +123,7 @@ class PilotReply(BaseModel):
 
 
 PILOT_OPERATIONS = ("pilot.register", "pilot.claim.cpu", "pilot.claim.gpu", "pilot.heartbeat", "pilot.report",
-                    "pilot.exit")
+                    "pilot.exit", "pilot.exchange")
 
 JOB_CHUNK = "jobs.chunk"
 

@@ -2,6 +2,11 @@
 
 Every report names (job id, attempt): a pilot whose attempt was superseded (it was declared dead, the job was
 retried elsewhere) is refused with 409 and must stop its payload.
+
+Protocol 2 (``exchange``): one call per pilot cycle carries the reports of its jobs, the heartbeat of those in
+flight and a request for up to ``want`` jobs for its free slots; the answer says which reports were accepted,
+which jobs to abort, and gives the new jobs. Protocol 1 (one call per claim, heartbeat and report) stays for
+single-job clients.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ class PilotRegistration(BaseModel):
     cores: int = Field(ge=1, le=4096, strict=True)
     memory_mb: int = Field(ge=1, le=2**24, strict=True)
     gpus: int = Field(0, ge=0, le=64, strict=True)
+    slots: int = Field(1, ge=1, le=1024, strict=True, description="jobs it runs at once (within its cores, "
+                       "memory and GPUs: each job takes its task's cores and memory, a GPU job one GPU)")
     version: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]+$")]
 
 
@@ -100,3 +107,51 @@ class JobReport(BaseModel):
     error_message: Annotated[str, StringConstraints(max_length=4000, pattern=r"^[^\x00]*$")] | None = None
     outputs: list[StagedFile] = Field(default_factory=list, max_length=10_000)
     log: StagedFile | None = None
+
+
+class ExchangeReport(JobReport):
+    """A report of one of the pilot's jobs, inside an exchange."""
+
+    job_id: int = Field(ge=1, le=2**63 - 1, strict=True)
+
+
+class JobBeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: int = Field(ge=1, le=2**63 - 1, strict=True)
+    attempt: int = Field(ge=1, strict=True)
+
+
+class ExchangeRequest(BaseModel):
+    """One pilot cycle: reports, heartbeats of the jobs in flight, and how many more jobs it would take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reports: list[ExchangeReport] = Field(default_factory=list, max_length=1024)
+    running: list[JobBeat] = Field(default_factory=list, max_length=1024,
+                                   description="the jobs in flight on the pilot (their heartbeat)")
+    want: int = Field(0, ge=0, le=256, strict=True, description="jobs it would take now (its free slots)")
+    request_id: uuid.UUID | None = Field(
+        None, description="the same for every retry of one exchange: a retried exchange gets the jobs the first "
+        "one claimed instead of more")
+    wait_s: float = Field(0.0, ge=0, le=30, description="if no job is ready, wait up to this long for one "
+                          "(long poll)")
+
+
+class ReportOutcome(BaseModel):
+    job_id: int
+    attempt: int
+    status: int = Field(description="200 accepted (or a repeat), 409 no longer this pilot's attempt, 422 invalid")
+    detail: str | None = None
+
+
+class AbortOrder(BaseModel):
+    job_id: int
+    attempt: int
+    reason: str
+
+
+class ExchangeReply(BaseModel):
+    reports: list[ReportOutcome]
+    abort: list[AbortOrder] = Field(description="jobs in flight on the pilot that it must stop now")
+    jobs: list[JobSpec]

@@ -114,6 +114,8 @@ class Pilot(Base):
     cores: Mapped[int] = mapped_column(sa.Integer)
     memory_mb: Mapped[int] = mapped_column(sa.Integer)
     gpus: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    # jobs it runs at once (protocol 2), within its cores, memory and GPUs
+    slots: Mapped[int] = mapped_column(sa.Integer, server_default="1")
     status: Mapped[str] = mapped_column(sa.Text, server_default=PilotState.IDLE.value)
     version: Mapped[str] = mapped_column(sa.Text)
     # sha256 of the session secret handed out at registration: only this pilot can speak for itself.

@@ -11,6 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials
 from common.auth import bearer
 from common.pilot_protocol import (
     ClaimRequest,
+    ExchangeReply,
+    ExchangeRequest,
     Heartbeat,
     HeartbeatReply,
     JobReport,
@@ -29,6 +31,7 @@ from services.job_executor.dispatch import (
     UnknownPilot,
     WrongSession,
 )
+from services.job_executor.exchange import Exchanges
 
 # The answer to each kind of refusal, on REST and (as the reply's status) on RabbitMQ.
 REFUSAL_STATUS: dict[type[PilotRefused], int] = {UnknownPilot: 404, WrongSession: 403, PilotEnded: 409,
@@ -76,6 +79,15 @@ Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
                         429: {"description": "too many registrations with this credential (Retry-After)"}})
 async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep, grant: Grant) -> PilotSession:
     return await dispatcher.register(registration, channel="rest", grant=grant)
+
+
+@router.post("/pilots/{pilot_id}/exchange", response_model=ExchangeReply)
+async def exchange(pilot_id: PilotId, request: ExchangeRequest, http: Request, session: Session = None
+                   ) -> ExchangeReply:
+    """Protocol 2: the pilot's reports, the heartbeat of its jobs in flight and a claim of up to ``want`` jobs,
+    in one call (docs/dispatch.md); each report's outcome comes back on its own (200, 409, 422)."""
+    exchanges: Exchanges = http.app.state.exchanges
+    return await exchanges.exchange(pilot_id, session, request)
 
 
 @router.post("/pilots/{pilot_id}/claim", response_model=JobSpec, responses={204: {"description": "no work"}})

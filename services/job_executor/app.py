@@ -24,6 +24,7 @@ from services.job_executor.dispatch import (
     ReportRefused,
     TooManyRegistrations,
 )
+from services.job_executor.exchange import Exchanges, ReadyWatcher
 from services.job_executor.mq_channel import PilotMqChannel
 from services.job_executor.oversight import Oversight
 from services.job_executor.telemetry import Telemetry
@@ -42,6 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                               broker_ready=lambda: broker.is_connected)
         dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
         credentials = PilotCredentials(engine, settings)
+        watcher = ReadyWatcher(engine)
+        runtime.close_later(watcher.close)
+        exchanges = Exchanges(dispatcher, watcher)
 
         async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
             assert isinstance(event, TaskEvent)
@@ -49,11 +53,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await oversight.apply_task_event(envelope.type, event)
 
         await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
-        await PilotMqChannel(broker, dispatcher, credentials).start()
+        await PilotMqChannel(broker, dispatcher, exchanges, credentials).start()
         housekeeping = Loop("housekeeping", lambda: _not_busy(oversight.purge_old_rows()),
                             settings.housekeeping_interval_s)
         runtime.run(oversight.loop, housekeeping, Telemetry(engine, broker, settings.metrics_interval_s).loop)
         app.state.dispatcher, app.state.oversight, app.state.pilot_credentials = dispatcher, oversight, credentials
+        app.state.exchanges = exchanges
         yield
 
 

@@ -24,6 +24,7 @@ from common.observability import observe_message
 from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status
 from services.job_executor.credentials import NotAPilotToken, PilotCredentials
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused, TooManyRegistrations
+from services.job_executor.exchange import Exchanges
 
 log = logging.getLogger("wms.job_executor.mq")
 REPLY_QUEUE_PREFIX = "amq.gen-"  # the broker names a pilot's exclusive reply queue
@@ -31,13 +32,16 @@ SERVICE = "job-executor"
 
 
 class PilotMqChannel:
-    def __init__(self, broker: Broker, dispatcher: Dispatcher, credentials: PilotCredentials) -> None:
-        self.broker, self.dispatcher, self.credentials = broker, dispatcher, credentials
+    def __init__(self, broker: Broker, dispatcher: Dispatcher, exchanges: Exchanges,
+                 credentials: PilotCredentials) -> None:
+        self.broker, self.dispatcher, self.exchanges, self.credentials = broker, dispatcher, exchanges, credentials
 
     async def start(self) -> None:
         topology = self.broker.topology
-        for queue in ("job-executor.claims.cpu", "job-executor.claims.gpu", "job-executor.pilot-events"):
+        for queue in ("job-executor.claims.cpu", "job-executor.claims.gpu"):
             await self.broker.consume(topology.queue(queue), self._on_request, prefetch=50)
+        # exchanges may wait for work (long poll): room for every pilot's request at once
+        await self.broker.consume(topology.queue("job-executor.pilot-events"), self._on_request, prefetch=1000)
 
     async def _on_request(self, envelope: Envelope, call: object, message: AbstractIncomingMessage) -> None:
         if not isinstance(call, PilotCall) or not message.reply_to:
@@ -69,6 +73,7 @@ class PilotMqChannel:
             "pilot.report": lambda: self.dispatcher.report(_need(call.pilot_id), call.session, _need(call.job_id),
                                                            _need(call.report)),
             "pilot.exit": lambda: self.dispatcher.pilot_exit(_need(call.pilot_id), call.session),
+            "pilot.exchange": lambda: self.exchanges.exchange(_need(call.pilot_id), call.session, _need(call.exchange)),
         }
         handler = handlers.get(op)
         if handler is None:

@@ -1,0 +1,266 @@
+"""Protocol 2: one exchange per pilot cycle (docs/dispatch.md).
+
+An exchange applies the reports of the pilot's jobs (one statement per kind: running, finished; failures, the
+rare case, one by one), beats the jobs it has in flight (those it no longer holds come back as abort orders),
+and claims up to ``want`` jobs that fit what the pilot has free (slots, cores, memory, GPUs; computed here from
+the jobs it holds, never taken from the pilot), all in one transaction. When nothing is ready and the pilot is
+willing to wait, the claim waits (long poll) until the ready jobs change, then tries once more.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from common.db.models import Record
+from common.db.session import Database, Transaction
+from common.pilot_protocol import (
+    AbortOrder,
+    ExchangeReply,
+    ExchangeReport,
+    ExchangeRequest,
+    InputFile,
+    JobBeat,
+    JobSpec,
+    ReportOutcome,
+    StagedFile,
+)
+from common.policies import resource_types_served
+from common.states import AttemptOutcome, FileRole, FileState, JobState
+from services.job_executor import queries
+from services.job_executor.dispatch import (
+    Dispatcher,
+    ReportInvalid,
+    check_staged_files,
+    log_dataset,
+    storage_prefix,
+)
+from services.job_executor.retries import retry_or_fail
+
+log = logging.getLogger("wms.job_executor.exchange")
+READY_POLL_S = 0.2  # how often waiting claims look for new ready jobs (one query for all of them)
+TASK_CACHE_LIMIT = 10_000
+
+
+class ReadyWatcher:
+    """Wakes long-polling claims when the ready jobs change: while anybody waits, one query every
+    READY_POLL_S for all of them; nobody waiting, no query."""
+
+    def __init__(self, engine: Database) -> None:
+        self.engine = engine
+        self._changed = asyncio.Event()
+        self._waiters = 0
+        self._loop: asyncio.Task[None] | None = None
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True if the ready jobs changed within ``timeout_s``."""
+        self._waiters += 1
+        if self._loop is None or self._loop.done():
+            self._changed = asyncio.Event()
+            self._loop = asyncio.create_task(self._watch())
+        changed = self._changed
+        try:
+            await asyncio.wait_for(changed.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters -= 1
+
+    async def _watch(self) -> None:
+        seen: Any = None
+        while self._waiters > 0:
+            try:
+                async with self.engine.connect() as conn:
+                    now = await queries.ready_generation(conn)
+            except Exception as exc:  # an outage: waiters time out and their pilots retry
+                log.warning("ready watcher cannot read", extra={"error": type(exc).__name__})
+                now = seen
+            if seen is not None and now != seen:
+                self._changed.set()
+                self._changed = asyncio.Event()
+            seen = now
+            await asyncio.sleep(READY_POLL_S)
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+
+class Exchanges:
+    def __init__(self, dispatcher: Dispatcher, watcher: ReadyWatcher) -> None:
+        self.dispatcher, self.watcher = dispatcher, watcher
+        self.engine, self.settings = dispatcher.engine, dispatcher.settings
+        self._tasks: dict[int, Record] = {}  # task id -> (payload, output dataset): fixed at registration
+
+    async def exchange(self, pilot_id: int, session: str | None, request: ExchangeRequest) -> ExchangeReply:
+        ended_tasks: set[int] = set()
+        async with self.engine.begin() as conn:
+            pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
+            await queries.beat_pilot(conn, pilot_id)
+            outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
+            abort = await self._beat(conn, pilot_id, request.running)
+            claimed = await self._claim(conn, pilot, request.want, request.request_id)
+            specs = await self._specs(conn, claimed)
+            await queries.set_pilot_load(conn, pilot_id)
+        for task_id in ended_tasks:
+            self.dispatcher.on_job_ended(task_id)
+        if not specs and request.want and request.wait_s > 0 and await self.watcher.wait(request.wait_s):
+            async with self.engine.begin() as conn:
+                pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
+                specs = await self._specs(conn, await self._claim(conn, pilot, request.want, request.request_id))
+                await queries.set_pilot_load(conn, pilot_id)
+        return ExchangeReply(reports=outcomes, abort=abort, jobs=specs)
+
+    # --- reports ---------------------------------------------------------------------------------------------
+
+    async def _apply_reports(self, conn: Transaction, pilot_id: int, reports: list[ExchangeReport],
+                             ended_tasks: set[int]) -> list[ReportOutcome]:
+        outcomes: dict[tuple[int, int], ReportOutcome] = {}
+        contexts = await queries.output_datasets_of(conn, [r.job_id for r in reports if r.outputs or r.log])
+        valid: list[ExchangeReport] = []
+        for r in reports:
+            if r.outputs or r.log:
+                context = contexts.get(r.job_id)
+                try:
+                    if context is None:
+                        raise ReportInvalid(f"job {r.job_id} not found")
+                    dataset = context[1]
+                    check_staged_files(storage_prefix(self.settings, dataset, r.job_id, r.attempt), dataset,
+                                       r.job_id, r)
+                except ReportInvalid as exc:
+                    outcomes[(r.job_id, r.attempt)] = ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=422,
+                                                                    detail=str(exc))
+                    continue
+            valid.append(r)
+
+        running = [(r.job_id, r.attempt) for r in valid if r.state == "running"]
+        moved = await queries.start_running_many(conn, pilot_id, running)
+        finished = [r for r in valid if r.state == "finished"]
+        done = await queries.finish_jobs_many(conn, pilot_id, [(r.job_id, r.attempt) for r in finished])
+        done_ids = {row.id for row in done}
+        if done:
+            task_of = {row.id: row.task_id for row in done}
+            staged = [self._staged_row(task_of[r.job_id], contexts[r.job_id][1], r, f, role)
+                      for r in finished if r.job_id in done_ids
+                      for f, role in [*((o, FileRole.OUTPUT) for o in r.outputs),
+                                      *(((r.log, FileRole.LOG),) if r.log else ())]]
+            await queries.insert_staged_files(conn, staged)
+            await queries.set_input_files(conn, sorted(done_ids), FileState.DONE)
+            await queries.end_attempts(conn, [(row.id, row.attempt) for row in done], AttemptOutcome.FINISHED, 0,
+                                       None, None)
+            ended_tasks.update(task_of.values())
+        failed_moved: set[int] = set()
+        for r in valid:
+            if r.state == "failed" and await self._fail(conn, pilot_id, r, contexts, ended_tasks):
+                failed_moved.add(r.job_id)
+
+        unmoved = [r for r in valid if r.job_id not in moved | done_ids | failed_moved]
+        current = await queries.select_jobs(conn, [r.job_id for r in unmoved]) if unmoved else {}
+        for r in unmoved:
+            outcomes[(r.job_id, r.attempt)] = self._repeat_or_refusal(pilot_id, r, current.get(r.job_id))
+        return [outcomes.get((r.job_id, r.attempt)) or ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=200)
+                for r in reports]
+
+    def _staged_row(self, task_id: int, dataset: str, r: ExchangeReport, f: StagedFile,
+                    role: FileRole) -> dict[str, Any]:
+        return {"lfn": f.lfn, "dataset": dataset if role == FileRole.OUTPUT else log_dataset(dataset),
+                "task_id": task_id, "job_id": r.job_id, "role": role, "url": f.url, "size": f.size,
+                "adler32": f.adler32, "events": f.events, "status": FileState.STAGED.value}
+
+    async def _fail(self, conn: Transaction, pilot_id: int, r: ExchangeReport,
+                    contexts: dict[int, tuple[int, str]], ended_tasks: set[int]) -> bool:
+        category = r.error_category or "payload"
+        in_flight = await queries.attempt_in_flight(conn, r.job_id, r.attempt, pilot_id)
+        retried, failed = await retry_or_fail(conn, in_flight, self.dispatcher.retry_policy, category,
+                                              r.error_message, r.exit_code)
+        if not retried and not failed:
+            return False
+        task_id = (retried or failed)[0].task_id
+        if r.log is not None:
+            await queries.insert_staged_files(conn, [self._staged_row(task_id, contexts[r.job_id][1], r, r.log,
+                                                                      FileRole.LOG)])
+        await queries.end_attempts(conn, [(r.job_id, r.attempt)], AttemptOutcome.FAILED, r.exit_code, category,
+                                   r.error_message)
+        if failed:
+            ended_tasks.add(task_id)
+        return True
+
+    @staticmethod
+    def _repeat_or_refusal(pilot_id: int, r: ExchangeReport, job: Record | None) -> ReportOutcome:
+        if job is None:
+            return ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=409, detail=f"job {r.job_id} not found")
+        ours = (job.attempt, job.pilot_id) == (r.attempt, pilot_id)
+        repeat = {"running": (JobState.RUNNING,), "finished": (JobState.FINISHED,)}.get(r.state, ())
+        if ours and job.status in repeat:
+            return ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=200, detail="repeat")
+        return ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=409,
+                             detail=f"job {r.job_id} is {job.status} at attempt {job.attempt}; attempt {r.attempt} "
+                             f"of pilot {pilot_id} is no longer current")
+
+    # --- heartbeats and claims --------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _beat(conn: Transaction, pilot_id: int, running: list[JobBeat]) -> list[AbortOrder]:
+        held = await queries.beat_jobs(conn, pilot_id, [(b.job_id, b.attempt) for b in running])
+        return [AbortOrder(job_id=b.job_id, attempt=b.attempt,
+                           reason=f"job {b.job_id} attempt {b.attempt} is no longer this pilot's (cancelled, "
+                           "timed out or retried elsewhere)")
+                for b in running if b.job_id not in held]
+
+    async def _claim(self, conn: Transaction, pilot: Record, want: int, request_id: uuid.UUID | None) -> list[Record]:
+        if want <= 0:
+            return []
+        if request_id is not None:
+            already = await queries.jobs_claimed_by_exchange(conn, pilot.id, request_id)
+            if already:
+                return already
+        held = await queries.held_capacity(conn, pilot.id)
+        slots = min(want, pilot.slots - held.jobs)
+        cores, memory = pilot.cores - held.cores, pilot.memory_mb - held.memory_mb
+        claimed: list[Record] = []
+        for resource_type in resource_types_served(pilot.resource_type):
+            limit = slots - len(claimed)
+            if resource_type == "gpu":
+                limit = min(limit, pilot.gpus - held.gpu_jobs)  # a GPU job takes one GPU
+            got = await queries.claim_jobs(conn, pilot.id, resource_type, cores, memory, limit, request_id)
+            if got:
+                contexts = await self._task_contexts(conn, [r.task_id for r in got])
+                for r in got:  # what these jobs take from the free cores and memory
+                    task = contexts[r.task_id]
+                    cores, memory = cores - task.cores, memory - task.memory_mb
+                claimed += got
+        await queries.start_attempts_of(conn, claimed, pilot.id)
+        return claimed
+
+    async def _task_contexts(self, conn: Transaction, task_ids: list[int]) -> dict[int, Record]:
+        missing = sorted(set(task_ids) - set(self._tasks))
+        if missing:
+            if len(self._tasks) > TASK_CACHE_LIMIT:
+                self._tasks.clear()
+            self._tasks.update(await queries.task_contexts(conn, missing))
+        return self._tasks
+
+    async def _specs(self, conn: Transaction, claimed: list[Record]) -> list[JobSpec]:
+        if not claimed:
+            return []
+        contexts = await self._task_contexts(conn, [r.task_id for r in claimed])
+        inputs = await queries.inputs_of(conn, [r.id for r in claimed])
+        specs = []
+        for r in claimed:
+            task = contexts[r.task_id]
+            payload = task.payload
+            specs.append(JobSpec(
+                job_id=r.id, attempt=r.attempt, task_id=r.task_id, command=payload["command"],
+                args=payload.get("args", []), env=payload.get("env", {}),
+                container_image=payload.get("container_image"),
+                inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs[r.id]],
+                output_dataset=task.output_dataset, log_dataset=log_dataset(task.output_dataset),
+                output_url_prefix=storage_prefix(self.settings, task.output_dataset, r.id, r.attempt),
+                wall_time_s=int(payload.get("wall_time_s") or self.settings.job_wall_time_s)))
+        return specs
+

@@ -1,0 +1,87 @@
+"""Protocol 2: one exchange per pilot cycle carries reports, heartbeats and a claim of several jobs."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import sqlalchemy as sa
+
+from common.db.models import files, job_attempts, jobs, tasks
+from tests.integration.test_job_executor_api import job_executor, make_jobs, output_of, register  # noqa: F401
+
+
+async def exchange(client, pilot_id: int, auth: dict, **body) -> dict:
+    response = await client.post(f"/pilot/v1/pilots/{pilot_id}/exchange", json=body, headers=auth)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_a_multi_slot_pilot_claims_what_fits_its_free_slots_cores_and_memory(job_executor, db) -> None:
+    await make_jobs(db, 6)
+    pilot_id, auth = await register(job_executor, cores=4, memory_mb=8000, slots=3)
+    first = await exchange(job_executor, pilot_id, auth, want=8)
+    assert len(first["jobs"]) == 3  # its slots, not what it asked for
+    assert (await exchange(job_executor, pilot_id, auth, want=8))["jobs"] == []  # full
+    async with db.begin() as conn:  # bigger jobs: a 2-core, 3000 MB task
+        await conn.execute(sa.update(tasks).values(cores=2, memory_mb=3000))
+    other_id, other = await register(job_executor, host="wn2", cores=4, memory_mb=8000, slots=4)
+    got = await exchange(job_executor, other_id, other, want=4)
+    assert len(got["jobs"]) == 2  # 2 x 2 cores fill its 4 cores
+    async with db.connect() as conn:
+        attempts = (await conn.execute(sa.select(sa.func.count()).select_from(job_attempts))).scalar_one()
+    assert attempts == 5
+
+
+async def test_reports_are_applied_in_bulk_each_with_its_own_outcome(job_executor, db) -> None:
+    await make_jobs(db, 3)
+    pilot_id, auth = await register(job_executor, slots=3)
+    specs = (await exchange(job_executor, pilot_id, auth, want=3))["jobs"]
+    a, b, c = specs
+    running = [{"job_id": s["job_id"], "attempt": s["attempt"], "state": "running"} for s in specs]
+    reply = await exchange(job_executor, pilot_id, auth, reports=running)
+    assert [r["status"] for r in reply["reports"]] == [200, 200, 200]
+    outside = {**output_of(b), "url": "file:///proc/self/environ"}
+    reply = await exchange(job_executor, pilot_id, auth, reports=[
+        {"job_id": a["job_id"], "attempt": 1, "state": "finished", "exit_code": 0, "outputs": [output_of(a)]},
+        {"job_id": b["job_id"], "attempt": 1, "state": "finished", "exit_code": 0, "outputs": [outside]},
+        {"job_id": c["job_id"], "attempt": 1, "state": "failed", "exit_code": 3, "error_category": "payload",
+         "error_message": "boom"},
+        {"job_id": a["job_id"], "attempt": 1, "state": "finished", "exit_code": 0, "outputs": [output_of(a)]},
+    ], running=[{"job_id": b["job_id"], "attempt": 1}])
+    assert [r["status"] for r in reply["reports"]] == [200, 422, 200, 200]  # the repeat of a is no error
+    assert "storage directory" in reply["reports"][1]["detail"]
+    assert reply["abort"] == []
+    async with db.connect() as conn:
+        states = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.status))).all())
+        staged = (await conn.execute(sa.select(files.c.lfn).where(files.c.role == "output"))).scalars().all()
+    assert states == {a["job_id"]: "finished", b["job_id"]: "running", c["job_id"]: "ready"}  # c retried
+    assert staged == [f"out/{a['job_id']}/a.out"]
+    # another pilot's report, and a beat for a job this pilot no longer holds
+    other_id, other = await register(job_executor, host="wn2")
+    reply = await exchange(job_executor, other_id, other,
+                           reports=[{"job_id": b["job_id"], "attempt": 1, "state": "finished", "exit_code": 0}],
+                           running=[{"job_id": c["job_id"], "attempt": 1}])
+    assert reply["reports"][0]["status"] == 409 and "no longer current" in reply["reports"][0]["detail"]
+    assert [(o["job_id"], o["attempt"]) for o in reply["abort"]] == [(c["job_id"], 1)]
+
+
+async def test_a_retried_exchange_gets_the_jobs_the_first_one_claimed(job_executor, db) -> None:
+    await make_jobs(db, 4)
+    pilot_id, auth = await register(job_executor, slots=4)
+    request_id = str(uuid.uuid4())
+    first = await exchange(job_executor, pilot_id, auth, want=2, request_id=request_id)
+    again = await exchange(job_executor, pilot_id, auth, want=2, request_id=request_id)
+    assert [j["job_id"] for j in again["jobs"]] == [j["job_id"] for j in first["jobs"]]
+    assert len(first["jobs"]) == 2
+
+
+async def test_a_claim_waits_for_work_and_is_woken_when_a_job_becomes_ready(job_executor, db) -> None:
+    pilot_id, auth = await register(job_executor)
+    waiting = asyncio.create_task(exchange(job_executor, pilot_id, auth, want=1, wait_s=10))
+    await asyncio.sleep(1.0)
+    assert not waiting.done()  # nothing ready: the claim waits instead of answering "no work"
+    (job_id,) = await make_jobs(db, 1)
+    reply = await asyncio.wait_for(waiting, 5)
+    assert [j["job_id"] for j in reply["jobs"]] == [job_id]
+    idle = await exchange(job_executor, pilot_id, auth, want=0, wait_s=10)  # wants nothing: answers at once
+    assert idle["jobs"] == []
