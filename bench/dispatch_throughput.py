@@ -1,10 +1,15 @@
 """Benchmark: no-op jobs per second end to end, and dispatch latency (ready -> running), with N simulated pilots.
 
 Runs the DSM, task-manager, task-executor, job-manager and job-executor as processes on a fresh database; the
-pilots are coroutines in this process speaking the real REST (or RabbitMQ) protocol: register, claim, report
-running, report finished (no payload, no files). One task of --jobs files at one file per job.
+pilots are coroutines in this process speaking the real REST (or RabbitMQ) protocol 2: register, then exchanges
+that report each job running, then finished (no payload, no files; every attempt, pilot and time recorded as in
+production), and claim jobs for their free slots. One task of --jobs files at one file per job.
 
-    .venv/bin/python bench/dispatch_throughput.py --pilots 100 --jobs 5000 [--channel mq]
+    .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 [--channel mq]
+    .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 --history 10000000
+
+--history N first fills JOB_DAT with N finished jobs of an ended task (a farm that has run for a while), so the
+figure can be compared with the one on an empty database.
 """
 from __future__ import annotations
 
@@ -22,49 +27,85 @@ from deployment import AMQP, bench_deployment, register_dataset, submit
 
 from common.db.models import jobs, tasks
 from common.dsm import DsmFile
-from common.pilot_protocol import JobReport, PilotRegistration
+from common.pilot_protocol import ExchangeReport, ExchangeRequest, JobBeat, PilotRegistration
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
 from tests.conftest import PILOT_TOKEN
 from tests.e2e.processes import Deployment
 
 
-async def simulated_pilot(n: int, d: Deployment, channel_kind: str, running_at: dict[int, float],
+async def simulated_pilot(n: int, d: Deployment, channel_kind: str, slots: int, running_at: dict[int, float],
                           stop: asyncio.Event) -> int:
     channel = (RestChannel(d.url("wms-job-executor"), PILOT_TOKEN, 60) if channel_kind == "rest"
                else MqChannel(AMQP, d.env["WMS_BROKER_NAMESPACE"], PILOT_TOKEN, 60))
-    await channel.register(PilotRegistration(host=f"sim{n}", resource_type="cpu", cores=1, memory_mb=1000,
-                                             version="bench"))
+    await channel.register(PilotRegistration(host=f"sim{n}", resource_type="cpu", cores=slots,
+                                             memory_mb=1000 * slots, slots=slots, version="bench"))
     done = 0
+    held: list[JobBeat] = []  # claimed by the last exchange: reported running and finished in this one
     try:
         while not stop.is_set():
-            job = await channel.claim(uuid.uuid4())
-            if job is None:
-                await asyncio.sleep(0.05)
-                continue
-            await channel.report(job.job_id, JobReport(attempt=job.attempt, state="running"))
-            running_at[job.job_id] = time.time()
-            await channel.report(job.job_id, JobReport(attempt=job.attempt, state="finished", exit_code=0))
-            done += 1
+            # a no-op job starts and ends between two cycles: both reports travel in one exchange, in order
+            reports = [ExchangeReport(job_id=j.job_id, attempt=j.attempt, state=state, exit_code=0)
+                       for j in held for state in ("running", "finished")]
+            now = time.time()
+            for j in held:
+                running_at[j.job_id] = now
+            done += len(held)
+            reply = await channel.exchange(ExchangeRequest(
+                reports=reports, want=slots, request_id=uuid.uuid4(), wait_s=0.0 if reports else 1.0))
+            held = [JobBeat(job_id=j.job_id, attempt=j.attempt) for j in reply.jobs]
     finally:
         await channel.close()
     return done
 
 
-async def run(n_pilots: int, n_jobs: int, channel_kind: str, floor: int, per_pilot: int) -> dict:
+HISTORY_TASK = sa.text("""
+    INSERT INTO task_dat (name, task_type, input_dataset, output_dataset, payload, resource_type, cores, memory_mb,
+                          split_by, split_size, max_attempts, priority, request_hash, status, files_total,
+                          jobs_total, jobs_registered, finished_at, output_closed_at)
+    VALUES ('history', 'history', 'history.in', 'history.out', '{"command": "true"}', 'cpu', 1, 500, 'files', 1, 1,
+            1, 'history', 'done', :n, :n, :n, now() - interval '1 day', now() - interval '1 day')
+    RETURNING id""")
+HISTORY_JOBS = sa.text("""
+    INSERT INTO job_dat (task_id, status, attempt, resource_type, priority, n_files, created_at, queued_at,
+                         started_at, heartbeat_at, finished_at, exit_code)
+    SELECT :task, 'finished', 1, 'cpu', 1, 1, t, t, t, t, t + interval '1 second', 0
+      FROM (SELECT now() - interval '2 days' + g * interval '10 ms' AS t
+              FROM generate_series(1, :n) AS g) AS s""")
+
+
+async def fill_history(engine: sa.ext.asyncio.AsyncEngine, n: int) -> float:
+    """N finished jobs of an ended task, in batches; seconds it took."""
+    start = time.perf_counter()
+    async with engine.begin() as conn:
+        task_id = (await conn.execute(HISTORY_TASK, {"n": n})).scalar_one()
+    batch = 1_000_000
+    for done in range(0, n, batch):
+        async with engine.begin() as conn:
+            await conn.execute(HISTORY_JOBS, {"task": task_id, "n": min(batch, n - done)})
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(sa.text("VACUUM ANALYZE job_dat"))
+    return time.perf_counter() - start
+
+
+async def run(n_pilots: int, slots: int, n_jobs: int, channel_kind: str, floor: int, per_pilot: int,
+              history: int = 0) -> dict:
     services = ("wms-dsm", "wms-task-manager", "wms-job-manager", "wms-task-executor", "wms-job-executor")
     stop = asyncio.Event()
     async with bench_deployment(services, WMS_DB_POOL_SIZE="20", WMS_OUTBOX_POLL_INTERVAL_S="0.2",
                                 WMS_BACKLOG_FLOOR=str(floor), WMS_BACKLOG_PER_PILOT=str(per_pilot)) as (d, engine):
+        history_s = await fill_history(engine, history) if history else 0.0
         await register_dataset(d, "bench.noop", n_jobs, lambda i: DsmFile(
             lfn=f"noop/{i}", url=f"file:///dev/null/{i}", size=0, adler32="00000001", events=1), timeout_s=120)
         running_at: dict[int, float] = {}
-        pilots = [asyncio.create_task(simulated_pilot(i, d, channel_kind, running_at, stop)) for i in range(n_pilots)]
+        pilots = [asyncio.create_task(simulated_pilot(i, d, channel_kind, slots, running_at, stop))
+                  for i in range(n_pilots)]
         try:
             await asyncio.sleep(1)  # all registered and polling
             start = time.perf_counter()
             task_id = await submit(d, input_dataset="bench.noop", output_dataset="bench.out",
-                                   split={"by": "files", "size": 1})
+                                   split={"by": "files", "size": 1}, cores=1, memory_mb=500)
             while True:
                 async with engine.connect() as conn:
                     status = (await conn.execute(sa.select(tasks.c.status).where(tasks.c.id == task_id))).scalar()
@@ -80,7 +121,8 @@ async def run(n_pilots: int, n_jobs: int, channel_kind: str, floor: int, per_pil
                 jobs.c.task_id == task_id))).all())
         latencies = sorted(running_at[j] - float(q) for j, q in queued.items() if j in running_at)
         pct = statistics.quantiles(latencies, n=100)
-        return {"channel": channel_kind, "pilots": n_pilots, "jobs": n_jobs, "backlog_floor": floor,
+        return {"channel": channel_kind, "pilots": n_pilots, "slots": slots, "jobs": n_jobs,
+                "history_jobs": history, "history_fill_s": round(history_s, 1), "backlog_floor": floor,
                 "backlog_per_pilot": per_pilot, "seconds": round(elapsed, 2),
                 "jobs_per_s": round(n_jobs / elapsed), "latency_p50_ms": round(1000 * pct[49], 1),
                 "latency_p99_ms": round(1000 * pct[98], 1), "status": status}
@@ -89,13 +131,16 @@ async def run(n_pilots: int, n_jobs: int, channel_kind: str, floor: int, per_pil
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pilots", type=int, default=100)
+    parser.add_argument("--slots", type=int, default=1, help="jobs each pilot runs at once")
     parser.add_argument("--jobs", type=int, default=5000)
+    parser.add_argument("--history", type=int, default=0, help="finished jobs already in JOB_DAT")
     parser.add_argument("--channel", choices=["rest", "mq"], default="rest")
     parser.add_argument("--backlog-floor", type=int, default=1000, help="WMS_BACKLOG_FLOOR (default as deployed)")
     parser.add_argument("--backlog-per-pilot", type=int, default=2, help="WMS_BACKLOG_PER_PILOT")
     args = parser.parse_args()
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()}))
-    print(json.dumps(await run(args.pilots, args.jobs, args.channel, args.backlog_floor, args.backlog_per_pilot)),
+    print(json.dumps(await run(args.pilots, args.slots, args.jobs, args.channel, args.backlog_floor,
+                               args.backlog_per_pilot, args.history)),
           flush=True)
 
 

@@ -1,22 +1,26 @@
-"""The pilot application: register, then take and run jobs one after another until its lifetime or idle limit.
+"""The pilot application: register, then run up to ``slots`` jobs at once until its lifetime or idle limit.
 
-Each job: stage in, report running, run the payload (own work directory, environment, wall time, log file)
-while heartbeating, stage out, report the outcome. A heartbeat answer (or a 409) can tell it to abort: the
-payload's whole process tree is killed. Staging runs in a worker thread, so heartbeats go on meanwhile.
+It talks protocol 2 (docs/dispatch.md): each cycle is one exchange that carries the reports of its jobs, the
+heartbeat of those in flight, and a request for as many jobs as it has free slots (the job-executor gives what
+fits its cores, memory and GPUs). A cycle runs when a job has something to report, at least every heartbeat
+interval, and, while slots are free, as a long poll that the job-executor answers when work appears.
+
+Each job: stage in, report running, run the payload (own work directory, environment, wall time, log file),
+stage out, report the outcome. An abort order (cancelled, superseded) kills the payload's whole process tree.
+Staging runs in worker threads, so the cycles go on meanwhile.
 
 An unavailable server (5xx, a timeout, a lost connection, the broker down) is never a reason to give up: every
 call is retried with backoff, a running job keeps running and heartbeating, a finished job's report is kept and
 retried until the job-executor accepts or refuses it; a claim is retried with the same request id, so it cannot
 produce a second job. Only a refusal (4xx) is final.
 
-Exit status: 0 lifetime reached or stopped, 3 no work (idle limit), 4 declared dead by the job-executor,
-1 failure.
+Exit status (pilot/exit_codes.py): 0 lifetime reached or stopped, 3 no work (idle limit), 4 declared dead by
+the job-executor, 5 credential refused, 1 failure.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -27,11 +31,21 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from common.jsonlog import configure_logging
-from common.pilot_protocol import ErrorCategory, Heartbeat, JobReport, JobSpec, StagedFile
+from common.pilot_protocol import (
+    ErrorCategory,
+    ExchangeReply,
+    ExchangeReport,
+    ExchangeRequest,
+    JobBeat,
+    JobReport,
+    JobSpec,
+    StagedFile,
+)
 from pilot.channels import ChannelRefused, ChannelUnavailable
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
@@ -61,6 +75,22 @@ class ManifestError(Exception):
     pass
 
 
+@dataclass
+class RunningJob:
+    spec: JobSpec
+    abort: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class PendingReport:
+    """A report waiting for the next exchange, with what the attempt staged (removed if it is refused)."""
+
+    report: ExchangeReport
+    staged: Sequence[StagedFile] = ()
+    answered: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class Pilot:
     def __init__(self, settings: PilotSettings) -> None:
         self.settings = settings
@@ -69,8 +99,12 @@ class Pilot:
             if settings.channel == "rest"
             else MqChannel(settings.amqp_url, settings.broker_namespace, settings.token, settings.request_timeout_s)
         )
-        self.stopping = asyncio.Event()  # SIGTERM: finish the current job, take no other
+        self.stopping = asyncio.Event()  # SIGTERM: finish the running jobs, take no other
         self.throttle_bytes_per_s = settings.stage_bandwidth_mbps * 1e6
+        self.jobs: dict[int, RunningJob] = {}
+        self.pending: dict[tuple[int, int], PendingReport] = {}
+        self.wake = asyncio.Event()  # something to report: run a cycle now
+        self.abandoned = False  # no more exchanges: reports go nowhere
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], interruptible: bool = False,
                         give_up_s: float | None = None) -> T:
@@ -120,29 +154,14 @@ class Pilot:
             raise
         self.heartbeat_interval = session.heartbeat_interval_s
         log.info("pilot registered", extra={"pilot_id": session.pilot_id, **registration.model_dump()})
-        started = idle_since = time.monotonic()
         try:
-            while not self.stopping.is_set() and time.monotonic() - started < self.settings.lifetime_s:
-                request_id = uuid.uuid4()  # the same for every retry of this claim
-                asked = time.monotonic()
-                job = await self._retrying("claim", functools.partial(self.channel.claim, request_id),
-                                           interruptible=True)
-                if job is None:
-                    if time.monotonic() - asked > self.settings.request_timeout_s:
-                        idle_since = time.monotonic()  # time spent waiting out an outage is not idleness
-                    if time.monotonic() - idle_since > self.settings.idle_limit_s:
-                        return EXIT_NO_WORK
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.stopping.wait(), self.settings.idle_poll_s)
-                    continue
-                await self.run_job(job)
-                idle_since = time.monotonic()
-            return EXIT_OK
+            return await self._cycles(registration.slots)
         except Stopped:
             return EXIT_OK
         except PilotDeclaredDead:
             return EXIT_DEAD
         except ChannelRefused as exc:
+            await self._abandon_jobs()
             if exc.status == 409:  # declared dead (or ended) by the job-executor
                 log.error("pilot refused by the job-executor", extra={"detail": str(exc.detail)[:DETAIL_LOG_MAX]})
                 return EXIT_DEAD
@@ -158,15 +177,131 @@ class Pilot:
             await self.channel.close()
             log.info("pilot ended", extra={"pilot_id": self.channel.pilot_id})
 
-    async def run_job(self, job: JobSpec) -> None:
+    async def _cycles(self, slots: int) -> int:
+        """Exchange after exchange until the lifetime or the idle limit is reached, or a stop is asked for;
+        then the running jobs finish and their reports are delivered."""
+        started = idle_since = time.monotonic()
+        while True:
+            accepting = not self.stopping.is_set() and time.monotonic() - started < self.settings.lifetime_s
+            if not accepting and not self.jobs and not self.pending:
+                return EXIT_OK
+            want = max(0, slots - len(self.jobs)) if accepting else 0
+            # free slots and nothing to report: wait at the server for work (shorter while jobs run, so their
+            # reports do not wait long behind the poll)
+            wait_s = 0.0
+            if want and not self.pending:
+                idle_left = self.settings.idle_limit_s - (time.monotonic() - idle_since)
+                longest = min(self.settings.long_poll_s, self.heartbeat_interval)  # heard every interval
+                wait_s = min(longest, 1.0) if self.jobs else max(0.0, min(longest, idle_left))
+            self.wake.clear()
+            asked = time.monotonic()
+            reply = await self._exchange(want, wait_s)
+            self._apply(reply)
+            if self.jobs or reply.jobs:
+                idle_since = time.monotonic()
+            elif time.monotonic() - asked > self.settings.request_timeout_s:
+                idle_since = time.monotonic()  # time spent waiting out an outage is not idleness
+            if accepting and not self.jobs and time.monotonic() - idle_since > self.settings.idle_limit_s:
+                return EXIT_NO_WORK
+            if self.wake.is_set() or (want and not reply.jobs and wait_s and not self.pending):
+                continue  # a report to send, or a long poll that came back empty: the next cycle at once
+            pause = self.heartbeat_interval if self.jobs else self.settings.idle_poll_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken(), pause)
+
+    async def _woken(self) -> None:
+        stop = asyncio.ensure_future(self.stopping.wait())
+        wake = asyncio.ensure_future(self.wake.wait())
+        try:
+            await asyncio.wait({stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            wake.cancel()
+
+    async def _exchange(self, want: int, wait_s: float) -> ExchangeReply:
+        request = ExchangeRequest(
+            reports=[p.report for p in self.pending.values()],
+            running=[JobBeat(job_id=j.spec.job_id, attempt=j.spec.attempt) for j in self.jobs.values()],
+            want=want, request_id=uuid.uuid4(), wait_s=wait_s)  # the same request (id) for every retry
+        busy = bool(self.jobs or self.pending)
+        try:
+            if wait_s and not busy:
+                return await self._stoppable(self._retrying("exchange", lambda: self.channel.exchange(request),
+                                                            interruptible=True))
+            return await self._retrying("exchange", lambda: self.channel.exchange(request),
+                                        interruptible=not busy,
+                                        give_up_s=self.settings.report_give_up_s if self.pending else None)
+        except ChannelUnavailable:
+            # given up (stopping, or a very long outage): the job-executor will find the jobs lost and retry them
+            log.error("exchange given up: abandoning the running jobs and their reports",
+                      extra={"jobs": len(self.jobs), "reports": len(self.pending)})
+            await self._abandon_jobs()
+            raise Stopped("exchange") from None
+
+    async def _stoppable(self, call: Awaitable[ExchangeReply]) -> ExchangeReply:
+        """An idle long poll ends at once on a stop request (a job it claimed at that very moment is declared
+        lost by the job-executor and retried, without counting against the task's attempts)."""
+        waiting = asyncio.ensure_future(call)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({waiting, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if waiting.done():
+            return waiting.result()
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await waiting
+        raise Stopped("exchange")
+
+    def _apply(self, reply: ExchangeReply) -> None:
+        for outcome in reply.reports:
+            pending = self.pending.pop((outcome.job_id, outcome.attempt), None)
+            if pending is None:
+                continue
+            if outcome.status != 200:
+                log.warning("report refused", extra={"job_id": outcome.job_id, "status": outcome.status,
+                                                     "detail": str(outcome.detail)[:DETAIL_LOG_MAX]})
+            if not pending.answered.done():
+                pending.answered.set_result(outcome.status)
+        for order in reply.abort:
+            job = self.jobs.get(order.job_id)
+            if job is not None and job.spec.attempt == order.attempt:
+                log.warning("abort requested", extra={"job_id": order.job_id, "reason": order.reason})
+                job.abort.set()
+        for spec in reply.jobs:
+            job = RunningJob(spec)
+            job.task = asyncio.create_task(self._run_and_forget(job))
+            self.jobs[spec.job_id] = job
+
+    async def _run_and_forget(self, job: RunningJob) -> None:
+        try:
+            await self.run_job(job.spec, job.abort)
+        except Exception:
+            log.exception("job crashed in the pilot", extra={"job_id": job.spec.job_id})
+        finally:
+            self.jobs.pop(job.spec.job_id, None)
+            self.wake.set()
+
+    async def _abandon_jobs(self) -> None:
+        """Stop every payload and forget every report (the job-executor declares those attempts lost)."""
+        self.abandoned = True
+        for job in list(self.jobs.values()):
+            job.abort.set()
+        for pending in self.pending.values():
+            if not pending.answered.done():
+                pending.answered.set_result(0)
+        tasks = [j.task for j in self.jobs.values() if j.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+    async def run_job(self, job: JobSpec, abort: asyncio.Event) -> None:
         ids = {"pilot_id": self.channel.pilot_id, "job_id": job.job_id, "attempt": job.attempt}
         workdir = Path(self.settings.workdir) / f"job-{job.job_id}-{job.attempt}"
         shutil.rmtree(workdir, ignore_errors=True)
         output_dir = workdir / "outputs"
         output_dir.mkdir(parents=True)
         log_path = workdir / "payload.log"
-        abort = asyncio.Event()
-        beats = asyncio.create_task(self._heartbeat(job, abort))
         throttle = Throttle(self.throttle_bytes_per_s)
         try:
             try:
@@ -177,7 +312,8 @@ class Pilot:
                 return
             if abort.is_set():
                 return  # superseded or cancelled while staging in: nothing to report
-            await self._report(job, JobReport(attempt=job.attempt, state="running"))
+            if not await self._report(job, JobReport(attempt=job.attempt, state="running")):
+                return  # superseded or cancelled before its payload started
             env = payload_environment(self.settings.payload_env, job, output_dir, workdir)
             args = expand_args(job.args, inputs, output_dir, job.job_id)
             log.info("payload starting", extra={**ids, "command": job.command})
@@ -214,9 +350,6 @@ class Pilot:
             log.info("job finished" if accepted else "job finished but its attempt was superseded",
                      extra={**ids, "outputs": len(outputs)})
         finally:
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
             shutil.rmtree(workdir, ignore_errors=True)
 
     def _stage_log(self, job: JobSpec, log_path: Path, throttle: Throttle) -> StagedFile | None:
@@ -238,43 +371,19 @@ class Pilot:
         ]
 
     async def _report(self, job: JobSpec, report: JobReport, staged: Sequence[StagedFile] = ()) -> bool:
-        """Send a report until the job-executor accepts (True) or refuses it (False); an outage is waited out.
-        What a refused attempt staged is removed: it will never be registered."""
-        try:
-            await self._retrying(f"report {report.state}", lambda: self.channel.report(job.job_id, report),
-                                 give_up_s=self.settings.report_give_up_s)
-            return True
-        except ChannelUnavailable as exc:
-            # given up (stopping, or a very long outage): the job-executor will find the job lost and retry it
-            log.error("report given up", extra={"job_id": job.job_id, "error": str(exc)[:DETAIL_LOG_MAX]})
-            return False
-        except ChannelRefused as exc:
-            if exc.status == 409 and "pilot" in str(exc.detail) and "is dead" in str(exc.detail):
+        """Hand a report to the next exchange and wait for its outcome: True if accepted. What a refused attempt
+        staged is removed: it will never be registered."""
+        if self.abandoned:
+            if staged:
                 await asyncio.to_thread(remove_staged, list(staged))
-                raise PilotDeclaredDead(str(exc.detail)) from exc
-            log.warning("report refused", extra={"job_id": job.job_id, "status": exc.status,
-                                                 "detail": str(exc.detail)[:DETAIL_LOG_MAX]})
+            return False
+        pending = PendingReport(ExchangeReport(job_id=job.job_id, **report.model_dump()), staged)
+        self.pending[(job.job_id, job.attempt)] = pending
+        self.wake.set()
+        status = await pending.answered
+        if status != 200 and staged:
             await asyncio.to_thread(remove_staged, list(staged))
-            return False  # superseded attempt or cancelled job: nothing more to say about it
-
-    async def _heartbeat(self, job: JobSpec, abort: asyncio.Event) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                reply = await self.channel.heartbeat(Heartbeat(job_id=job.job_id, attempt=job.attempt))
-            except ChannelRefused as exc:
-                log.error("heartbeat refused: stopping the payload", extra={
-                    "job_id": job.job_id, "detail": str(exc.detail)[:DETAIL_LOG_MAX]})
-                abort.set()
-                return
-            except ChannelUnavailable as exc:
-                log.warning("heartbeat failed; the job goes on", extra={"job_id": job.job_id,
-                                                                       "error": str(exc)[:DETAIL_LOG_MAX]})
-                continue
-            if reply.abort:
-                log.warning("abort requested", extra={"job_id": job.job_id, "reason": reply.reason})
-                abort.set()
-                return
+        return status == 200
 
 
 def payload_environment(allowed: list[str], job: JobSpec, output_dir: Path, workdir: Path) -> dict[str, str]:

@@ -23,6 +23,11 @@ class PilotSettings(BaseSettings):
     lifetime_s: float = Field(3600.0, gt=0)  # no new job is taken after this
     idle_limit_s: float = Field(120.0, gt=0)  # exit after this long without work
     idle_poll_s: float = Field(2.0, gt=0)
+    # Jobs run at once (each within the node's cores, memory and GPUs; the job-executor sizes them by their
+    # task's cores and memory). 1: one job after another.
+    slots: int = Field(1, ge=1, le=1024)
+    # With free slots, a cycle waits at the job-executor up to this long for work (long poll).
+    long_poll_s: float = Field(10.0, ge=0, le=30)
     request_timeout_s: float = Field(30.0, gt=0)
     # An unavailable server (5xx, timeout, lost connection, broker down) is retried with backoff doubling up
     # to this; a finished job's report is retried until it is accepted or refused, for at most report_give_up_s.

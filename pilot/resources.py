@@ -42,5 +42,6 @@ def identify(settings: PilotSettings) -> PilotRegistration:
         cores=settings.cores or len(os.sched_getaffinity(0)),
         memory_mb=settings.memory_mb or memory_mb(),
         gpus=gpus,
+        slots=settings.slots,
         version=VERSION,
     )

@@ -222,6 +222,12 @@ class Job(Base):
             "pilot_id",
             postgresql_where=sa.text("pilot_id IS NOT NULL"),
         ),
+        # Exchanges: a pilot's jobs in flight (its load, its heartbeats), whatever its history.
+        sa.Index(
+            "ix_job_dat_pilot_in_flight",
+            "pilot_id",
+            postgresql_where=sa.text(_in("status", [JobState.DISPATCHED, JobState.RUNNING])),
+        ),
         # Monitoring: jobs finished in the last minutes (throughput plot, rates) without a scan of JOB_DAT.
         sa.Index(
             "ix_job_dat_finished_at",

@@ -22,7 +22,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
+        # No ping at every checkout (a round trip per request on the dispatch path): a connection that died
+        # with its server fails its first statement, which invalidates the whole pool, and the caller sees a
+        # 503 its client retries.
+        pool_pre_ping=False,
         # A checkout waits at most this long for a free connection (then the caller sees an outage, not a hang).
         pool_timeout=settings.db_connect_timeout_s + settings.db_statement_timeout_s,
         # Statements of the hot paths are few and fixed; asyncpg's prepared-statement cache serves them.

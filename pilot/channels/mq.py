@@ -1,5 +1,5 @@
-"""RabbitMQ channel of the pilot: requests on the pilots exchange (claims to the gpu or cpu queue), answers on
-an exclusive reply queue matched by correlation id.
+"""RabbitMQ channel of the pilot: requests on the pilots exchange (registration and exchanges, protocol 2), answers
+on an exclusive reply queue matched by correlation id.
 
 The connection is the pilot's own and is rebuilt on demand: any failure (broker down, connection or channel
 lost, no answer in time) drops it and is reported as an outage; the next call connects again, with a new reply
@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from common.messages import BadMessage, PilotCall, PilotReply, decode, wrap
-from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
+from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistration, PilotSession
 from pilot.channels import ChannelRefused, ChannelUnavailable
 
 CLOSE_TIMEOUT_S = 5.0
@@ -32,7 +32,6 @@ class MqChannel:
         self._pending: dict[str, asyncio.Future[PilotReply]] = {}
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._connecting = asyncio.Lock()
-        self.resource_type = "cpu"
 
     async def _connect(self) -> None:
         async with self._connecting:
@@ -70,7 +69,8 @@ class MqChannel:
             return
         future.set_result(reply)
 
-    async def _call(self, op: str, **fields: Any) -> PilotReply:
+    async def _call(self, op: str, wait_s: float = 0.0, **fields: Any) -> PilotReply:
+        """``wait_s``: how long the job-executor may hold the answer (a long poll), on top of the timeout."""
         call = PilotCall(credential=self.token, pilot_id=self.pilot_id, session=self._session, **fields)
         correlation_id = str(uuid.uuid4())
         envelope = wrap(op, call)
@@ -84,7 +84,7 @@ class MqChannel:
                 reply_to=self._replies.name, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             await asyncio.wait_for(self._exchange.publish(message, routing_key=op, mandatory=True), self.timeout_s)
-            reply = await asyncio.wait_for(future, self.timeout_s)
+            reply = await asyncio.wait_for(future, self.timeout_s + wait_s)
         except ChannelUnavailable:
             raise
         except (aio_pika.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, RuntimeError) as exc:
@@ -103,18 +103,11 @@ class MqChannel:
         reply = await self._call("pilot.register", registration=registration)
         session = PilotSession.model_validate(reply.body)
         self.pilot_id, self._session = session.pilot_id, session.session
-        self.resource_type = registration.resource_type
         return session
 
-    async def claim(self, request_id: uuid.UUID) -> JobSpec | None:
-        reply = await self._call(f"pilot.claim.{self.resource_type}", request_id=request_id)
-        return None if reply.status == 204 else JobSpec.model_validate(reply.body)
-
-    async def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:
-        return HeartbeatReply.model_validate((await self._call("pilot.heartbeat", heartbeat=beat)).body)
-
-    async def report(self, job_id: int, report: JobReport) -> None:
-        await self._call("pilot.report", job_id=job_id, report=report)
+    async def exchange(self, request: ExchangeRequest) -> ExchangeReply:
+        reply = await self._call("pilot.exchange", wait_s=request.wait_s, exchange=request)
+        return ExchangeReply.model_validate(reply.body)
 
     async def exit(self) -> None:
         await self._call("pilot.exit")

@@ -1,12 +1,11 @@
 """REST channel of the pilot (aiohttp, one session for the pilot's life)."""
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import aiohttp
 
-from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec, PilotRegistration, PilotSession
+from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistration, PilotSession
 from pilot.channels import ChannelRefused, ChannelUnavailable
 
 DETAIL_MAX = 1000
@@ -15,13 +14,17 @@ DETAIL_MAX = 1000
 class RestChannel:
     def __init__(self, server_url: str, token: str, timeout_s: float) -> None:
         self.base = server_url.rstrip("/") + "/pilot/v1"
+        self.timeout_s = timeout_s
         self._http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"},
                                            timeout=aiohttp.ClientTimeout(total=timeout_s))
         self.pilot_id: int | None = None
 
-    async def _post(self, path: str, body: Any = None) -> tuple[int, bytes]:
+    async def _post(self, path: str, body: Any = None, wait_s: float = 0.0) -> tuple[int, bytes]:
+        """``wait_s``: how long the job-executor may hold the answer (a long poll), on top of the timeout."""
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s + wait_s)
         try:
-            async with self._http.post(self.base + path, json=body, headers=self._session_header) as response:
+            async with self._http.post(self.base + path, json=body, headers=self._session_header,
+                                       timeout=timeout) as response:
                 data = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -43,16 +46,10 @@ class RestChannel:
         self.pilot_id, self._session = session.pilot_id, session.session
         return session
 
-    async def claim(self, request_id: uuid.UUID) -> JobSpec | None:
-        status, data = await self._post(f"/pilots/{self.pilot_id}/claim", {"request_id": str(request_id)})
-        return None if status == 204 else JobSpec.model_validate_json(data)
-
-    async def heartbeat(self, beat: Heartbeat) -> HeartbeatReply:
-        _, data = await self._post(f"/pilots/{self.pilot_id}/heartbeat", beat.model_dump())
-        return HeartbeatReply.model_validate_json(data)
-
-    async def report(self, job_id: int, report: JobReport) -> None:
-        await self._post(f"/pilots/{self.pilot_id}/jobs/{job_id}/report", report.model_dump(mode="json"))
+    async def exchange(self, request: ExchangeRequest) -> ExchangeReply:
+        _, data = await self._post(f"/pilots/{self.pilot_id}/exchange", request.model_dump(mode="json"),
+                                   wait_s=request.wait_s)
+        return ExchangeReply.model_validate_json(data)
 
     async def exit(self) -> None:
         await self._post(f"/pilots/{self.pilot_id}/exit")

@@ -101,15 +101,16 @@ class Exchanges:
         ended_tasks: set[int] = set()
         async with self.engine.begin() as conn:
             pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
-            await queries.beat_pilot(conn, pilot_id)
             outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
             abort = await self._beat(conn, pilot_id, request.running)
             claimed = await self._claim(conn, pilot, request.want, request.request_id)
             specs = await self._specs(conn, claimed)
-            await queries.set_pilot_load(conn, pilot_id)
+            await queries.set_pilot_load(conn, pilot_id)  # and its heartbeat
         for task_id in ended_tasks:
             self.dispatcher.on_job_ended(task_id)
-        if not specs and request.want and request.wait_s > 0 and await self.watcher.wait(request.wait_s):
+        # a waiting pilot is not heard meanwhile: never longer than its heartbeat interval
+        wait_s = min(request.wait_s, self.settings.heartbeat_interval_s)
+        if not specs and request.want and wait_s > 0 and await self.watcher.wait(wait_s):
             async with self.engine.begin() as conn:
                 pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
                 specs = await self._specs(conn, await self._claim(conn, pilot, request.want, request.request_id))
@@ -215,11 +216,9 @@ class Exchanges:
     async def _claim(self, conn: Transaction, pilot: Record, want: int, request_id: uuid.UUID | None) -> list[Record]:
         if want <= 0:
             return []
-        if request_id is not None:
-            already = await queries.jobs_claimed_by_exchange(conn, pilot.id, request_id)
-            if already:
-                return already
-        held = await queries.held_capacity(conn, pilot.id)
+        held = await queries.held_capacity(conn, pilot.id, request_id)
+        if request_id is not None and held.by_request:
+            return await queries.jobs_claimed_by_exchange(conn, pilot.id, request_id)
         slots = min(want, pilot.slots - held.jobs)
         cores, memory = pilot.cores - held.cores, pilot.memory_mb - held.memory_mb
         claimed: list[Record] = []

@@ -477,11 +477,13 @@ def _held_by_this_pilot(pilot_id: int, keys: list[tuple[int, int]]) -> list[sa.C
     return [sa.tuple_(jobs.c.id, jobs.c.attempt).in_(keys), jobs.c.pilot_id == pilot_id]
 
 
-async def held_capacity(conn: AsyncConnection, pilot_id: int) -> Record:
-    """What the pilot's jobs in flight take: (jobs, cores, memory_mb, gpu_jobs)."""
+async def held_capacity(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID | None) -> Record:
+    """What the pilot's jobs in flight take: (jobs, cores, memory_mb, gpu_jobs), and how many of them the
+    exchange ``request_id`` claimed already (a retried exchange)."""
     stmt = (sa.select(sa.func.count().label("jobs"), sa.func.coalesce(sa.func.sum(tasks.c.cores), 0).label("cores"),
                       sa.func.coalesce(sa.func.sum(tasks.c.memory_mb), 0).label("memory_mb"),
-                      sa.func.count().filter(jobs.c.resource_type == "gpu").label("gpu_jobs"))
+                      sa.func.count().filter(jobs.c.resource_type == "gpu").label("gpu_jobs"),
+                      sa.func.count().filter(jobs.c.claim_request_id == request_id).label("by_request"))
             .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
             .where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT)))
     return (await conn.execute(stmt)).one()

@@ -60,12 +60,18 @@ class Deployment:
         done = subprocess.run([BIN / "wms-migrate"], env=self.env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
 
-    async def start(self, service: str, **env: str) -> None:
-        log = (self.logs / f"{service}.log").open("a")
-        self.processes[service] = subprocess.Popen(
+    async def start(self, service: str, replica: str | None = None, **env: str) -> None:
+        """Start ``service``; ``replica``: a second process of it under that name, on a port of its own."""
+        name = replica or service
+        if replica is not None:
+            self.ports[name] = free_ports(1)[0]
+            env = {**env, PORT_VARS[service]: str(self.ports[name])}
+        log = (self.logs / f"{name}.log").open("a")
+        self.processes[name] = subprocess.Popen(
             [BIN / service], env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
+        service = name
         async with httpx.AsyncClient(timeout=2) as client:
             for _ in range(200):
                 if self.processes[service].poll() is not None:

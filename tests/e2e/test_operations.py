@@ -103,7 +103,7 @@ async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
                 text = (await je.get("/metrics")).text
                 return text if all(line in text for line in expected) else None
             metrics = await wait_for(sampled, timeout=30)
-        assert re.search(r'wms_http_requests_total\{[^}]*route="/pilot/v1/pilots/\{pilot_id\}/claim"', metrics)
+        assert re.search(r'wms_http_requests_total\{[^}]*route="/pilot/v1/pilots/\{pilot_id\}/exchange"', metrics)
         assert re.search(r'wms_messages_total\{[^}]*consumer="task-events"', metrics)
         tm_metrics = (await tm.get("/metrics")).text
         assert re.search(r'wms_http_request_duration_seconds_count\{[^}]*route="/api/v1/summary"', tm_metrics)

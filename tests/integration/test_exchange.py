@@ -7,7 +7,10 @@ import uuid
 import sqlalchemy as sa
 
 from common.db.models import files, job_attempts, jobs, tasks
-from tests.integration.test_job_executor_api import job_executor, make_jobs, output_of, register  # noqa: F401
+from tests.integration import test_job_executor_api as api
+from tests.integration.test_job_executor_api import make_jobs, output_of, register
+
+job_executor = api.job_executor  # the same in-process job-executor fixture
 
 
 async def exchange(client, pilot_id: int, auth: dict, **body) -> dict:

@@ -14,6 +14,7 @@ def test_defaults() -> None:
 @pytest.mark.parametrize("argv, message", [
     (["--pilots", "-1"], "--pilots: must be >= 0"),
     (["--pilot-cores", "0"], "--pilot-cores: must be >= 1"),
+    (["--pilot-slots", "0"], "--pilot-slots: must be >= 1"),
     (["--gpu-pilots", "two"], "'two' is not a whole number"),
     (["--channel", "smtp"], "invalid choice: 'smtp'"),
 ])

@@ -137,6 +137,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpu-pilots", type=at_least(0), default=0, help="pilot daemons that offer a GPU (default 0)")
     parser.add_argument("--channel", choices=["rest", "mq"], default="rest", help="the pilots' channel")
     parser.add_argument("--pilot-cores", type=at_least(1), default=1, help="cores each pilot offers (default 1)")
+    parser.add_argument("--pilot-slots", type=at_least(1), default=1,
+                        help="jobs each pilot runs at once, within its cores (default 1)")
     parser.add_argument("--no-dsm", action="store_true", help="the site runs its own DSM at WMS_DSM_URL")
     parser.add_argument("--logs", type=Path, default=None, help="log directory (default <storage>/../logs)")
     parser.add_argument("--log-max-mb", type=at_least(1), default=50,
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         pilot_env = {
             "WMS_PILOT_CHANNEL": args.channel, "WMS_PILOT_SERVER_URL": url["job-executor"],
             "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace, "WMS_PILOT_CORES": str(args.pilot_cores),
+            "WMS_PILOT_SLOTS": str(args.pilot_slots),
         }
         if args.channel == "mq" and not launch.stopping:
             # MQ pilots get a broker login of their own (the pilot conversation only), never the services' one
