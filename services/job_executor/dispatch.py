@@ -10,7 +10,7 @@ import posixpath
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.db.models import Record
@@ -130,6 +130,18 @@ def storage_prefix(settings: Settings, dataset: str, job_id: int, attempt: int) 
     return f"file://{settings.storage_root.rstrip('/')}/{dataset}/{job_id}/{attempt}/"
 
 
+def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs: Sequence[Record]) -> JobSpec:
+    """What a pilot needs to run this attempt: ``task`` (id, payload, output dataset) and the job's inputs."""
+    payload = task.payload
+    return JobSpec(
+        job_id=job_id, attempt=attempt, task_id=task.id, command=payload["command"], args=payload.get("args", []),
+        env=payload.get("env", {}), container_image=payload.get("container_image"),
+        inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
+        output_dataset=task.output_dataset, log_dataset=log_dataset(task.output_dataset),
+        output_url_prefix=storage_prefix(settings, task.output_dataset, job_id, attempt),
+        wall_time_s=int(payload.get("wall_time_s") or settings.job_wall_time_s))
+
+
 class Dispatcher:
     def __init__(self, engine: Database, settings: Settings, on_job_ended: Callable[[int], None]) -> None:
         self.engine, self.settings = engine, settings
@@ -189,21 +201,7 @@ class Dispatcher:
                 await queries.start_attempt(conn, claimed.id, claimed.attempt, pilot_id)
             await queries.set_pilot_busy(conn, pilot_id, claimed.id)
             task, inputs = await queries.job_context(conn, claimed.id)
-        payload = task.payload
-        return JobSpec(
-            job_id=claimed.id,
-            attempt=claimed.attempt,
-            task_id=task.id,
-            command=payload["command"],
-            args=payload.get("args", []),
-            env=payload.get("env", {}),
-            container_image=payload.get("container_image"),
-            inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
-            output_dataset=task.output_dataset,
-            log_dataset=log_dataset(task.output_dataset),
-            output_url_prefix=storage_prefix(self.settings, task.output_dataset, claimed.id, claimed.attempt),
-            wall_time_s=int(payload.get("wall_time_s") or self.settings.job_wall_time_s),
-        )
+        return job_spec(self.settings, claimed.id, claimed.attempt, task, inputs)
 
     async def heartbeat(self, pilot_id: int, session: str | None, beat: Heartbeat) -> HeartbeatReply:
         async with self.engine.begin() as conn:

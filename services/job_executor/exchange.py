@@ -21,7 +21,6 @@ from common.pilot_protocol import (
     ExchangeReply,
     ExchangeReport,
     ExchangeRequest,
-    InputFile,
     JobBeat,
     JobSpec,
     ReportOutcome,
@@ -34,6 +33,7 @@ from services.job_executor.dispatch import (
     Dispatcher,
     ReportInvalid,
     check_staged_files,
+    job_spec,
     log_dataset,
     storage_prefix,
 )
@@ -249,17 +249,5 @@ class Exchanges:
             return []
         contexts = await self._task_contexts(conn, [r.task_id for r in claimed])
         inputs = await queries.inputs_of(conn, [r.id for r in claimed])
-        specs = []
-        for r in claimed:
-            task = contexts[r.task_id]
-            payload = task.payload
-            specs.append(JobSpec(
-                job_id=r.id, attempt=r.attempt, task_id=r.task_id, command=payload["command"],
-                args=payload.get("args", []), env=payload.get("env", {}),
-                container_image=payload.get("container_image"),
-                inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs[r.id]],
-                output_dataset=task.output_dataset, log_dataset=log_dataset(task.output_dataset),
-                output_url_prefix=storage_prefix(self.settings, task.output_dataset, r.id, r.attempt),
-                wall_time_s=int(payload.get("wall_time_s") or self.settings.job_wall_time_s)))
-        return specs
+        return [job_spec(self.settings, r.id, r.attempt, contexts[r.task_id], inputs[r.id]) for r in claimed]
 
