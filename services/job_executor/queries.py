@@ -396,10 +396,23 @@ async def purge_ended_pilots(conn: AsyncConnection, older_than_s: float) -> int:
     return (await conn.execute(stmt)).rowcount
 
 
-async def count_jobs_by_state_and_type(conn: AsyncConnection) -> dict[tuple[str, str], int]:
-    rows = await conn.execute(sa.select(jobs.c.status, jobs.c.resource_type, sa.func.count())
-                              .group_by(jobs.c.status, jobs.c.resource_type))
-    return {(status, resource_type): n for status, resource_type, n in rows.all()}
+async def tasks_settled_or_not(conn: AsyncConnection) -> tuple[list[int], list[int]]:
+    """(settled, unsettled) task ids: a settled task ended and closed its outputs, so its jobs no longer change."""
+    settled = sa.and_(tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_not(None))
+    rows = (await conn.execute(sa.select(tasks.c.id, settled.label("settled")))).all()
+    return [r.id for r in rows if r.settled], [r.id for r in rows if not r.settled]
+
+
+async def count_jobs_of_tasks(conn: AsyncConnection, task_ids: list[int]) -> dict[int, dict[tuple[str, str], int]]:
+    """task id -> (state, resource type) -> jobs (ix_job_dat_task_status: only these tasks' jobs are read)."""
+    found: dict[int, dict[tuple[str, str], int]] = {task_id: {} for task_id in task_ids}
+    if task_ids:
+        rows = await conn.execute(sa.select(jobs.c.task_id, jobs.c.status, jobs.c.resource_type, sa.func.count())
+                                  .where(jobs.c.task_id.in_(task_ids))
+                                  .group_by(jobs.c.task_id, jobs.c.status, jobs.c.resource_type))
+        for task_id, status, resource_type, n in rows.all():
+            found[task_id][(status, resource_type)] = n
+    return found
 
 
 async def count_live_pilots_by_type_and_channel(conn: AsyncConnection) -> dict[tuple[str, str], int]:

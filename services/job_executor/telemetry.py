@@ -1,10 +1,14 @@
 """Gauges of the whole system for Prometheus, sampled by the job-executor: jobs by state and resource type,
 messages waiting per queue (dead-letter queues included), live pilots by resource type and channel.
 
-One grouped query per table and one passive declare per queue every ``metrics_interval_s``: the cost does not
-grow with the number of scrapes. Every replica reports the same figures (aggregate them with max()).
+Every ``metrics_interval_s``: the jobs of unsettled tasks counted by state (their index), the settled tasks'
+counts remembered (a task that ended and closed its outputs has jobs that no longer change: each is counted once
+per process), live pilots, and one passive declare per queue. The cost follows the live work, not the history
+in JOB_DAT, nor the number of scrapes. Every replica reports the same figures (aggregate them with max()).
 """
 from __future__ import annotations
+
+from collections import Counter
 
 from prometheus_client import Gauge
 
@@ -25,11 +29,20 @@ class Telemetry:
     def __init__(self, engine: Database, broker: Broker, interval_s: float) -> None:
         self.engine, self.broker = engine, broker
         self.loop = background.Loop("telemetry", self.sample, interval_s)
+        self._settled: dict[int, dict[tuple[str, str], int]] = {}  # task id -> its final job counts
 
     async def sample(self) -> bool:
         async with self.engine.connect() as conn:
-            job_counts = await queries.count_jobs_by_state_and_type(conn)
+            settled, unsettled = await queries.tasks_settled_or_not(conn)
+            newly_settled = [t for t in settled if t not in self._settled]
+            self._settled.update(await queries.count_jobs_of_tasks(conn, newly_settled))
+            live = await queries.count_jobs_of_tasks(conn, unsettled)
             pilot_counts = await queries.count_live_pilots_by_type_and_channel(conn)
+        job_counts: Counter[tuple[str, str]] = Counter()
+        for task_id in settled:
+            job_counts.update(self._settled[task_id])
+        for counts in live.values():
+            job_counts.update(counts)
         for state in JOB_MACHINE.states:
             for resource_type in RESOURCE_TYPES:
                 JOBS.labels(state, resource_type).set(job_counts.get((state, resource_type), 0))
