@@ -63,10 +63,6 @@ DETAIL_LOG_MAX = 300
 T = TypeVar("T")
 
 
-class PilotDeclaredDead(Exception):
-    pass
-
-
 class Stopped(Exception):
     """The pilot was asked to stop while waiting for an unavailable server."""
 
@@ -158,8 +154,6 @@ class Pilot:
             return await self._cycles(registration.slots)
         except Stopped:
             return EXIT_OK
-        except PilotDeclaredDead:
-            return EXIT_DEAD
         except ChannelRefused as exc:
             await self._abandon_jobs()
             if exc.status == 409:  # declared dead (or ended) by the job-executor

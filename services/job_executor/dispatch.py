@@ -130,6 +130,13 @@ def storage_prefix(settings: Settings, dataset: str, job_id: int, attempt: int) 
     return f"file://{settings.storage_root.rstrip('/')}/{dataset}/{job_id}/{attempt}/"
 
 
+def staged_file_row(task_id: int, job_id: int, dataset: str, f: StagedFile, role: FileRole) -> dict[str, Any]:
+    """The FILE_DAT row of a staged output (in the output dataset) or log (in its log dataset)."""
+    return {"lfn": f.lfn, "dataset": dataset if role == FileRole.OUTPUT else log_dataset(dataset),
+            "task_id": task_id, "job_id": job_id, "role": role, "url": f.url, "size": f.size,
+            "adler32": f.adler32, "events": f.events, "status": FileState.STAGED.value}
+
+
 def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs: Sequence[Record]) -> JobSpec:
     """What a pilot needs to run this attempt: ``task`` (id, payload, output dataset) and the job's inputs."""
     payload = task.payload
@@ -186,7 +193,7 @@ class Dispatcher:
             pilot = await self.authenticate(conn, pilot_id, session)
             claimed = None
             if request_id is not None:
-                claimed = await queries.job_claimed_by_request(conn, pilot_id, request_id)
+                claimed = next(iter(await queries.jobs_claimed_by_request(conn, pilot_id, request_id)), None)
             if claimed is None:
                 if await queries.jobs_held_by(conn, pilot_id) >= PILOT_SLOTS:
                     raise PilotBusy(f"pilot {pilot_id} already holds a job: report it before claiming another")
@@ -267,15 +274,9 @@ class Dispatcher:
         dataset = (await queries.job_context(conn, job_id))[0].output_dataset
         check_staged_files(storage_prefix(self.settings, dataset, job_id, report.attempt), dataset, job_id, report)
 
-        def row(f: StagedFile, role: FileRole) -> dict[str, Any]:
-            return {"lfn": f.lfn, "dataset": dataset if role == FileRole.OUTPUT else log_dataset(dataset),
-                    "task_id": task_id, "job_id": job_id, "role": role,
-                    "url": f.url, "size": f.size, "adler32": f.adler32, "events": f.events,
-                    "status": FileState.STAGED.value}
-
-        rows = [row(f, FileRole.OUTPUT) for f in report.outputs]
+        rows = [staged_file_row(task_id, job_id, dataset, f, FileRole.OUTPUT) for f in report.outputs]
         if report.log:
-            rows.append(row(report.log, FileRole.LOG))
+            rows.append(staged_file_row(task_id, job_id, dataset, report.log, FileRole.LOG))
         await queries.insert_staged_files(conn, rows)
 
     async def _refuse_unless_repeat(self, conn: Transaction, job_id: int, attempt: int, pilot_id: int,

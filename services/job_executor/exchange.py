@@ -24,7 +24,6 @@ from common.pilot_protocol import (
     JobBeat,
     JobSpec,
     ReportOutcome,
-    StagedFile,
 )
 from common.policies import resource_types_served
 from common.states import AttemptOutcome, FileRole, FileState, JobState
@@ -34,7 +33,7 @@ from services.job_executor.dispatch import (
     ReportInvalid,
     check_staged_files,
     job_spec,
-    log_dataset,
+    staged_file_row,
     storage_prefix,
 )
 from services.job_executor.retries import retry_or_fail
@@ -146,7 +145,7 @@ class Exchanges:
         done_ids = {row.id for row in done}
         if done:
             task_of = {row.id: row.task_id for row in done}
-            staged = [self._staged_row(task_of[r.job_id], contexts[r.job_id][1], r, f, role)
+            staged = [staged_file_row(task_of[r.job_id], r.job_id, contexts[r.job_id][1], f, role)
                       for r in finished if r.job_id in done_ids
                       for f, role in [*((o, FileRole.OUTPUT) for o in r.outputs),
                                       *(((r.log, FileRole.LOG),) if r.log else ())]]
@@ -167,12 +166,6 @@ class Exchanges:
         return [outcomes.get((r.job_id, r.attempt)) or ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=200)
                 for r in reports]
 
-    def _staged_row(self, task_id: int, dataset: str, r: ExchangeReport, f: StagedFile,
-                    role: FileRole) -> dict[str, Any]:
-        return {"lfn": f.lfn, "dataset": dataset if role == FileRole.OUTPUT else log_dataset(dataset),
-                "task_id": task_id, "job_id": r.job_id, "role": role, "url": f.url, "size": f.size,
-                "adler32": f.adler32, "events": f.events, "status": FileState.STAGED.value}
-
     async def _fail(self, conn: Transaction, pilot_id: int, r: ExchangeReport,
                     contexts: dict[int, tuple[int, str]], ended_tasks: set[int]) -> bool:
         category = r.error_category or "payload"
@@ -183,8 +176,8 @@ class Exchanges:
             return False
         task_id = (retried or failed)[0].task_id
         if r.log is not None:
-            await queries.insert_staged_files(conn, [self._staged_row(task_id, contexts[r.job_id][1], r, r.log,
-                                                                      FileRole.LOG)])
+            await queries.insert_staged_files(conn, [staged_file_row(task_id, r.job_id, contexts[r.job_id][1], r.log,
+                                                                     FileRole.LOG)])
         await queries.end_attempts(conn, [(r.job_id, r.attempt)], AttemptOutcome.FAILED, r.exit_code, category,
                                    r.error_message)
         if failed:
@@ -218,7 +211,7 @@ class Exchanges:
             return []
         held = await queries.held_capacity(conn, pilot.id, request_id)
         if request_id is not None and held.by_request:
-            return await queries.jobs_claimed_by_exchange(conn, pilot.id, request_id)
+            return await queries.jobs_claimed_by_request(conn, pilot.id, request_id)
         slots = min(want, pilot.slots - held.jobs)
         cores, memory = pilot.cores - held.cores, pilot.memory_mb - held.memory_mb
         claimed: list[Record] = []

@@ -62,13 +62,6 @@ async def end_pilot(conn: AsyncConnection, pilot_id: int) -> None:
     )
 
 
-async def job_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> Record | None:
-    """The attempt that this pilot's claim ``request_id`` produced, if the pilot still holds it."""
-    stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id).where(
-        jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(IN_FLIGHT))
-    return (await conn.execute(stmt)).first()
-
-
 async def jobs_held_by(conn: AsyncConnection, pilot_id: int) -> int:
     stmt = sa.select(sa.func.count()).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT))
     return int((await conn.execute(stmt)).scalar_one())
@@ -502,8 +495,9 @@ async def held_capacity(conn: AsyncConnection, pilot_id: int, request_id: uuid.U
     return (await conn.execute(stmt)).one()
 
 
-async def jobs_claimed_by_exchange(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> list[Record]:
-    """The attempts an exchange ``request_id`` claimed, those the pilot still holds (a retried exchange)."""
+async def jobs_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> list[Record]:
+    """The attempts a claim or exchange ``request_id`` produced that the pilot still holds (its retry gets them
+    back instead of more jobs)."""
     stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id).where(
         jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(IN_FLIGHT))
     return list((await conn.execute(stmt)).all())
