@@ -7,7 +7,11 @@ production), and claim jobs for their free slots. One task of --jobs files at on
 
     .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 [--channel mq]
     .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 --history 10000000
+    .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 --job-executors 2
+    .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 10000 --rate 700
 
+--rate R makes the load open-loop: the task's dataset is open and grows by R files (jobs) per second, so the
+ready -> running latency measures dispatch at that load, not a queue of jobs made ready all at once.
 --history N first fills JOB_DAT with N finished jobs of an ended task (a farm that has run for a while), so the
 figure can be compared with the one on an empty database.
 """
@@ -26,17 +30,17 @@ import sqlalchemy as sa
 from deployment import AMQP, bench_deployment, register_dataset, submit
 
 from common.db.models import jobs, tasks
-from common.dsm import DsmFile
+from common.dsm import DsmClient, DsmFile
 from common.pilot_protocol import ExchangeReport, ExchangeRequest, JobBeat, PilotRegistration
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
-from tests.conftest import PILOT_TOKEN
+from tests.conftest import PILOT_TOKEN, SERVICE_TOKEN
 from tests.e2e.processes import Deployment
 
 
-async def simulated_pilot(n: int, d: Deployment, channel_kind: str, slots: int, running_at: dict[int, float],
-                          stop: asyncio.Event) -> int:
-    channel = (RestChannel(d.url("wms-job-executor"), PILOT_TOKEN, 60) if channel_kind == "rest"
+async def simulated_pilot(n: int, d: Deployment, server: str, channel_kind: str, slots: int,
+                          running_at: dict[int, float], stop: asyncio.Event) -> int:
+    channel = (RestChannel(d.url(server), PILOT_TOKEN, 60) if channel_kind == "rest"
                else MqChannel(AMQP, d.env["WMS_BROKER_NAMESPACE"], PILOT_TOKEN, 60))
     await channel.register(PilotRegistration(host=f"sim{n}", resource_type="cpu", cores=slots,
                                              memory_mb=1000 * slots, slots=slots, version="bench"))
@@ -89,23 +93,55 @@ async def fill_history(engine: sa.ext.asyncio.AsyncEngine, n: int) -> float:
     return time.perf_counter() - start
 
 
-async def run(n_pilots: int, slots: int, n_jobs: int, channel_kind: str, floor: int, per_pilot: int,
-              history: int = 0) -> dict:
+def noop_file(i: int) -> DsmFile:
+    return DsmFile(lfn=f"noop/{i}", url=f"file:///dev/null/{i}", size=0, adler32="00000001", events=1)
+
+
+async def feed(d: Deployment, dataset: str, n_files: int, rate: float) -> None:
+    """Open-loop load: files appended to the open ``dataset`` at ``rate`` per second (every 20 ms), then closed."""
+    dsm = DsmClient(d.url("wms-dsm"), SERVICE_TOKEN, timeout_s=30)
+    try:
+        start, sent = time.perf_counter(), 0
+        while sent < n_files:
+            due = min(n_files, int(rate * (time.perf_counter() - start)))
+            if due > sent:
+                await dsm.register_files(dataset, [noop_file(i) for i in range(sent, due)])
+                sent = due
+            await asyncio.sleep(0.02)
+        await dsm.close_dataset(dataset)
+    finally:
+        await dsm.close()
+
+
+async def run(n_pilots: int, slots: int, n_jobs: int, channel_kind: str, floor: int, per_slot: int,
+              history: int = 0, job_executors: int = 1, rate: float | None = None) -> dict:
     services = ("wms-dsm", "wms-task-manager", "wms-job-manager", "wms-task-executor", "wms-job-executor")
     stop = asyncio.Event()
-    async with bench_deployment(services, WMS_DB_POOL_SIZE="20", WMS_OUTBOX_POLL_INTERVAL_S="0.2",
-                                WMS_BACKLOG_FLOOR=str(floor), WMS_BACKLOG_PER_PILOT=str(per_pilot)) as (d, engine):
+    # open loop: the task-executor reads the growing dataset every 20 ms and relays chunks at once
+    polls = {"WMS_DSM_POLL_INTERVAL_S": "0.02", "WMS_OUTBOX_POLL_INTERVAL_S": "0.02"} if rate else {
+        "WMS_OUTBOX_POLL_INTERVAL_S": "0.2"}
+    async with bench_deployment(services, WMS_DB_POOL_SIZE="20", WMS_BACKLOG_FLOOR=str(floor),
+                                WMS_BACKLOG_PER_SLOT=str(per_slot), **polls) as (d, engine):
         history_s = await fill_history(engine, history) if history else 0.0
-        await register_dataset(d, "bench.noop", n_jobs, lambda i: DsmFile(
-            lfn=f"noop/{i}", url=f"file:///dev/null/{i}", size=0, adler32="00000001", events=1), timeout_s=120)
+        replicas = ["wms-job-executor"] + [f"job-executor-{i}" for i in range(2, job_executors + 1)]
+        for replica in replicas[1:]:  # REST pilots are spread over them; MQ requests go to whichever consumes
+            await d.start("wms-job-executor", replica=replica)
+        if rate:
+            dsm = DsmClient(d.url("wms-dsm"), SERVICE_TOKEN, timeout_s=30)
+            await dsm.create_dataset("bench.noop")
+            await dsm.close()
+        else:
+            await register_dataset(d, "bench.noop", n_jobs, noop_file, timeout_s=120)
         running_at: dict[int, float] = {}
-        pilots = [asyncio.create_task(simulated_pilot(i, d, channel_kind, slots, running_at, stop))
+        pilots = [asyncio.create_task(simulated_pilot(i, d, replicas[i % len(replicas)], channel_kind, slots,
+                                                      running_at, stop))
                   for i in range(n_pilots)]
         try:
             await asyncio.sleep(1)  # all registered and polling
             start = time.perf_counter()
             task_id = await submit(d, input_dataset="bench.noop", output_dataset="bench.out",
                                    split={"by": "files", "size": 1}, cores=1, memory_mb=500)
+            feeding = asyncio.create_task(feed(d, "bench.noop", n_jobs, rate)) if rate else None
             while True:
                 async with engine.connect() as conn:
                     status = (await conn.execute(sa.select(tasks.c.status).where(tasks.c.id == task_id))).scalar()
@@ -113,19 +149,31 @@ async def run(n_pilots: int, slots: int, n_jobs: int, channel_kind: str, floor: 
                     break
                 await asyncio.sleep(0.05)
             elapsed = time.perf_counter() - start
+            if feeding is not None:
+                await feeding
         finally:
             stop.set()
             await asyncio.gather(*pilots)
         async with engine.connect() as conn:
-            queued = dict((await conn.execute(sa.select(jobs.c.id, sa.func.extract("epoch", jobs.c.queued_at)).where(
-                jobs.c.task_id == task_id))).all())
-        latencies = sorted(running_at[j] - float(q) for j, q in queued.items() if j in running_at)
-        pct = statistics.quantiles(latencies, n=100)
+            times = (await conn.execute(sa.select(
+                jobs.c.id, sa.func.extract("epoch", jobs.c.queued_at), sa.func.extract("epoch", jobs.c.started_at))
+                .where(jobs.c.task_id == task_id))).all()
+        # ready (queued_at, when the job-manager registers it) -> dispatched (started_at, the claim's statement)
+        # -> the pilot's running report (the exchange after the one that gave it the job)
+        pct = _percentiles([running_at[j] - float(q) for j, q, _ in times if j in running_at])
+        claim = _percentiles([float(c) - float(q) for _, q, c in times if c is not None])
         return {"channel": channel_kind, "pilots": n_pilots, "slots": slots, "jobs": n_jobs,
+                "job_executors": job_executors, "offered_jobs_per_s": rate or "closed loop",
                 "history_jobs": history, "history_fill_s": round(history_s, 1), "backlog_floor": floor,
-                "backlog_per_pilot": per_pilot, "seconds": round(elapsed, 2),
-                "jobs_per_s": round(n_jobs / elapsed), "latency_p50_ms": round(1000 * pct[49], 1),
-                "latency_p99_ms": round(1000 * pct[98], 1), "status": status}
+                "backlog_per_slot": per_slot, "seconds": round(elapsed, 2),
+                "jobs_per_s": round(n_jobs / elapsed), "latency_p50_ms": pct[49], "latency_p99_ms": pct[98],
+                "ready_to_dispatched_p50_ms": claim[49], "ready_to_dispatched_p99_ms": claim[98],
+                "status": status}
+
+
+def _percentiles(seconds: list[float]) -> list[float]:
+    """The 1st..99th percentiles, in milliseconds."""
+    return [round(1000 * p, 1) for p in statistics.quantiles(sorted(seconds), n=100)]
 
 
 async def main() -> None:
@@ -135,12 +183,15 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--history", type=int, default=0, help="finished jobs already in JOB_DAT")
     parser.add_argument("--channel", choices=["rest", "mq"], default="rest")
+    parser.add_argument("--job-executors", type=int, default=1, help="job-executor processes (replicas)")
+    parser.add_argument("--rate", type=float, help="open loop: jobs made ready at this rate (files appended to an "
+                        "open dataset) instead of all at once; the latency is then dispatch, not queueing")
     parser.add_argument("--backlog-floor", type=int, default=1000, help="WMS_BACKLOG_FLOOR (default as deployed)")
-    parser.add_argument("--backlog-per-pilot", type=int, default=2, help="WMS_BACKLOG_PER_PILOT")
+    parser.add_argument("--backlog-per-slot", type=int, default=2, help="WMS_BACKLOG_PER_SLOT")
     args = parser.parse_args()
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()}))
     print(json.dumps(await run(args.pilots, args.slots, args.jobs, args.channel, args.backlog_floor,
-                               args.backlog_per_pilot, args.history)),
+                               args.backlog_per_slot, args.history, args.job_executors, args.rate)),
           flush=True)
 
 

@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     # task-executor: how much of a dataset one chunk reads, and how far generation may run ahead of dispatch.
     chunk_files: int = Field(2000, ge=1, le=100_000)
     backlog_floor: int = Field(1000, ge=1)
-    backlog_per_pilot: int = Field(2, ge=1)
+    backlog_per_slot: int = Field(2, ge=1)
     dsm_poll_interval_s: float = Field(2.0, gt=0)
     # An input dataset that does not exist yet (DAQ not started, the producing task not started) is waited for
     # this long after the task's registration, then the task fails.

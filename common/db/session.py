@@ -21,7 +21,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        # No overflow: under load, connections opened beyond the pool and closed at check-in each cost a connect,
+        # asyncpg's type introspection and a backend start; requests wait for a pooled one instead.
+        max_overflow=0,
         # No ping at every checkout (a round trip per request on the dispatch path): a connection that died
         # with its server fails its first statement, which invalidates the whole pool, and the caller sees a
         # 503 its client retries.

@@ -44,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
         credentials = PilotCredentials(engine, settings)
         watcher = ReadyWatcher(engine)
+        watcher.start()
         runtime.close_later(watcher.close)
         exchanges = Exchanges(dispatcher, watcher)
 

@@ -9,11 +9,14 @@ willing to wait, the claim waits (long poll) until the ready jobs change, then t
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import logging
 import uuid
 from typing import Any
 
+from common.db import ready_jobs
 from common.db.models import Record
 from common.db.session import Database, Transaction
 from common.pilot_protocol import (
@@ -26,7 +29,8 @@ from common.pilot_protocol import (
     ReportOutcome,
 )
 from common.policies import resource_types_served
-from common.states import AttemptOutcome, FileRole, FileState, JobState
+from common.states import AttemptOutcome, FileRole, JobState
+from services.job_executor import exchange_queries as hot
 from services.job_executor import queries
 from services.job_executor.dispatch import (
     Dispatcher,
@@ -44,33 +48,59 @@ TASK_CACHE_LIMIT = 10_000
 
 
 class ReadyWatcher:
-    """Wakes long-polling claims when the ready jobs change: while anybody waits, one query every
-    READY_POLL_S for all of them; nobody waiting, no query."""
+    """Wakes long-polling claims when jobs become ready. An announcement (common.db.ready_jobs) says how many jobs of
+    which resource type: it wakes just enough of the claims waiting for that type, longest waiting first, so a
+    chunk of 14 jobs wakes two 8-slot pilots, not a hundred claims that would queue for the database. While
+    anybody waits, one query every READY_POLL_S for all of them finds what no announcement told (jobs out of their
+    retry backoff, resumed tasks, announcements lost with a connection) and wakes everybody. Nobody waiting, no
+    query."""
 
     def __init__(self, engine: Database) -> None:
         self.engine = engine
-        self._changed = asyncio.Event()
-        self._waiters = 0
+        self._waiting: collections.deque[_Waiter] = collections.deque()
         self._loop: asyncio.Task[None] | None = None
+        self.listener = ready_jobs.ReadyListener(engine, self._announced)
 
-    async def wait(self, timeout_s: float) -> bool:
-        """True if the ready jobs changed within ``timeout_s``."""
-        self._waiters += 1
+    def start(self) -> None:
+        self.listener.start()
+
+    def _announced(self, ready: ready_jobs.Ready | None) -> None:
+        if ready is None:
+            self._wake_all()
+            return
+        budget = ready.jobs
+        for waiter in list(self._waiting):
+            if budget <= 0:
+                break
+            if ready.resource_type in waiter.serves and not waiter.woken.done():
+                waiter.woken.set_result(None)
+                self._waiting.remove(waiter)
+                budget -= waiter.want
+
+    def _wake_all(self) -> None:
+        while self._waiting:
+            woken = self._waiting.popleft().woken
+            if not woken.done():
+                woken.set_result(None)
+
+    async def wait(self, timeout_s: float, serves: tuple[str, ...] = ("cpu",), want: int = 1) -> bool:
+        """True if jobs of a type in ``serves`` may have become ready within ``timeout_s``."""
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), serves, want)
+        self._waiting.append(waiter)
         if self._loop is None or self._loop.done():
-            self._changed = asyncio.Event()
             self._loop = asyncio.create_task(self._watch())
-        changed = self._changed
         try:
-            await asyncio.wait_for(changed.wait(), timeout_s)
+            await asyncio.wait_for(asyncio.shield(waiter.woken), timeout_s)
             return True
         except TimeoutError:
             return False
         finally:
-            self._waiters -= 1
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
 
     async def _watch(self) -> None:
         seen: Any = None
-        while self._waiters > 0:
+        while self._waiting:
             try:
                 async with self.engine.connect() as conn:
                     now = await queries.ready_generation(conn)
@@ -78,16 +108,23 @@ class ReadyWatcher:
                 log.warning("ready watcher cannot read", extra={"error": type(exc).__name__})
                 now = seen
             if seen is not None and now != seen:
-                self._changed.set()
-                self._changed = asyncio.Event()
+                self._wake_all()
             seen = now
             await asyncio.sleep(READY_POLL_S)
 
     async def close(self) -> None:
+        await self.listener.close()
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiter:
+    woken: asyncio.Future[None]
+    serves: tuple[str, ...]
+    want: int
 
 
 class Exchanges:
@@ -102,18 +139,18 @@ class Exchanges:
             pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
             outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
             abort = await self._beat(conn, pilot_id, request.running)
-            claimed = await self._claim(conn, pilot, request.want, request.request_id)
-            specs = await self._specs(conn, claimed)
-            await queries.set_pilot_load(conn, pilot_id)  # and its heartbeat
+            specs = await self._claim(conn, pilot, request.want, request.request_id)
+            await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat
         for task_id in ended_tasks:
             self.dispatcher.on_job_ended(task_id)
         # a waiting pilot is not heard meanwhile: never longer than its heartbeat interval
         wait_s = min(request.wait_s, self.settings.heartbeat_interval_s)
-        if not specs and request.want and wait_s > 0 and await self.watcher.wait(wait_s):
+        if not specs and request.want and wait_s > 0 and await self.watcher.wait(
+                wait_s, resource_types_served(pilot.resource_type), request.want):
             async with self.engine.begin() as conn:
                 pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
-                specs = await self._specs(conn, await self._claim(conn, pilot, request.want, request.request_id))
-                await queries.set_pilot_load(conn, pilot_id)
+                specs = await self._claim(conn, pilot, request.want, request.request_id)
+                await hot.set_pilot_load(conn, pilot_id)
         return ExchangeReply(reports=outcomes, abort=abort, jobs=specs)
 
     # --- reports ---------------------------------------------------------------------------------------------
@@ -121,7 +158,8 @@ class Exchanges:
     async def _apply_reports(self, conn: Transaction, pilot_id: int, reports: list[ExchangeReport],
                              ended_tasks: set[int]) -> list[ReportOutcome]:
         outcomes: dict[tuple[int, int], ReportOutcome] = {}
-        contexts = await queries.output_datasets_of(conn, [r.job_id for r in reports if r.outputs or r.log])
+        with_files = [r.job_id for r in reports if r.outputs or r.log]
+        contexts = await queries.output_datasets_of(conn, with_files) if with_files else {}
         valid: list[ExchangeReport] = []
         for r in reports:
             if r.outputs or r.log:
@@ -138,10 +176,13 @@ class Exchanges:
                     continue
             valid.append(r)
 
-        running = [(r.job_id, r.attempt) for r in valid if r.state == "running"]
-        moved = await queries.start_running_many(conn, pilot_id, running)
+        # a job that also ended in this exchange goes straight to its end (dispatched -> finished/failed are allowed
+        # moves): one write of its row instead of two, and no second touch of a row this transaction wrote
+        ending = {(r.job_id, r.attempt) for r in valid if r.state in ("finished", "failed")}
+        running = [(r.job_id, r.attempt) for r in valid if r.state == "running" and (r.job_id, r.attempt) not in ending]
+        moved = await hot.start_running_many(conn, pilot_id, running)
         finished = [r for r in valid if r.state == "finished"]
-        done = await queries.finish_jobs_many(conn, pilot_id, [(r.job_id, r.attempt) for r in finished])
+        done = await hot.finish_jobs_many(conn, pilot_id, [(r.job_id, r.attempt) for r in finished])
         done_ids = {row.id for row in done}
         if done:
             task_of = {row.id: row.task_id for row in done}
@@ -150,9 +191,6 @@ class Exchanges:
                       for f, role in [*((o, FileRole.OUTPUT) for o in r.outputs),
                                       *(((r.log, FileRole.LOG),) if r.log else ())]]
             await queries.insert_staged_files(conn, staged)
-            await queries.set_input_files(conn, sorted(done_ids), FileState.DONE)
-            await queries.end_attempts(conn, [(row.id, row.attempt) for row in done], AttemptOutcome.FINISHED, 0,
-                                       None, None)
             ended_tasks.update(task_of.values())
         failed_moved: set[int] = set()
         for r in valid:
@@ -200,34 +238,35 @@ class Exchanges:
 
     @staticmethod
     async def _beat(conn: Transaction, pilot_id: int, running: list[JobBeat]) -> list[AbortOrder]:
-        held = await queries.beat_jobs(conn, pilot_id, [(b.job_id, b.attempt) for b in running])
+        held = await hot.beat_jobs(conn, pilot_id, [(b.job_id, b.attempt) for b in running])
         return [AbortOrder(job_id=b.job_id, attempt=b.attempt,
                            reason=f"job {b.job_id} attempt {b.attempt} is no longer this pilot's (cancelled, "
                            "timed out or retried elsewhere)")
                 for b in running if b.job_id not in held]
 
-    async def _claim(self, conn: Transaction, pilot: Record, want: int, request_id: uuid.UUID | None) -> list[Record]:
+    async def _claim(self, conn: Transaction, pilot: Record, want: int,
+                     request_id: uuid.UUID | None) -> list[JobSpec]:
         if want <= 0:
             return []
-        held = await queries.held_capacity(conn, pilot.id, request_id)
-        if request_id is not None and held.by_request:
-            return await queries.jobs_claimed_by_request(conn, pilot.id, request_id)
+        held = await hot.held_capacity(conn, pilot.id, request_id)
+        if request_id is not None and held.by_request:  # a retried exchange gets back what it claimed
+            again = await queries.jobs_claimed_by_request(conn, pilot.id, request_id)
+            return await self._specs(conn, again, await hot.inputs_of(conn, [r.id for r in again]))
         slots = min(want, pilot.slots - held.jobs)
         cores, memory = pilot.cores - held.cores, pilot.memory_mb - held.memory_mb
-        claimed: list[Record] = []
+        specs: list[JobSpec] = []
         for resource_type in resource_types_served(pilot.resource_type):
-            limit = slots - len(claimed)
+            limit = slots - len(specs)
             if resource_type == "gpu":
                 limit = min(limit, pilot.gpus - held.gpu_jobs)  # a GPU job takes one GPU
-            got = await queries.claim_jobs(conn, pilot.id, resource_type, cores, memory, limit, request_id)
+            got, inputs = await hot.claim_jobs(conn, pilot.id, resource_type, cores, memory, limit, request_id)
             if got:
                 contexts = await self._task_contexts(conn, [r.task_id for r in got])
                 for r in got:  # what these jobs take from the free cores and memory
                     task = contexts[r.task_id]
                     cores, memory = cores - task.cores, memory - task.memory_mb
-                claimed += got
-        await queries.start_attempts_of(conn, claimed, pilot.id)
-        return claimed
+                specs += await self._specs(conn, got, inputs)
+        return specs
 
     async def _task_contexts(self, conn: Transaction, task_ids: list[int]) -> dict[int, Record]:
         missing = sorted(set(task_ids) - set(self._tasks))
@@ -237,10 +276,8 @@ class Exchanges:
             self._tasks.update(await queries.task_contexts(conn, missing))
         return self._tasks
 
-    async def _specs(self, conn: Transaction, claimed: list[Record]) -> list[JobSpec]:
+    async def _specs(self, conn: Transaction, claimed: list[Any], inputs: dict[int, list[Record]]) -> list[JobSpec]:
         if not claimed:
             return []
         contexts = await self._task_contexts(conn, [r.task_id for r in claimed])
-        inputs = await queries.inputs_of(conn, [r.id for r in claimed])
         return [job_spec(self.settings, r.id, r.attempt, contexts[r.task_id], inputs[r.id]) for r in claimed]
-

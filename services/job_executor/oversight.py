@@ -22,6 +22,7 @@ from stat import S_ISREG
 from common.background import Loop
 from common.broker import Topology
 from common.checksums import adler32_of
+from common.db import ready_jobs
 from common.db.models import Record
 from common.db.session import Database
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
@@ -154,6 +155,8 @@ class Oversight:
             else:
                 await queries.move_queued_jobs(conn, event.task_id, target, QUEUED_JOB_MOVES[target])
                 await queries.set_queued_jobs_priority(conn, event.task_id, task.priority)
+                if target == JobState.READY:
+                    await ready_jobs.announce(conn)
         self.wake()
 
     async def finalize_tasks(self) -> list[int]:

@@ -479,22 +479,6 @@ async def ended_tasks_with_open_outputs(conn: AsyncConnection) -> list[tuple[int
 
 # --- protocol 2: one exchange per pilot cycle, every kind of change in one statement -------------------------
 
-def _held_by_this_pilot(pilot_id: int, keys: list[tuple[int, int]]) -> list[sa.ColumnElement[bool]]:
-    return [sa.tuple_(jobs.c.id, jobs.c.attempt).in_(keys), jobs.c.pilot_id == pilot_id]
-
-
-async def held_capacity(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID | None) -> Record:
-    """What the pilot's jobs in flight take: (jobs, cores, memory_mb, gpu_jobs), and how many of them the
-    exchange ``request_id`` claimed already (a retried exchange)."""
-    stmt = (sa.select(sa.func.count().label("jobs"), sa.func.coalesce(sa.func.sum(tasks.c.cores), 0).label("cores"),
-                      sa.func.coalesce(sa.func.sum(tasks.c.memory_mb), 0).label("memory_mb"),
-                      sa.func.count().filter(jobs.c.resource_type == "gpu").label("gpu_jobs"),
-                      sa.func.count().filter(jobs.c.claim_request_id == request_id).label("by_request"))
-            .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
-            .where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT)))
-    return (await conn.execute(stmt)).one()
-
-
 async def jobs_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> list[Record]:
     """The attempts a claim or exchange ``request_id`` produced that the pilot still holds (its retry gets them
     back instead of more jobs)."""
@@ -503,62 +487,10 @@ async def jobs_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_
     return list((await conn.execute(stmt)).all())
 
 
-async def claim_jobs(conn: AsyncConnection, pilot_id: int, resource_type: str, free_cores: int, free_memory_mb: int,
-                     limit: int, request_id: uuid.UUID | None) -> list[Record]:
-    """Up to ``limit`` of the highest-priority ready jobs of ``resource_type`` that together fit the free cores
-    and memory: the candidates are locked (SKIP LOCKED: concurrent claims never wait for each other nor take the
-    same job), trimmed to what fits, and dispatched in one statement."""
-    if limit <= 0 or free_cores <= 0 or free_memory_mb <= 0:
-        return []
-    candidates = (await conn.execute(
-        sa.select(jobs.c.id, tasks.c.cores, tasks.c.memory_mb)
-        .select_from(jobs.join(tasks, tasks.c.id == jobs.c.task_id))
-        .where(jobs.c.status == JobState.READY, jobs.c.resource_type == resource_type,
-               sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.func.now()),
-               tasks.c.status.in_(sorted(TASK_STATES_WHOSE_JOBS_PROCEED)),
-               tasks.c.cores <= free_cores, tasks.c.memory_mb <= free_memory_mb)
-        .order_by(jobs.c.priority.desc(), jobs.c.id)
-        .limit(limit)
-        .with_for_update(of=jobs, skip_locked=True)
-    )).all()
-    chosen: list[int] = []
-    for job_id, cores, memory_mb in candidates:
-        if cores <= free_cores and memory_mb <= free_memory_mb:
-            chosen.append(job_id)
-            free_cores, free_memory_mb = free_cores - cores, free_memory_mb - memory_mb
-    if not chosen:
-        return []
-    stmt = (
-        sa.update(jobs)
-        .where(jobs.c.id.in_(chosen), jobs.c.status.in_(sorted(JOB_MACHINE.sources_of(JobState.DISPATCHED))))
-        .values(status=JobState.DISPATCHED, pilot_id=pilot_id, attempt=jobs.c.attempt + 1,
-                started_at=sa.func.now(), heartbeat_at=sa.func.now(), finished_at=None, not_before=None,
-                claim_request_id=request_id)
-        .returning(jobs.c.id, jobs.c.attempt, jobs.c.task_id)
-    )
-    return sorted((await conn.execute(stmt)).all(), key=lambda r: chosen.index(r.id))
-
-
-async def start_attempts_of(conn: AsyncConnection, claimed: list[Record], pilot_id: int) -> None:
-    if claimed:
-        await conn.execute(sa.insert(job_attempts),
-                           [{"job_id": r.id, "attempt": r.attempt, "pilot_id": pilot_id} for r in claimed])
-
-
 async def task_contexts(conn: AsyncConnection, task_ids: list[int]) -> dict[int, Record]:
     rows = await conn.execute(sa.select(tasks.c.id, tasks.c.payload, tasks.c.output_dataset, tasks.c.cores,
                                         tasks.c.memory_mb).where(tasks.c.id.in_(task_ids)))
     return {r.id: r for r in rows.all()}
-
-
-async def inputs_of(conn: AsyncConnection, job_ids: list[int]) -> dict[int, list[Record]]:
-    rows = await conn.execute(sa.select(files.c.job_id, files.c.lfn, files.c.url, files.c.size, files.c.adler32)
-                              .where(files.c.job_id.in_(job_ids), files.c.role == FileRole.INPUT)
-                              .order_by(files.c.id))
-    found: dict[int, list[Record]] = {job_id: [] for job_id in job_ids}
-    for r in rows.all():
-        found[r.job_id].append(r)
-    return found
 
 
 async def output_datasets_of(conn: AsyncConnection, job_ids: list[int]) -> dict[int, tuple[int, str]]:
@@ -568,45 +500,10 @@ async def output_datasets_of(conn: AsyncConnection, job_ids: list[int]) -> dict[
     return {job_id: (task_id, dataset) for job_id, task_id, dataset in rows.all()}
 
 
-async def start_running_many(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]]) -> set[int]:
-    if not keys:
-        return set()
-    return {r.id for r in await _move_job(conn, _held_by_this_pilot(pilot_id, keys), JobState.RUNNING,
-                                          {"heartbeat_at": sa.func.now()})}
-
-
-async def finish_jobs_many(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]]) -> list[Record]:
-    if not keys:
-        return []
-    return await _move_job(conn, _held_by_this_pilot(pilot_id, keys), JobState.FINISHED,
-                           {"finished_at": sa.func.now(), "exit_code": 0, "error_category": None,
-                            "error_message": None})
-
-
-async def beat_jobs(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]]) -> set[int]:
-    """The heartbeat of the pilot's jobs in flight; the ids it still holds (the others must stop)."""
-    if not keys:
-        return set()
-    stmt = (sa.update(jobs).where(*_held_by_this_pilot(pilot_id, keys), jobs.c.status.in_(IN_FLIGHT))
-            .values(heartbeat_at=sa.func.now()).returning(jobs.c.id))
-    return set((await conn.execute(stmt)).scalars())
-
-
 async def select_jobs(conn: AsyncConnection, job_ids: list[int]) -> dict[int, Record]:
     rows = await conn.execute(sa.select(jobs.c.id, jobs.c.status, jobs.c.attempt, jobs.c.pilot_id)
                               .where(jobs.c.id.in_(job_ids)))
     return {r.id: r for r in rows.all()}
-
-
-async def set_pilot_load(conn: AsyncConnection, pilot_id: int) -> None:
-    """busy while it holds a job (current_job_id: the newest), idle otherwise: one statement."""
-    newest = (sa.select(sa.func.max(jobs.c.id)).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT))
-              .scalar_subquery())
-    await conn.execute(
-        sa.update(pilots).where(pilots.c.id == pilot_id, pilots.c.status.in_(LIVE))
-        .values(current_job_id=newest,
-                status=sa.case((newest.is_not(None), PilotState.BUSY.value), else_=PilotState.IDLE.value),
-                heartbeat_at=sa.func.now()))
 
 
 async def ready_generation(conn: AsyncConnection) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from itertools import repeat
 
+from common.db import ready_jobs
 from common.db.session import Database, retry_transient
 from common.messages import BadMessage, Envelope, JobChunk
 from common.policies import job_state_for_task
@@ -47,6 +48,9 @@ class ChunkRegistrar:
             queued_at = dt.datetime.now(dt.UTC) if target == JobState.READY else None
             file_state = FileState.CANCELLED if target == JobState.CANCELLED else FileState.PENDING
             job_ids = await queries.allocate_job_ids(conn, n_jobs)
+            if target == JobState.READY:
+                # delivered at commit: as many waiting claims as these jobs need wake now
+                await ready_jobs.announce(conn, ready_jobs.Ready(chunk.resource_type, n_jobs))
             job_of_file = [job_id for job_id, n in zip(job_ids, chunk.files_per_job, strict=True) for _ in range(n)]
             await queries.copy_rows(
                 conn,

@@ -185,8 +185,8 @@ class GenerationLoop:
         now = time.monotonic()
         async with self.engine.connect() as conn:
             candidates = await queries.tasks_to_generate(conn)
-            pilots = await queries.live_pilots_by_resource(conn, self.settings.pilot_timeout_s)
-            bounds = backlog_bounds(pilots, self.settings.backlog_floor, self.settings.backlog_per_pilot)
+            slots = await queries.live_slots_by_resource(conn, self.settings.pilot_timeout_s)
+            bounds = backlog_bounds(slots, self.settings.backlog_floor, self.settings.backlog_per_slot)
             age = now - self._counted_at
             if age > BACKLOG_RECOUNT_S or (self._was_full and age > BACKLOG_RECOUNT_WHEN_FULL_S):
                 self._counted = await queries.backlog_by_resource(conn, bounds)

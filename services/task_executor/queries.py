@@ -53,9 +53,10 @@ async def backlog_by_resource(conn: AsyncConnection, caps: dict[str, int]) -> di
     return backlog
 
 
-async def live_pilots_by_resource(conn: AsyncConnection, heartbeat_timeout_s: float) -> dict[str, int]:
+async def live_slots_by_resource(conn: AsyncConnection, heartbeat_timeout_s: float) -> dict[str, int]:
+    """Job slots of the live pilots, by the pilots' resource type."""
     stmt = (
-        sa.select(pilots.c.resource_type, sa.func.count())
+        sa.select(pilots.c.resource_type, sa.func.sum(pilots.c.slots))
         .where(
             pilots.c.status.in_([PilotState.IDLE, PilotState.BUSY]),
             pilots.c.heartbeat_at > sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, heartbeat_timeout_s),

@@ -88,3 +88,33 @@ async def test_a_claim_waits_for_work_and_is_woken_when_a_job_becomes_ready(job_
     assert [j["job_id"] for j in reply["jobs"]] == [job_id]
     idle = await exchange(job_executor, pilot_id, auth, want=0, wait_s=10)  # wants nothing: answers at once
     assert idle["jobs"] == []
+
+
+async def test_an_announcement_of_ready_jobs_wakes_a_waiting_claim_without_its_poll(job_executor, db,
+                                                                                  monkeypatch) -> None:
+    """The poll is pushed past the claim's wait: only the job-manager's announcement (a PostgreSQL notification
+    delivered at commit) can wake it; without one the claim would end empty."""
+    from common.db import ready_jobs
+    from services.job_executor import exchange as exchange_module
+
+    monkeypatch.setattr(exchange_module, "READY_POLL_S", 60.0)
+    pilot_id, auth = await register(job_executor)
+    watcher = job_executor.app.state.exchanges.watcher
+    for _ in range(100):  # the listener takes its connection at start-up
+        if watcher.listener.listening:
+            break
+        await asyncio.sleep(0.05)
+    assert watcher.listener.listening
+    waiting = asyncio.create_task(exchange(job_executor, pilot_id, auth, want=1, wait_s=8))
+    await asyncio.sleep(0.5)  # the claim waits, and its watcher has taken its one (first) look
+    (job_id,) = await make_jobs(db, 1)
+    await asyncio.sleep(0.5)
+    assert not waiting.done()  # a job became ready unannounced: nothing wakes the claim before its poll
+    async with db.begin() as conn:
+        await ready_jobs.announce(conn, ready_jobs.Ready("gpu", 1))
+    await asyncio.sleep(1.0)
+    assert not waiting.done()  # a CPU pilot is not woken for GPU jobs
+    async with db.begin() as conn:
+        await ready_jobs.announce(conn, ready_jobs.Ready("cpu", 1))
+    reply = await asyncio.wait_for(waiting, 5)
+    assert [j["job_id"] for j in reply["jobs"]] == [job_id]

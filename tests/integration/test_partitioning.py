@@ -131,16 +131,17 @@ async def _jobs_registered(db, task_id: int) -> int:
 async def test_backlog_follows_live_pilot_capacity(pipeline_settings, task_manager, dsm, db) -> None:
     await make_dataset(dsm, "spd.raw.big", 1000)
     task_id = await submit(task_manager, input_dataset="spd.raw.big", split={"by": "files", "size": 1})
-    async with executors(pipeline_settings, backlog_floor=20, backlog_per_pilot=2, chunk_files=15) as te:
+    async with executors(pipeline_settings, backlog_floor=20, backlog_per_slot=2, chunk_files=15) as te:
         await wait_for(lambda: _jobs_registered(db, task_id))
         await wait_for(lambda: _equals(_jobs_registered(db, task_id), 20))
         assert (await task_row(db, task_id)).jobs_total == 20  # the floor: no more while no pilot takes any
 
-        # 30 live pilots (10 of them GPU, which also take CPU work): bound 2 x 30 = 60
+        # 20 live pilots with 30 slots (10 GPU pilots of one slot, which also take CPU work, and 10 CPU pilots of two
+        # slots): bound 2 x 30 = 60
         async with db.begin() as conn:
             await conn.execute(sa.insert(pilots), [
                 {"host": f"wn{i}", "resource_type": "gpu" if i < 10 else "cpu", "cores": 8, "memory_mb": 16000,
-                 "gpus": 1 if i < 10 else 0, "version": "test"} for i in range(30)])
+                 "gpus": 1 if i < 10 else 0, "slots": 1 if i < 10 else 2, "version": "test"} for i in range(20)])
         await wait_for(lambda: _equals(_jobs_registered(db, task_id), 60))
 
         # pilots take 25 jobs: exactly 25 more are generated
