@@ -3,7 +3,7 @@ connection that comes back by itself.
 
 Every queue is a durable quorum queue with a delivery limit and a dead-letter queue, so a poison message ends
 in ``<queue>.dlq`` instead of a retry loop. A handler that fails because a dependency is down (database, DSM,
-broker: :func:`common.failures.is_transient`) is not a poison: its message goes to ``<queue>.retry`` with a
+broker: :func:`common.failures.is_transient`) is not a poison: its message goes to ``<queue>.parked`` with a
 per-message TTL (growing with each retry) and comes back to the queue when it expires, without spending the
 delivery limit. Each queue is declared here and nowhere else (redeclaring with other arguments kills the
 channel).
@@ -23,6 +23,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
@@ -81,7 +82,7 @@ class Topology:
     @staticmethod
     def retry_queue(queue_name: str) -> str:
         """The retry queue of a (namespaced) queue."""
-        return f"{queue_name}.retry"
+        return f"{queue_name}.parked"
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -118,11 +119,15 @@ async def declare_topology(channel: AbstractChannel, topology: Topology, deliver
         for key in spec.routing_keys:
             await queue.bind(topology.exchange(spec.exchange), routing_key=key)
         # A parking place for messages whose handler met an outage: each waits its own TTL, then is
-        # dead-lettered back to the queue through the default exchange. Classic (per-message TTL).
+        # dead-lettered back to the queue through the default exchange. A quorum queue like the others (3.10
+        # expires per-message TTLs in quorum queues): on a cluster, no queue of ours lives on one node only.
+        # (Before, a classic '<queue>.retry': one left by an older version still returns what it parked, and
+        # stays empty after.)
         await channel.declare_queue(
             topology.retry_queue(queue_name),
             durable=True,
-            arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue_name},
+            arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": "",
+                       "x-dead-letter-routing-key": queue_name},
         )
 
 
@@ -134,6 +139,14 @@ class Consumer:
     queue: str  # namespaced
     handler: MessageHandler
     prefetch: int
+
+
+def broker_urls(setting: str) -> list[str]:
+    """WMS_AMQP_URL: one node's URL, or a cluster's, separated by commas."""
+    urls = [url.strip() for url in setting.split(",") if url.strip()]
+    if not urls:
+        raise ValueError("WMS_AMQP_URL names no broker")
+    return urls
 
 
 class Broker:
@@ -191,11 +204,16 @@ class Broker:
 
     async def _supervise(self) -> None:
         delay = RECONNECT_FIRST_DELAY_S
+        urls = broker_urls(self.settings.amqp_url)
+        attempt = 0
         while not self._closing:
             connection = None
+            # a cluster: each (re)connection tries the next node, so a stopped node is left at once
+            url = urls[attempt % len(urls)]
+            attempt += 1
             try:
                 self._lost.clear()
-                connection = await aio_pika.connect(self.settings.amqp_url, timeout=CONNECT_TIMEOUT_S)
+                connection = await aio_pika.connect(url, timeout=CONNECT_TIMEOUT_S)
                 connection.close_callbacks.add(self._on_closed)
                 # on_return_raises: an unroutable (mandatory) message is an error, not a silent drop.
                 publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -207,8 +225,8 @@ class Broker:
                         await self._subscribe(consumer)
                     self.connections += 1
                     self._ready.set()
-                log.info("broker connected", extra={"connections": self.connections,
-                                                    "consumers": len(self._consumers)})
+                log.info("broker connected", extra={"connections": self.connections, "node": urlsplit(url).netloc
+                                                    .rpartition("@")[2], "consumers": len(self._consumers)})
                 delay = RECONNECT_FIRST_DELAY_S
                 await self._lost.wait()
             except asyncio.CancelledError:
@@ -226,6 +244,8 @@ class Broker:
                         await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_S)
             if self._closing:
                 break
+            if attempt % len(urls):  # more nodes to try in this round: at once
+                continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.broker_reconnect_max_s)
 

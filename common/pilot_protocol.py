@@ -33,6 +33,10 @@ class PilotRegistration(BaseModel):
     slots: int = Field(1, ge=1, le=1024, strict=True, description="jobs it runs at once (within its cores, "
                        "memory and GPUs: each job takes its task's cores and memory, a GPU job one GPU)")
     version: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]+$")]
+    batch_system: Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")] | None \
+        = Field(None, description="the batch system whose job the pilot runs in (a pilot the factory submitted)")
+    batch_job_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]+$")] | None = Field(
+        None, description="that batch job's id")
 
 
 class PilotSession(BaseModel):

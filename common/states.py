@@ -50,6 +50,18 @@ class PilotState(enum.StrEnum):
     EXITED = "exited"  # ended cleanly (lifetime or idle limit, SIGTERM)
 
 
+class SubmissionState(enum.StrEnum):
+    """A pilot the factory submits to a batch system (PILOT_SUBMISSION)."""
+
+    INTENDED = "intended"  # recorded before the submission (so a restart finds it in the batch system or not)
+    QUEUED = "queued"  # in the batch system, waiting for a node
+    RUNNING = "running"  # the batch job runs (its pilot registers in PILOT_DAT with the batch job id)
+    ENDED = "ended"  # the batch job ended (its exit state is recorded)
+    WITHDRAWN = "withdrawn"  # cancelled by the factory while queued: the backlog it was for is gone
+    VANISHED = "vanished"  # the batch system no longer knows it and never told how it ended
+    UNSUBMITTED = "unsubmitted"  # the submission failed, or a restart found no trace of it
+
+
 class FileState(enum.StrEnum):
     PENDING = "pending"  # input file in a job that has not finished yet
     DONE = "done"  # input file processed
@@ -150,6 +162,22 @@ PILOT_MACHINE = StateMachine(
         P.EXITED: frozenset(),
     },
     initial=(P.IDLE,),
+)
+
+
+S = SubmissionState
+SUBMISSION_MACHINE = StateMachine(
+    "pilot submission",
+    {
+        S.INTENDED: frozenset({S.QUEUED, S.RUNNING, S.ENDED, S.UNSUBMITTED}),
+        S.QUEUED: frozenset({S.RUNNING, S.ENDED, S.WITHDRAWN, S.VANISHED}),
+        S.RUNNING: frozenset({S.ENDED, S.VANISHED}),
+        S.ENDED: frozenset(),
+        S.WITHDRAWN: frozenset(),
+        S.VANISHED: frozenset(),
+        S.UNSUBMITTED: frozenset(),
+    },
+    initial=(S.INTENDED,),
 )
 
 

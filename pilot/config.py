@@ -15,7 +15,8 @@ class PilotSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WMS_PILOT_", extra="ignore", env_ignore_empty=True)
 
     channel: Literal["rest", "mq"] = "rest"
-    server_url: str = "http://127.0.0.1:8085"  # job-executor (REST channel)
+    # job-executor (REST channel); replicas: several URLs separated by commas, the next tried when one fails
+    server_url: str = "http://127.0.0.1:8085"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"  # RabbitMQ (mq channel)
     broker_namespace: str = "wms"
     token: str = "dev-pilot-token"
@@ -46,3 +47,7 @@ class PilotSettings(BaseSettings):
     memory_mb: int | None = Field(None, ge=1)
     gpus: int | None = Field(None, ge=0)
     host: str | None = None
+    # The batch job this pilot runs in (set by the pilot factory's job script; reported at registration so the
+    # factory can tell which pilot a batch job that ended was): e.g. slurm and $SLURM_JOB_ID.
+    batch_system: str | None = None
+    batch_job_id: str | None = None

@@ -44,4 +44,7 @@ def identify(settings: PilotSettings) -> PilotRegistration:
         gpus=gpus,
         slots=settings.slots,
         version=VERSION,
+        batch_system=settings.batch_system,
+        # a batch system that cannot tell the job its id before it starts (the local one): the pilot's pid
+        batch_job_id=settings.batch_job_id or (str(os.getpid()) if settings.batch_system else None),
     )

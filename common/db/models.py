@@ -12,12 +12,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from common.states import (
     JOB_MACHINE,
     PILOT_MACHINE,
+    SUBMISSION_MACHINE,
     TASK_MACHINE,
     AttemptOutcome,
     FileRole,
     FileState,
     JobState,
     PilotState,
+    SubmissionState,
     TaskState,
 )
 
@@ -124,6 +126,11 @@ class Pilot(Base):
     current_job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     # the operator-issued credential it registered with (null: a site-wide pilot token of the settings)
     credential_id: Mapped[int | None] = mapped_column(sa.BigInteger)
+    # the batch job it runs in (a pilot the factory submitted): the batch system, its job id, and how the batch
+    # job ended as the factory saw it (e.g. COMPLETED, CANCELLED, vanished)
+    batch_system: Mapped[str | None] = mapped_column(sa.Text)
+    batch_job_id: Mapped[str | None] = mapped_column(sa.Text)
+    batch_state: Mapped[str | None] = mapped_column(sa.Text)
     registered_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     heartbeat_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
@@ -137,6 +144,37 @@ class Pilot(Base):
             "heartbeat_at",
             postgresql_where=sa.text(_in("status", sorted(PILOT_MACHINE.active))),
         ),
+        # The factory finds the pilot of a batch job that ended.
+        sa.Index("ix_pilot_dat_batch_job", "batch_system", "batch_job_id",
+                 postgresql_where=sa.text("batch_job_id IS NOT NULL")),
+    )
+
+
+class PilotSubmission(Base):
+    """A pilot the factory submitted (or is about to submit) to a batch system for one of its queues."""
+
+    __tablename__ = "pilot_submission"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    queue: Mapped[str] = mapped_column(sa.Text)  # the factory's site queue (its configuration names it)
+    resource_type: Mapped[str] = mapped_column(sa.Text)
+    batch_system: Mapped[str] = mapped_column(sa.Text)
+    # the batch job's name: how a restarted factory finds a submission whose job id it never recorded
+    batch_name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    batch_job_id: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(sa.Text, server_default=SubmissionState.INTENDED.value)
+    batch_state: Mapped[str | None] = mapped_column(sa.Text)  # the batch system's last word on it
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", SUBMISSION_MACHINE.states), name="status"),
+        sa.CheckConstraint(_in("resource_type", RESOURCE_TYPES), name="resource_type"),
+        sa.Index("ix_pilot_submission_live", "queue", "status",
+                 postgresql_where=sa.text(_in("status", sorted(SUBMISSION_MACHINE.active)))),
     )
 
 
@@ -355,3 +393,4 @@ outbox = cast(sa.Table, OutboxMessage.__table__)
 consumed_messages = cast(sa.Table, ConsumedMessage.__table__)
 job_attempts = cast(sa.Table, JobAttempt.__table__)
 pilot_credentials = cast(sa.Table, PilotCredential.__table__)
+pilot_submissions = cast(sa.Table, PilotSubmission.__table__)

@@ -24,8 +24,15 @@ CLOSE_TIMEOUT_S = 5.0
 
 
 class MqChannel:
+    """``amqp_url``: one broker node, or a cluster's nodes separated by commas: each new connection (after one was
+    lost or refused) goes to the next node."""
+
     def __init__(self, amqp_url: str, namespace: str, token: str, timeout_s: float) -> None:
-        self.amqp_url, self.exchange_name, self.timeout_s = amqp_url, f"{namespace}.pilots", timeout_s
+        self.urls = [url.strip() for url in amqp_url.split(",") if url.strip()]
+        if not self.urls:
+            raise ValueError("no broker URL")
+        self._next_url = 0
+        self.exchange_name, self.timeout_s = f"{namespace}.pilots", timeout_s
         self.token = token  # the pilot's credential: every request carries it, as over REST
         self.pilot_id: int | None = None
         self._session: str | None = None
@@ -37,7 +44,9 @@ class MqChannel:
         async with self._connecting:
             if self._connection is not None and not self._connection.is_closed:
                 return
-            connection = await aio_pika.connect(self.amqp_url, timeout=self.timeout_s)
+            url = self.urls[self._next_url % len(self.urls)]
+            self._next_url += 1  # the next connection, if this one fails or is lost, goes to the next node
+            connection = await aio_pika.connect(url, timeout=self.timeout_s)
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchange = await channel.get_exchange(self.exchange_name, ensure=False)

@@ -12,8 +12,15 @@ DETAIL_MAX = 1000
 
 
 class RestChannel:
+    """``server_url``: one job-executor URL, or several separated by commas (replicas): a call that finds its
+    server unavailable moves the channel on to the next one, where the caller's retry goes (a pilot's session is
+    valid at every replica)."""
+
     def __init__(self, server_url: str, token: str, timeout_s: float) -> None:
-        self.base = server_url.rstrip("/") + "/pilot/v1"
+        self.bases = [url.strip().rstrip("/") + "/pilot/v1" for url in server_url.split(",") if url.strip()]
+        if not self.bases:
+            raise ValueError("no job-executor URL")
+        self._current = 0
         self.timeout_s = timeout_s
         self._http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"},
                                            timeout=aiohttp.ClientTimeout(total=timeout_s))
@@ -28,13 +35,24 @@ class RestChannel:
                 data = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._move_on()
             raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc
         detail = data[:DETAIL_MAX].decode(errors="replace")
-        if status >= 500 or status == 429:  # unavailable, or too busy for us now: both mean "later"
+        if status >= 500:  # unavailable: the next replica, later
+            self._move_on()
+            raise ChannelUnavailable(f"{status}: {detail}")
+        if status == 429:  # too busy for us now: later, here
             raise ChannelUnavailable(f"{status}: {detail}")
         if status >= 300:
             raise ChannelRefused(status, detail)
         return status, data
+
+    @property
+    def base(self) -> str:
+        return self.bases[self._current]
+
+    def _move_on(self) -> None:
+        self._current = (self._current + 1) % len(self.bases)
 
     @property
     def _session_header(self) -> dict[str, str]:

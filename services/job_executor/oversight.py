@@ -110,7 +110,7 @@ class Oversight:
             if not await queries.try_lead(conn, LOST_SWEEP_LOCK):
                 return 0
             dead = await queries.declare_dead_pilots(conn, timeout)
-            in_flight = await queries.lost_in_flight(conn, dead, timeout)
+            in_flight = await queries.lost_in_flight(conn, timeout)
             if not in_flight:
                 return 0
             message = "pilot stopped heartbeating"

@@ -184,11 +184,13 @@ async def attempt_in_flight(conn: AsyncConnection, job_id: int, attempt: int, pi
     return list((await conn.execute(stmt)).all())
 
 
-async def lost_in_flight(conn: AsyncConnection, dead_pilots: list[int], timeout_s: float) -> list[Record]:
-    """In-flight jobs whose pilot is dead, or whose own heartbeat stopped (with what the retry policy needs)."""
+async def lost_in_flight(conn: AsyncConnection, timeout_s: float) -> list[Record]:
+    """In-flight jobs whose pilot is dead (declared by this sweep, or by the pilot factory when its batch job
+    ended), or whose own heartbeat stopped (with what the retry policy needs)."""
     stale = jobs.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s)
-    stmt = sa.select(*RETRY_FACTS).where(jobs.c.status.in_(IN_FLIGHT),
-                                         sa.or_(jobs.c.pilot_id.in_(dead_pilots), stale)).with_for_update()
+    pilot_dead = sa.exists().where(pilots.c.id == jobs.c.pilot_id, pilots.c.status == PilotState.DEAD)
+    stmt = sa.select(*RETRY_FACTS).where(jobs.c.status.in_(IN_FLIGHT), sa.or_(pilot_dead, stale)).with_for_update(
+        of=jobs)
     return list((await conn.execute(stmt)).all())
 
 

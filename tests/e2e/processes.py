@@ -22,6 +22,7 @@ PORT_VARS = {
     "wms-task-executor": "WMS_TASK_EXECUTOR_PORT",
     "wms-dsm": "WMS_DSM_PORT",
     "wms-job-executor": "WMS_JOB_EXECUTOR_PORT",
+    "wms-pilot-factory": "WMS_FACTORY_PORT",
 }
 
 

@@ -31,7 +31,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from common.broker import Topology
+from common.broker import Topology, broker_urls
 from common.db.models import files, job_attempts, jobs, pilots, tasks
 from common.dsm import DsmClient, DsmFile
 from tests.conftest import PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, create_database, drop_database, wait_for
@@ -72,6 +72,17 @@ def copy_payload(sleep_s: float = 0.2) -> dict:
 
 def adler32_of(path: Path) -> str:
     return f"{zlib.adler32(path.read_bytes()) & 0xFFFFFFFF:08x}"
+
+
+async def connect_any(amqp_url: str) -> aio_pika.abc.AbstractConnection:
+    """A connection to the first node of ``amqp_url`` (one URL, or a cluster's, comma-separated) that answers."""
+    error: Exception | None = None
+    for url in broker_urls(amqp_url):
+        try:
+            return await aio_pika.connect(url, timeout=10)
+        except Exception as exc:  # that node is down: the next one
+            error = exc
+    raise AssertionError(f"no broker node answers: {error}")
 
 
 @dataclass
@@ -249,7 +260,7 @@ class FaultRun:
     async def audit_system(self) -> None:
         """No dead letter anywhere; every service ready."""
         topology = Topology(self.deployment.env["WMS_BROKER_NAMESPACE"])
-        connection = await aio_pika.connect(self.amqp_url)
+        connection = await connect_any(self.amqp_url)
         async with connection:
             channel = await connection.channel()
             for queue in topology.all_queues():

@@ -48,7 +48,8 @@ async def test_topology_is_durable_quorum_with_dead_letter(broker: Broker,
         await channel.declare_queue(broker.topology.dead_letter_queue(spec.name), durable=True,
                                     arguments={"x-queue-type": "quorum"})
         await channel.declare_queue(broker.topology.retry_queue(name), durable=True,
-                                    arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
+                                    arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": "",
+                                               "x-dead-letter-routing-key": name})
     channel = await amqp.channel()
     for name in broker.topology.all_exchanges():
         await channel.declare_exchange(name, passive=True)

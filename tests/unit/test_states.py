@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from common.states import JOB_MACHINE, PILOT_MACHINE, TASK_MACHINE, JobState, StateMachine, TaskState
+from common.states import (
+    JOB_MACHINE,
+    PILOT_MACHINE,
+    SUBMISSION_MACHINE,
+    TASK_MACHINE,
+    JobState,
+    StateMachine,
+    TaskState,
+)
 
 DOC = Path(__file__).parents[2] / "docs" / "state-machines.md"
-MACHINES = [TASK_MACHINE, JOB_MACHINE, PILOT_MACHINE]
+MACHINES = [TASK_MACHINE, JOB_MACHINE, PILOT_MACHINE, SUBMISSION_MACHINE]
 
 
 def _diagram_edges(name: str) -> set[tuple[str, str]]:
