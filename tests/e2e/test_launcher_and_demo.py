@@ -102,7 +102,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
     launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "2", "--channel", "mq", "--logs",
                                  str(tmp_path / "logs")], env=env, stdout=out.open("w"), stderr=subprocess.STDOUT)
     try:
-        await wait_for_line(out, "wms-launch: up:", launcher)
+        await wait_for_line(out, "wms-launch: ready:", launcher)
         assert "/monitor#token=<operator token>" in out.read_text()  # dev tokens are not in use here
         assert f"MQ pilots use broker user {pilot_user}" in out.read_text()
         assert pilot_user in await asyncio.to_thread(broker_users)
@@ -167,7 +167,7 @@ async def test_a_service_that_dies_stops_the_launch(settings, db, tmp_path) -> N
     launcher = subprocess.Popen([BIN / "wms-launch", "--pilots", "1"], env=env, stdout=out.open("w"),
                                 stderr=subprocess.STDOUT)
     try:
-        await wait_for_line(out, "wms-launch: up:", launcher)
+        await wait_for_line(out, "wms-launch: ready:", launcher)
         children = children_of(launcher.pid)
         assert len(children) == 6, children  # DSM, four services, one pilot daemon
         victim = next(pid for pid, cmd in children.items() if cmd.endswith("wms-task-manager"))
@@ -178,3 +178,45 @@ async def test_a_service_that_dies_stops_the_launch(settings, db, tmp_path) -> N
             launcher.kill()
     assert code == 1 and "task-manager exited with -9" in out.read_text(), out.read_text()
     assert all(not Path(f"/proc/{pid}").exists() for pid in children), "children left running"
+
+
+async def test_launch_with_slurm_pilots_and_replicas(settings, db, tmp_path) -> None:
+    """`wms-launch --slurm --replicas 2`: a Slurm cluster of the launch's own, the pilot factory submitting pilots
+    to it, two processes of the task-executor, job-manager and job-executor; the demo runs on those pilots; Ctrl-C
+    cancels them and stops the cluster."""
+    if not all(shutil.which(t) for t in ("slurmctld", "slurmd", "munged", "sbatch")):
+        if os.environ.get("WMS_REQUIRE_SLURM") == "1":
+            pytest.fail("Slurm is not installed (scripts/slurm-cluster install)")
+        pytest.skip("Slurm is not installed (scripts/slurm-cluster install)")
+    base_ports = free_ports(len(PORTS) + 1)
+    ports = dict(zip(PORTS, map(str, base_ports), strict=False))
+    env = {
+        **os.environ, **ports, "WMS_FACTORY_PORT": str(base_ports[-1]),
+        "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
+        "WMS_BROKER_NAMESPACE": settings.broker_namespace, "WMS_STORAGE_ROOT": str(tmp_path / "storage"),
+        "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot",
+                                      SERVICE_TOKEN: "service"}),
+        "WMS_SERVICE_TOKEN": SERVICE_TOKEN, "WMS_PILOT_TOKEN": PILOT_TOKEN, "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
+        "WMS_CLI_URL": f"http://127.0.0.1:{ports['WMS_TASK_MANAGER_PORT']}",
+        "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['WMS_DSM_PORT']}", "WMS_CLI_TOKEN": OPERATOR_TOKEN,
+        "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN, "SLURM_CPUS": "4",
+    }
+    out = tmp_path / "launch.out"
+    launcher = subprocess.Popen([BIN / "wms-launch", "--slurm", "--pilots", "2", "--pilot-slots", "2",
+                                 "--replicas", "2", "--logs", str(tmp_path / "logs")], env=env,
+                                stdout=out.open("w"), stderr=subprocess.STDOUT)
+    try:
+        await wait_for_line(out, "wms-launch: ready:", launcher, timeout=150)
+        text = out.read_text()
+        assert "job-executor-1" in text and "the pilot factory (up to 2 Slurm pilots" in text, text
+        demo = await asyncio.to_thread(run_cli, env, "demo", "--slices", "8", "--run", "s1", timeout=240)
+        assert demo.returncode == 0, demo.stdout + demo.stderr + out.read_text()
+        async with db.connect() as conn:
+            batch = (await conn.execute(sa.select(pilots.c.batch_system).distinct())).scalars().all()
+        assert batch == ["slurm"]  # every pilot was a Slurm batch job the factory submitted
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(launcher.wait, 120)
+    assert code == 0, out.read_text()
+    assert "wms-launch: stopped" in out.read_text()
+    assert not (tmp_path / "slurm").exists()  # the cluster stopped and removed

@@ -1,5 +1,10 @@
 """wms-launch: migrations, then the DSM and the four services, then N pilot daemons, as local processes.
 
+``--replicas N`` runs the task-executor, job-manager and job-executor as N processes each (replica i on the
+service's port + 100 i; pilots get every job-executor's URL). ``--slurm`` runs pilots the Slurm way instead of as
+daemons: a single-node Slurm cluster of the launch's own (scripts/slurm-cluster, beside the storage) and the pilot
+factory submitting up to ``--pilots`` pilots to it as the backlog needs; Ctrl-C cancels them and stops the cluster.
+
 Everything is configured by the usual WMS_* environment (PostgreSQL, RabbitMQ, ports, tokens). Each child runs
 in its own session so that Ctrl-C reaches only the launcher, which then stops the pilots first (they finish or
 fail their jobs cleanly), then the services in reverse order. A service that dies stops the whole launch.
@@ -7,6 +12,7 @@ fail their jobs cleanly), then the services in reverse order. A service that die
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -119,6 +125,83 @@ class PilotBrokerUser:
                            capture_output=True, text=True)
 
 
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def factory_port() -> int:
+    return int(os.environ.get("WMS_FACTORY_PORT", "8086"))
+
+
+def free_port_pair() -> int:
+    """A loopback port p with p + 1 free too (slurmctld and slurmd)."""
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise LaunchFailed("no two consecutive free ports for the Slurm cluster")
+
+
+class SlurmCluster:
+    """The launch's own single-node Slurm cluster (scripts/slurm-cluster), cancelled and stopped at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.conf: str | None = None
+
+    def start(self) -> str:
+        script = SCRIPTS / "slurm-cluster"
+        if not script.exists():
+            raise LaunchFailed(f"--slurm needs the source tree's scripts/slurm-cluster ({script} is missing)")
+        port = free_port_pair()
+        done = subprocess.run([script, "start", str(self.directory), str(port)], capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            subprocess.run([script, "stop", str(self.directory)], capture_output=True, timeout=120)
+            raise LaunchFailed(f"the Slurm cluster did not start: {done.stderr.strip()[-1000:]} "
+                               "(scripts/slurm-cluster install installs Slurm)")
+        self.conf = done.stdout.strip()
+        print(f"wms-launch: Slurm cluster up (SLURM_CONF={self.conf})", flush=True)
+        return self.conf
+
+    def stop(self) -> None:
+        if self.conf is None:
+            return
+        env = {**os.environ, "SLURM_CONF": self.conf}
+        subprocess.run(["scancel", f"--user={os.getuid()}"], env=env, capture_output=True, timeout=60)
+        for _ in range(60):  # the pilots wind down (SIGTERM, then Slurm's SIGKILL after its KillWait)
+            squeue = subprocess.run(["squeue", "--noheader"], env=env, capture_output=True, text=True, timeout=60)
+            if squeue.returncode != 0 or not squeue.stdout.strip():
+                break
+            time.sleep(0.5)
+        subprocess.run([SCRIPTS / "slurm-cluster", "stop", str(self.directory)], capture_output=True, timeout=120)
+        self.conf = None
+
+
+def start_factory(launch: Launch, slurm: SlurmCluster, args: argparse.Namespace, settings: Settings,
+                  job_executors: str, pilot_env: dict[str, str], logs: Path, base: Path) -> Child:
+    """The pilot factory with one CPU queue on the launch's Slurm cluster: up to ``--pilots`` pilots of
+    ``--pilot-cores`` cores and ``--pilot-slots`` slots, two waiting at most."""
+    conf = slurm.start()
+    queues = base / "factory-queues.json"
+    queues.write_text(json.dumps([{
+        "name": "local-slurm", "batch_system": "slurm", "resource_type": "cpu", "cores": args.pilot_cores,
+        "memory_mb": 2000 * args.pilot_slots, "slots": args.pilot_slots, "max_running": args.pilots,
+        "max_queued": 2, "max_submit_per_cycle": args.pilots, "pilot_idle_limit_s": 60, "channel": args.channel,
+        "pilot_env": {"WMS_PILOT_WORKDIR": str(base / "pilots")},
+    }], indent=1))
+    return launch.start("pilot-factory", [str(BIN / "wms-pilot-factory")], SLURM_CONF=conf,
+                        WMS_FACTORY_QUEUES_FILE=str(queues), WMS_FACTORY_LOG_DIR=str(logs / "batch"),
+                        WMS_FACTORY_PILOT_SERVER_URLS=job_executors,
+                        WMS_FACTORY_PILOT_AMQP_URL=pilot_env.get("WMS_PILOT_AMQP_URL", settings.amqp_url),
+                        WMS_FACTORY_PILOT_TOKEN=os.environ.get("WMS_PILOT_TOKEN", "dev-pilot-token"),
+                        WMS_FACTORY_INTERVAL_S="2")
+
+
 def at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -139,6 +222,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pilot-cores", type=at_least(1), default=1, help="cores each pilot offers (default 1)")
     parser.add_argument("--pilot-slots", type=at_least(1), default=1,
                         help="jobs each pilot runs at once, within its cores (default 1)")
+    parser.add_argument("--replicas", type=at_least(1), default=1,
+                        help="processes of the task-executor, job-manager and job-executor each (default 1)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="pilots as Slurm batch jobs: a single-node Slurm cluster of the launch's own and the "
+                             "pilot factory submitting up to --pilots of them as the backlog needs")
     parser.add_argument("--no-dsm", action="store_true", help="the site runs its own DSM at WMS_DSM_URL")
     parser.add_argument("--logs", type=Path, default=None, help="log directory (default <storage>/../logs)")
     parser.add_argument("--log-max-mb", type=at_least(1), default=50,
@@ -154,10 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     logs = args.logs or base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
-    url = {name: f"http://{host}:{port}" for name, port in (
-        ("dsm", settings.dsm_port), ("task-manager", settings.task_manager_port),
-        ("job-manager", settings.job_manager_port), ("task-executor", settings.task_executor_port),
-        ("job-executor", settings.job_executor_port))}
+    ports = {"dsm": settings.dsm_port, "task-manager": settings.task_manager_port,
+             "job-manager": settings.job_manager_port, "task-executor": settings.task_executor_port,
+             "job-executor": settings.job_executor_port}
+    if args.slurm and args.gpu_pilots:
+        print("wms-launch: --slurm runs CPU pilots only (the cluster it starts has no GPU)", file=sys.stderr)
+        return 2
+    # replica i of a replicated service listens on its port + 100 i
+    processes = [(name, 0) for name in ["dsm"] * (not args.no_dsm) + ["task-manager"]] + [
+        (name, i) for name in ("job-manager", "task-executor", "job-executor") for i in range(args.replicas)]
+    url = {f"{name}{'-' + str(i) if i else ''}": f"http://{host}:{ports[name] + 100 * i}" for name, i in processes}
+    job_executors = ",".join(url[f"job-executor{'-' + str(i) if i else ''}"] for i in range(args.replicas))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     if settings.uses_dev_tokens:
         # a laptop or a demo: no tokens were given, so the well-known development ones are used, openly
@@ -168,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         env.setdefault("WMS_DSM_URL", url["dsm"])
     launch = Launch(env=env, logs=logs, log_max_bytes=args.log_max_mb << 20, log_backups=args.log_backups)
     pilot_broker = PilotBrokerUser()
+    slurm = SlurmCluster(base / "slurm") if args.slurm else None
 
     def on_signal(signum: int, _frame: object) -> None:
         if not launch.stopping:
@@ -183,20 +279,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wms-launch: migration failed:\n{migrated.stderr[-3000:]}", file=sys.stderr)
         return 1
     try:
-        services = ["dsm"] * (not args.no_dsm) + ["task-manager", "job-manager", "task-executor", "job-executor"]
-        for name in services:
-            launch.wait_ready(launch.start(name, [str(BIN / f"wms-{name}")]), url[name])
+        for name, i in processes:
+            label = f"{name}{'-' + str(i) if i else ''}"
+            port_variable = f"WMS_{name.upper().replace('-', '_')}_PORT"
+            launch.wait_ready(launch.start(label, [str(BIN / f"wms-{name}")],
+                                           **{port_variable: str(ports[name] + 100 * i)}), url[label])
             if launch.stopping:
                 break
+        services = [label for label in url]
         pilot_env = {
-            "WMS_PILOT_CHANNEL": args.channel, "WMS_PILOT_SERVER_URL": url["job-executor"],
+            "WMS_PILOT_CHANNEL": args.channel, "WMS_PILOT_SERVER_URL": job_executors,
             "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace, "WMS_PILOT_CORES": str(args.pilot_cores),
             "WMS_PILOT_SLOTS": str(args.pilot_slots),
         }
         if args.channel == "mq" and not launch.stopping:
             # MQ pilots get a broker login of their own (the pilot conversation only), never the services' one
             pilot_env["WMS_PILOT_AMQP_URL"] = pilot_broker.set_up(settings, env)
-        kinds = ["cpu"] * args.pilots + ["gpu"] * args.gpu_pilots
+        kinds = ["cpu"] * args.pilots * (not args.slurm) + ["gpu"] * args.gpu_pilots
+        if slurm is not None and not launch.stopping:
+            launch.wait_ready(start_factory(launch, slurm, args, settings, job_executors, pilot_env, logs, base),
+                              f"http://{host}:{factory_port()}")
         for i, kind in enumerate(kinds):
             if launch.stopping:
                 break
@@ -207,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
                          WMS_PILOT_WORKDIR=str(base / "pilots" / f"pilot{i}"))
         if not launch.stopping:
             token_hint = "dev-operator-token" if settings.uses_dev_tokens else "<operator token>"
-            print(f"wms-launch: up: {', '.join(services)} and {len(kinds)} pilot daemons ({args.channel})\n"
+            pilots_line = (f"the pilot factory (up to {args.pilots} Slurm pilots, SLURM_CONF={slurm.conf})"
+                           if slurm is not None else f"{len(kinds)} pilot daemons")
+            print(f"wms-launch: ready: {', '.join(services)} and {pilots_line} ({args.channel})\n"
                   f"  task-manager API  {url['task-manager']}/api/v1   (OpenAPI: {url['task-manager']}/docs)\n"
                   f"  web monitor       {url['task-manager']}/monitor#token={token_hint}\n"
                   f"  pilot API         {url['job-executor']}/pilot/v1\n"
@@ -225,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         launch.stop()
+        if slurm is not None:
+            slurm.stop()
         pilot_broker.remove(env)
         print("wms-launch: stopped", file=sys.stderr)
 

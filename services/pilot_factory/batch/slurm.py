@@ -45,7 +45,9 @@ class Slurm:
         exports = "\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(job.env.items()))
         return (
             "#!/bin/sh\n"
-            "export PATH=\"${PATH:-/usr/local/bin:/usr/bin:/bin}\" HOME=\"${HOME:-/tmp}\"\n"
+            # the pilot's installation first (the commands of the site's transformations are installed with it)
+            f"export PATH={shlex.quote(str(Path(self.pilot_command).parent))}"
+            ":\"${PATH:-/usr/local/bin:/usr/bin:/bin}\" HOME=\"${HOME:-/tmp}\"\n"
             f"{exports}\n"
             "export WMS_PILOT_CORES=\"${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-"
             f"{job.cores}" "}}\"\n"
