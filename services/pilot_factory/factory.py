@@ -62,7 +62,8 @@ class Factory:
     async def _lead(self) -> bool:
         if self._leader is not None:
             try:
-                await queries.try_lead(self._leader, LEADER_LOCK)  # re-entrant: a liveness check of the holder
+                await queries.still_there(self._leader)  # the lock lives as long as this connection
+                await self._leader.commit()  # never left idle in a transaction
                 return True
             except Exception as exc:
                 log.warning("factory lost its leadership connection", extra={"error": type(exc).__name__})
