@@ -57,7 +57,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await PilotMqChannel(broker, dispatcher, exchanges, credentials).start()
         housekeeping = Loop("housekeeping", lambda: _not_busy(oversight.purge_old_rows()),
                             settings.housekeeping_interval_s)
-        runtime.run(oversight.loop, housekeeping, Telemetry(engine, broker, settings.metrics_interval_s).loop)
+        telemetry = Telemetry(engine, broker, settings.metrics_interval_s)
+        runtime.close_later(telemetry.leadership.release)
+        runtime.run(oversight.loop, housekeeping, telemetry.loop)
         app.state.dispatcher, app.state.oversight, app.state.pilot_credentials = dispatcher, oversight, credentials
         app.state.exchanges = exchanges
         yield

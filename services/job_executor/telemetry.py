@@ -4,7 +4,9 @@ messages waiting per queue (dead-letter queues included), live pilots by resourc
 Every ``metrics_interval_s``: the jobs of unsettled tasks counted by state (their index), the settled tasks'
 counts remembered (a task that ended and closed its outputs has jobs that no longer change: each is counted once
 per process), live pilots, and one passive declare per queue. The cost follows the live work, not the history
-in JOB_DAT, nor the number of scrapes. Every replica reports the same figures (aggregate them with max()).
+in JOB_DAT, nor the number of scrapes. One job-executor replica reports them, the one holding the telemetry lock
+(common.db.leadership); the others report none, so a sum over replicas counts each job once, and when the
+reporting replica dies another one takes over at its next sample.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from prometheus_client import Gauge
 
 from common import background
 from common.broker import Broker
+from common.db.leadership import Leadership
 from common.db.models import RESOURCE_TYPES
 from common.db.session import Database
 from common.states import JOB_MACHINE
@@ -23,6 +26,7 @@ JOBS = Gauge("wms_jobs", "Jobs by state and resource type", ["state", "resource_
 QUEUE_MESSAGES = Gauge("wms_queue_messages", "Messages waiting in a RabbitMQ queue", ["queue"])
 LIVE_PILOTS = Gauge("wms_pilots_live", "Live (idle or busy) pilots", ["resource_type", "channel"])
 CHANNELS = ("rest", "mq")
+TELEMETRY_LOCK = 0x5BD_0004
 
 
 class Telemetry:
@@ -30,8 +34,13 @@ class Telemetry:
         self.engine, self.broker = engine, broker
         self.loop = background.Loop("telemetry", self.sample, interval_s)
         self._settled: dict[int, dict[tuple[str, str], int]] = {}  # task id -> its final job counts
+        self.leadership = Leadership(engine, TELEMETRY_LOCK, "telemetry")
 
     async def sample(self) -> bool:
+        if not await self.leadership.hold():
+            for gauge in (JOBS, LIVE_PILOTS, QUEUE_MESSAGES):
+                gauge.clear()  # another replica reports (or nobody can: the database is down)
+            return False
         async with self.engine.connect() as conn:
             settled, unsettled = await queries.tasks_settled_or_not(conn)
             newly_settled = [t for t in settled if t not in self._settled]

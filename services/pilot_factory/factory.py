@@ -1,9 +1,9 @@
 """The factory's cycle: follow the batch jobs of its pilots, then submit or withdraw pilots per queue.
 
-One factory process leads at a time (a session advisory lock on a connection it holds: if it dies, the lock goes
-with its connection and another replica's next cycle takes over). Every submission is recorded as intended before
-the batch system is asked, under a unique batch job name, so a factory that died mid-submission finds the job by
-its name after a restart (or learns there is none) and never submits twice for the same need.
+One factory process leads at a time (common.db.leadership: a session advisory lock on a connection it holds; if it
+dies, the lock goes with its connection and another replica's next cycle takes over). Every submission is recorded
+as intended before the batch system is asked, under a unique batch job name, so a factory that died mid-submission
+finds the job by its name after a restart (or learns there is none) and never submits twice for the same need.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from common.db.leadership import Leadership
 from common.db.models import Record
 from common.db.session import Database
 from common.states import SubmissionState
@@ -39,49 +40,22 @@ class Factory:
                  systems: dict[str, BatchSystem]) -> None:
         self.engine, self.settings, self.queues, self.systems = engine, settings, queues, systems
         self.prefix = f"wms-{settings.broker_namespace}-pilot-"
-        self._leader: AsyncConnection | None = None
+        self.leadership = Leadership(engine, LEADER_LOCK, "pilot-factory")
 
     async def run_once(self) -> bool:
         """One cycle; False (the loop then sleeps its interval)."""
-        if not await self._lead():
+        if not await self.leadership.hold():
             return False
         await self.follow()
         await self.provision()
         return False
 
     async def close(self) -> None:
-        if self._leader is not None:
-            await self._leader.invalidate()  # closing the connection frees the lock; never pooled with it held
-            await self._leader.close()
-            self._leader = None
+        await self.leadership.release()
 
     @property
     def leading(self) -> bool:
-        return self._leader is not None
-
-    async def _lead(self) -> bool:
-        if self._leader is not None:
-            try:
-                await queries.still_there(self._leader)  # the lock lives as long as this connection
-                await self._leader.commit()  # never left idle in a transaction
-                return True
-            except Exception as exc:
-                log.warning("factory lost its leadership connection", extra={"error": type(exc).__name__})
-                self._leader = None
-                return False
-        conn = await self.engine.connect()
-        try:
-            if await queries.try_lead(conn, LEADER_LOCK):
-                await conn.commit()
-                self._leader = conn
-                log.info("factory leads", extra={"queues": [q.name for q in self.queues]})
-                return True
-        except Exception:
-            await conn.invalidate()
-            await conn.close()
-            raise
-        await conn.close()
-        return False
+        return self.leadership.held
 
     # --- following batch jobs ---------------------------------------------------------------------------------
 

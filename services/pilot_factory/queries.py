@@ -14,15 +14,6 @@ S = SubmissionState
 LIVE = sorted(SUBMISSION_MACHINE.active)
 
 
-async def try_lead(conn: AsyncConnection, lock: int) -> bool:
-    """A session-level advisory lock: held while this connection lives (its holder's death frees it)."""
-    return bool((await conn.execute(sa.select(sa.func.pg_try_advisory_lock(lock)))).scalar())
-
-
-async def still_there(conn: AsyncConnection) -> None:
-    await conn.execute(sa.select(1))
-
-
 async def ready_backlog(conn: AsyncConnection, resource_type: str, cores: int, memory_mb: int) -> int:
     """Ready jobs of ``resource_type`` that a pilot of ``cores`` and ``memory_mb`` could run (the partial index
     of ready jobs): a queue whose pilots fit none of the backlog gets no pilot for it."""
