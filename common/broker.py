@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
+from prometheus_client import Gauge
 
 from common.failures import BrokerUnavailable, backoff_s, is_transient
 from common.messages import BadMessage, Envelope, decode
@@ -141,6 +142,10 @@ class Consumer:
     prefetch: int
 
 
+# 1 while this process's broker connection is up with its topology and consumers (its /readyz says the same)
+BROKER_CONNECTED = Gauge("wms_broker_connected", "This process's broker connection is up and subscribed")
+
+
 def broker_urls(setting: str) -> list[str]:
     """WMS_AMQP_URL: one node's URL, or a cluster's, separated by commas."""
     urls = [url.strip() for url in setting.split(",") if url.strip()]
@@ -225,6 +230,7 @@ class Broker:
                         await self._subscribe(consumer)
                     self.connections += 1
                     self._ready.set()
+                    BROKER_CONNECTED.set(1)
                 log.info("broker connected", extra={"connections": self.connections, "node": urlsplit(url).netloc
                                                     .rpartition("@")[2], "consumers": len(self._consumers)})
                 delay = RECONNECT_FIRST_DELAY_S
@@ -237,6 +243,7 @@ class Broker:
                                 extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
             finally:
                 self._ready.clear()
+                BROKER_CONNECTED.set(0)
                 self._connection = self._publish_channel = None
                 self._exchanges = {}
                 if connection is not None and not connection.is_closed:

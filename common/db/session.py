@@ -6,6 +6,8 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias, TypeVar
 
+from prometheus_client import Gauge
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -17,8 +19,14 @@ Database: TypeAlias = AsyncEngine
 Transaction: TypeAlias = AsyncConnection
 
 
+# Saturation of the database as a process sees it (the S of USE): connections in use against the pool's size; a
+# pool always at its size makes requests wait for a connection.
+POOL_IN_USE = Gauge("wms_db_pool_in_use", "Database connections checked out of this process's pools")
+POOL_SIZE = Gauge("wms_db_pool_size", "Database connections this process's pools may hold")
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         # No overflow: under load, connections opened beyond the pool and closed at check-in each cost a connect,
@@ -42,6 +50,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
+    POOL_SIZE.inc(settings.db_pool_size)
+    event.listen(engine.sync_engine, "checkout", lambda *_: POOL_IN_USE.inc())
+    event.listen(engine.sync_engine, "checkin", lambda *_: POOL_IN_USE.dec())
+    return engine
 
 
 T = TypeVar("T")

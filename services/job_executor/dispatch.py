@@ -28,7 +28,7 @@ from common.pilot_protocol import (
 from common.policies import resource_types_served
 from common.settings import Settings
 from common.states import AttemptOutcome, FileRole, FileState, JobState, PilotState
-from services.job_executor import queries
+from services.job_executor import errors, queries
 from services.job_executor.credentials import PilotGrant, registration_refusal
 from services.job_executor.retries import retry_or_fail, retry_policy
 
@@ -263,6 +263,7 @@ class Dispatcher:
         task_id = (retried or failed)[0].task_id
         if report.log is not None:
             await self._stage(conn, task_id, job_id, report.model_copy(update={"outputs": []}))
+        errors.attempts_failed(category)
         await queries.end_attempts(conn, [(job_id, report.attempt)], AttemptOutcome.FAILED, report.exit_code, category,
                                    report.error_message)
         await queries.set_pilot_busy(conn, pilot_id, None)

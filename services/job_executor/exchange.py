@@ -30,8 +30,8 @@ from common.pilot_protocol import (
 )
 from common.policies import resource_types_served
 from common.states import AttemptOutcome, FileRole, JobState
+from services.job_executor import errors, queries
 from services.job_executor import exchange_queries as hot
-from services.job_executor import queries
 from services.job_executor.dispatch import (
     Dispatcher,
     ReportInvalid,
@@ -201,6 +201,9 @@ class Exchanges:
         current = await queries.select_jobs(conn, [r.job_id for r in unmoved]) if unmoved else {}
         for r in unmoved:
             outcomes[(r.job_id, r.attempt)] = self._repeat_or_refusal(pilot_id, r, current.get(r.job_id))
+        for outcome in outcomes.values():
+            if outcome.status >= 400:
+                errors.report_refused(outcome.status)
         return [outcomes.get((r.job_id, r.attempt)) or ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=200)
                 for r in reports]
 
@@ -216,6 +219,7 @@ class Exchanges:
         if r.log is not None:
             await queries.insert_staged_files(conn, [staged_file_row(task_id, r.job_id, contexts[r.job_id][1], r.log,
                                                                      FileRole.LOG)])
+        errors.attempts_failed(category)
         await queries.end_attempts(conn, [(r.job_id, r.attempt)], AttemptOutcome.FAILED, r.exit_code, category,
                                    r.error_message)
         if failed:

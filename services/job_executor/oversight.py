@@ -31,7 +31,7 @@ from common.outbox import add_event
 from common.policies import job_state_for_task
 from common.settings import Settings
 from common.states import AttemptOutcome, JobState, TaskState
-from services.job_executor import queries
+from services.job_executor import errors, queries
 from services.job_executor.dispatch import log_dataset
 from services.job_executor.retries import retry_or_fail, retry_policy
 
@@ -117,6 +117,7 @@ class Oversight:
             retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, "lost", message, None)
             keys = [(j.id, j.attempt) for j in in_flight]
             await queries.end_attempts(conn, keys, AttemptOutcome.LOST, None, "lost", message)
+            errors.attempts_failed("lost", len(keys))
         log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(retried), "failed": len(failed)})
         if failed:
             self.wake()
@@ -134,6 +135,7 @@ class Oversight:
                 return 0
             message = "wall time exceeded (enforced by the job-executor)"
             await retry_or_fail(conn, overrun, self.retry_policy, "timeout", message, None)
+            errors.attempts_failed("timeout", len(overrun))
             await queries.end_attempts(conn, [(j.id, j.attempt) for j in overrun], AttemptOutcome.FAILED, None,
                                        "timeout", message)
         log.warning("jobs past their wall time", extra={"job_ids": [j.id for j in overrun]})

@@ -1,5 +1,8 @@
 """Gauges of the whole system for Prometheus, sampled by the job-executor: jobs by state and resource type,
-messages waiting per queue (dead-letter queues included), live pilots by resource type and channel.
+messages waiting per queue (dead-letter queues included), live pilots by resource type and channel, and for the
+USE method: the live pilots' job slots and how many are busy (utilization), how long the oldest ready job has
+waited (saturation, with the ready count and the queue depths); errors are counters where they happen
+(docs/operations.md, Monitoring).
 
 Every ``metrics_interval_s``: the jobs of unsettled tasks counted by state (their index), the settled tasks'
 counts remembered (a task that ended and closed its outputs has jobs that no longer change: each is counted once
@@ -14,7 +17,7 @@ from collections import Counter
 
 from prometheus_client import Gauge
 
-from common import background
+from common import background, capacity
 from common.broker import Broker
 from common.db.leadership import Leadership
 from common.db.models import RESOURCE_TYPES
@@ -25,6 +28,11 @@ from services.job_executor import queries
 JOBS = Gauge("wms_jobs", "Jobs by state and resource type", ["state", "resource_type"])
 QUEUE_MESSAGES = Gauge("wms_queue_messages", "Messages waiting in a RabbitMQ queue", ["queue"])
 LIVE_PILOTS = Gauge("wms_pilots_live", "Live (idle or busy) pilots", ["resource_type", "channel"])
+SLOTS = Gauge("wms_pilot_slots", "Job slots of the live pilots, by the pilots' resource type", ["resource_type"])
+SLOTS_BUSY = Gauge("wms_pilot_slots_busy", "Jobs in flight on live pilots, by the pilots' resource type",
+                   ["resource_type"])
+READY_AGE = Gauge("wms_ready_oldest_seconds", "How long the longest-waiting claimable job has been ready",
+                  ["resource_type"])
 CHANNELS = ("rest", "mq")
 TELEMETRY_LOCK = 0x5BD_0004
 
@@ -38,7 +46,7 @@ class Telemetry:
 
     async def sample(self) -> bool:
         if not await self.leadership.hold():
-            for gauge in (JOBS, LIVE_PILOTS, QUEUE_MESSAGES):
+            for gauge in (JOBS, LIVE_PILOTS, QUEUE_MESSAGES, SLOTS, SLOTS_BUSY, READY_AGE):
                 gauge.clear()  # another replica reports (or nobody can: the database is down)
             return False
         async with self.engine.connect() as conn:
@@ -47,6 +55,7 @@ class Telemetry:
             self._settled.update(await queries.count_jobs_of_tasks(conn, newly_settled))
             live = await queries.count_jobs_of_tasks(conn, unsettled)
             pilot_counts = await queries.count_live_pilots_by_type_and_channel(conn)
+            use = await capacity.use_by_resource_type(conn)
         job_counts: Counter[tuple[str, str]] = Counter()
         for task_id in settled:
             job_counts.update(self._settled[task_id])
@@ -58,6 +67,10 @@ class Telemetry:
         for resource_type in RESOURCE_TYPES:
             for channel in CHANNELS:
                 LIVE_PILOTS.labels(resource_type, channel).set(pilot_counts.get((resource_type, channel), 0))
+            of_type = use.get(resource_type, capacity.Use(0, 0, 0, 0.0))
+            SLOTS.labels(resource_type).set(of_type.slots)
+            SLOTS_BUSY.labels(resource_type).set(of_type.busy)
+            READY_AGE.labels(resource_type).set(of_type.oldest_ready_s)
         for queue, depth in (await self.broker.queue_depths()).items():
             QUEUE_MESSAGES.labels(queue).set(depth)
         return False

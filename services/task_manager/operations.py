@@ -9,6 +9,8 @@ import datetime as dt
 import os
 import stat
 
+from common import capacity
+from common.broker import Broker
 from common.db.session import Transaction
 from common.job_listing import JobView
 from common.policies import pilot_types_serving
@@ -19,7 +21,9 @@ from services.task_manager.schemas import (
     Explanation,
     PilotView,
     QueueLine,
+    ResourceUse,
     ThroughputPoint,
+    UseSummary,
 )
 
 LOG_TAIL_BYTES = 4000
@@ -43,6 +47,19 @@ async def queue_summary(conn: Transaction, include_ended: bool, limit: int = 100
             **{name: getattr(c, name) if c else 0 for name, _ in groups},
             files_done=int(c.files_done) if c else 0, files_total=r.files_total, files_assigned=r.files_assigned))
     return lines
+
+
+async def use_summary(conn: Transaction, broker: Broker) -> UseSummary:
+    use = await capacity.use_by_resource_type(conn)
+    try:
+        depths = await broker.queue_depths()
+        dead_letters: int | None = sum(n for queue, n in depths.items() if queue.endswith(".dlq"))
+    except Exception:  # the broker is down: the rest still answers
+        dead_letters = None
+    return UseSummary(
+        resources=[ResourceUse(resource_type=rt, slots=u.slots, busy=u.busy, ready=u.ready,
+                               oldest_ready_s=round(u.oldest_ready_s, 1)) for rt, u in use.items()],
+        jobs_failed_last_10_min=await queries.jobs_failed_since(conn, 600), dead_letters=dead_letters)
 
 
 async def list_pilots(conn: Transaction, live_only: bool, limit: int) -> list[PilotView]:

@@ -22,6 +22,7 @@ from services.task_manager.schemas import (
     QueueLine,
     ReplayResult,
     ThroughputPoint,
+    UseSummary,
 )
 
 router = APIRouter(prefix="/api/v1")
@@ -44,6 +45,13 @@ async def queue_summary(conn: Conn, include_ended: bool = Query(False, alias="al
                         limit: Limit = 1000) -> list[QueueLine]:
     """Active tasks (or all), the newest ``limit``, in id order."""
     return await operations.queue_summary(conn, include_ended=include_ended, limit=limit)
+
+
+@router.get("/use", response_model=UseSummary, dependencies=[Depends(READ_OPERATIONS)])
+async def use_summary(conn: Conn, request: Request) -> UseSummary:
+    """Utilization (busy slots of live pilots), saturation (ready jobs, the oldest one's wait) by resource type,
+    and the errors (jobs failed in the last 10 minutes, dead letters)."""
+    return await operations.use_summary(conn, request.app.state.broker)
 
 
 @router.get("/jobs", response_model=JobPage, dependencies=[Depends(READ_OPERATIONS)])

@@ -278,3 +278,11 @@ async def revoke_pilot_credential(conn: AsyncConnection, credential_id: int) -> 
             .values(revoked_at=sa.func.coalesce(pilot_credentials.c.revoked_at, sa.func.now()))
             .returning(*pilot_credentials.c))
     return (await conn.execute(stmt)).first()
+
+
+async def jobs_failed_since(conn: AsyncConnection, seconds: float) -> int:
+    """Jobs that failed for good in the last ``seconds`` (the index of jobs by finish time)."""
+    stmt = sa.select(sa.func.count()).where(
+        jobs.c.finished_at > sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds),
+        jobs.c.status == JobState.FAILED)
+    return int((await conn.execute(stmt)).scalar_one())

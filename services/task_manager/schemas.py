@@ -262,6 +262,22 @@ class QueueLine(BaseModel):
     files_total: int | None
 
 
+class ResourceUse(BaseModel):
+    resource_type: str
+    slots: int = Field(description="job slots of the live pilots of this type")
+    busy: int = Field(description="jobs in flight on them (utilization: busy / slots)")
+    ready: int = Field(description="claimable jobs (saturation)")
+    oldest_ready_s: float = Field(description="how long the longest-waiting ready job has waited")
+
+
+class UseSummary(BaseModel):
+    """The USE method at a glance: utilization and saturation by resource type, and the errors."""
+
+    resources: list[ResourceUse]
+    jobs_failed_last_10_min: int = Field(description="jobs that failed for good in the last 10 minutes")
+    dead_letters: int | None = Field(description="messages in the dead-letter queues (None: the broker is down)")
+
+
 class PilotView(BaseModel):
     id: int
     host: str

@@ -44,8 +44,9 @@ async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
     binary = shutil.which("prometheus")
     assert binary, "Debian's prometheus is needed for this test (scripts/setup installs it)"
     port = free_ports(1)[0]
+    alerts = Path(__file__).resolve().parents[2] / "deploy" / "monitoring" / "alerts.yml"
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s"},
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}, "rule_files": [str(alerts)],
         "scrape_configs": [{"job_name": "wms", "static_configs": [
             {"targets": [f"127.0.0.1:{p}" for p in ports.values()]}]}]}))
     prometheus = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -77,25 +78,41 @@ async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
             for panel in dashboard["panels"]:
                 for target in panel["targets"]:
                     assert await query(target["expr"]) is not None, target["expr"]
+            # the USE gauges: the live pilots' slots (2 pilots of 1 slot), busy or not; every alert rule loaded and
+            # evaluated without error against these series
+            slots = await query('sum(max by (resource_type) (wms_pilot_slots))')
+            assert slots and float(slots[0]["value"][1]) == 2, slots
+
+            async def rules_evaluated() -> list[dict] | None:
+                groups = (await api.get("/rules")).json()["data"]["groups"]
+                rules = [r for g in groups for r in g["rules"]]
+                return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
+
+            rules = await wait_for(rules_evaluated, timeout=30, interval=0.5)
+            assert len(rules) == 6 and {r["health"] for r in rules} == {"ok"}, rules
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
 
 
-async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
-    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS))), strict=True))
-    env = {
+def launch_env(settings, tmp_path: Path, ports: dict[str, str], **more: str) -> dict[str, str]:
+    """The launcher's environment: the test's database and broker namespace, free ports, real tokens, the CLI."""
+    return {
         **os.environ, **ports,
         "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
         "WMS_BROKER_NAMESPACE": settings.broker_namespace, "WMS_STORAGE_ROOT": str(tmp_path / "storage"),
         "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot",
                                       SERVICE_TOKEN: "service"}),
         "WMS_SERVICE_TOKEN": SERVICE_TOKEN, "WMS_PILOT_TOKEN": PILOT_TOKEN, "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
-        "WMS_METRICS_INTERVAL_S": "0.5",
         "WMS_CLI_URL": f"http://127.0.0.1:{ports['WMS_TASK_MANAGER_PORT']}",
         "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['WMS_DSM_PORT']}", "WMS_CLI_TOKEN": OPERATOR_TOKEN,
-            "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN,
+        "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN, **more,
     }
+
+
+async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
+    ports = dict(zip(PORTS, map(str, free_ports(len(PORTS))), strict=True))
+    env = launch_env(settings, tmp_path, ports, WMS_METRICS_INTERVAL_S="0.5")
     out = tmp_path / "launch.out"
     # MQ pilots: the launcher gives them a broker user of their own (removed when it ends)
     pilot_user = f"{settings.broker_namespace}-pilot"
@@ -118,6 +135,10 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         summary = json.loads(queue.stdout)
         assert [(t["name"], t["status"], t["files_done"]) for t in summary] == [
             ("unscramble t1", "done", 24), ("filter t1", "done", 24), ("merge t1", "done", 24)]
+        human = await asyncio.to_thread(run_cli, env, "q", "--all")
+        assert human.returncode == 0, human.stderr
+        assert "cpu: 0/2 pilot slots busy (0%), 0 jobs ready" in human.stdout, human.stdout  # the USE lines
+        assert "errors: 0 jobs failed in the last 10 min, 0 dead letters" in human.stdout, human.stdout
         pilots_answer = await asyncio.to_thread(run_cli, env, "--json", "pilots", "--live")
         assert pilots_answer.returncode == 0, pilots_answer.stderr
         live = json.loads(pilots_answer.stdout)
@@ -190,17 +211,7 @@ async def test_launch_with_slurm_pilots_and_replicas(settings, db, tmp_path) -> 
         pytest.skip("Slurm is not installed (scripts/slurm-cluster install)")
     base_ports = free_ports(len(PORTS) + 1)
     ports = dict(zip(PORTS, map(str, base_ports), strict=False))
-    env = {
-        **os.environ, **ports, "WMS_FACTORY_PORT": str(base_ports[-1]),
-        "WMS_DATABASE_URL": settings.database_url, "WMS_AMQP_URL": settings.amqp_url,
-        "WMS_BROKER_NAMESPACE": settings.broker_namespace, "WMS_STORAGE_ROOT": str(tmp_path / "storage"),
-        "WMS_API_TOKENS": json.dumps({WFMS_TOKEN: "wfms", OPERATOR_TOKEN: "operator", PILOT_TOKEN: "pilot",
-                                      SERVICE_TOKEN: "service"}),
-        "WMS_SERVICE_TOKEN": SERVICE_TOKEN, "WMS_PILOT_TOKEN": PILOT_TOKEN, "WMS_OUTBOX_POLL_INTERVAL_S": "0.2",
-        "WMS_CLI_URL": f"http://127.0.0.1:{ports['WMS_TASK_MANAGER_PORT']}",
-        "WMS_CLI_DSM_URL": f"http://127.0.0.1:{ports['WMS_DSM_PORT']}", "WMS_CLI_TOKEN": OPERATOR_TOKEN,
-        "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN, "SLURM_CPUS": "4",
-    }
+    env = launch_env(settings, tmp_path, ports, WMS_FACTORY_PORT=str(base_ports[-1]), SLURM_CPUS="4")
     out = tmp_path / "launch.out"
     launcher = subprocess.Popen([BIN / "wms-launch", "--slurm", "--pilots", "2", "--pilot-slots", "2",
                                  "--replicas", "2", "--logs", str(tmp_path / "logs")], env=env,

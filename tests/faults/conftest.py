@@ -16,21 +16,27 @@ from tests.conftest import free_port
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
-def free_port_pair() -> int:
-    """A port p with p + 20000 free too (a RabbitMQ node's AMQP and distribution ports)."""
+def free_port_with(*offsets: int) -> int:
+    """A free port p with p + each offset free too (several listeners of one server, on ports derived from p)."""
     import socket
 
-    for _ in range(50):
+    for _ in range(100):
         port = free_port()
-        if port + 20000 > 65535:
+        if port + max(offsets) > 65535:
             continue
-        with socket.socket() as s:
+        with contextlib.ExitStack() as stack:
             try:
-                s.bind(("127.0.0.1", port + 20000))
+                for offset in offsets:
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port + offset))
             except OSError:
                 continue
         return port
-    raise AssertionError("no free port pair")
+    raise AssertionError(f"no free port p with p + {offsets} free")
+
+
+def free_port_pair() -> int:
+    """A port p with p + 20000 free too (a RabbitMQ node's AMQP and distribution ports)."""
+    return free_port_with(20000)
 
 
 @contextlib.contextmanager
@@ -59,20 +65,6 @@ def private_postgres() -> Iterator[tuple[str, Path, int]]:
 
 
 
-def _free_port_and_next() -> int:
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no two consecutive free ports")
-
-
 @pytest.fixture
 def slurm_cluster() -> Iterator[Path]:
     """A single-node Slurm cluster of the test's own (scripts/slurm-cluster): the node offers 2 CPUs, so 1-core
@@ -84,34 +76,15 @@ def slurm_cluster() -> Iterator[Path]:
         if os.environ.get("WMS_REQUIRE_SLURM") == "1":
             pytest.fail("Slurm is not installed (scripts/slurm-cluster install)")
         pytest.skip("Slurm is not installed (scripts/slurm-cluster install)")
-    with private_server("slurm-cluster", _free_port_and_next(), "stop", SLURM_CPUS="2",
+    with private_server("slurm-cluster", free_port_with(1), "stop", SLURM_CPUS="2",
                         SLURM_MEMORY_MB="8000") as (conf, _, _):
         yield Path(conf)
-
-
-def _free_cluster_ports() -> int:
-    """A port p with p..p+2 and p+20000..p+20002 free (three RabbitMQ nodes' AMQP and distribution ports)."""
-    import socket
-
-    for _ in range(100):
-        port = free_port()
-        if port + 20002 > 65535:
-            continue
-        wanted = [port + 1, port + 2, port + 20000, port + 20001, port + 20002]
-        with contextlib.ExitStack() as stack:
-            try:
-                for p in wanted:
-                    s = stack.enter_context(socket.socket())
-                    s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free ports for a three-node cluster")
 
 
 @pytest.fixture
 def rabbitmq_cluster() -> Iterator[tuple[str, Path, int]]:
     """Three RabbitMQ nodes of the test's own, clustered (scripts/rabbitmq-cluster): (the AMQP URLs of all three,
     comma-separated; its directory; the first node's port)."""
-    with private_server("rabbitmq-cluster", _free_cluster_ports(), "stop") as server:
+    # three nodes: AMQP on p..p+2, distribution on p+20000..p+20002
+    with private_server("rabbitmq-cluster", free_port_with(1, 2, 20000, 20001, 20002), "stop") as server:
         yield server

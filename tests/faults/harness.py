@@ -257,6 +257,21 @@ class FaultRun:
             path = Path(o.url.removeprefix("file://"))
             assert path.stat().st_size == o.size and adler32_of(path) == o.adler32, o.lfn
 
+    async def audit_attempts(self) -> list[sa.Row]:
+        """Every job finished by exactly one attempt, and no attempt started before the one before it ended (never
+        two at once: no job dispatched twice). The attempts, by job and attempt."""
+        async with self.engine.connect() as conn:
+            attempts = list((await conn.execute(sa.select(job_attempts).order_by(job_attempts.c.job_id,
+                                                                                  job_attempts.c.attempt))).all())
+        by_job: dict[int, list[sa.Row]] = {}
+        for a in attempts:
+            by_job.setdefault(a.job_id, []).append(a)
+        for job_id, rows in by_job.items():
+            assert sum(a.outcome == "finished" for a in rows) == 1, (job_id, rows)
+            for before, after in zip(rows, rows[1:], strict=False):
+                assert before.finished_at is not None and before.finished_at <= after.started_at, (job_id, rows)
+        return attempts
+
     async def audit_system(self) -> None:
         """No dead letter anywhere; every service ready."""
         topology = Topology(self.deployment.env["WMS_BROKER_NAMESPACE"])

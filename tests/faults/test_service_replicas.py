@@ -35,23 +35,15 @@ async def test_two_replicas_of_each_service_one_of_each_killed_mid_run(postgres_
         fault_end = now_utc()
         await run.wait_ended(task_id)
         await run.audit(task_id)
+        attempts = await run.audit_attempts()
+        assert len({a.job_id for a in attempts}) == N_JOBS_DEFAULT
         async with run.engine.connect() as conn:
-            attempts = (await conn.execute(sa.select(job_attempts).order_by(job_attempts.c.job_id,
-                                                                             job_attempts.c.attempt))).all()
             rest_after_kill = (await conn.execute(
                 sa.select(sa.func.count())
                 .select_from(job_attempts.join(pilots, pilots.c.id == job_attempts.c.pilot_id))
                 .where(pilots.c.channel == "rest", job_attempts.c.started_at > fault_end,
                        job_attempts.c.outcome == "finished"))).scalar()
         assert rest_after_kill > 0  # the REST pilots moved on to the surviving job-executor
-        by_job: dict[int, list] = {}
-        for a in attempts:
-            by_job.setdefault(a.job_id, []).append(a)
-        assert len(by_job) == N_JOBS_DEFAULT
-        for job_id, rows in by_job.items():
-            assert sum(a.outcome == "finished" for a in rows) == 1, (job_id, rows)
-            for before, after in zip(rows, rows[1:], strict=False):  # never two attempts at once
-                assert before.finished_at is not None and before.finished_at <= after.started_at, (job_id, rows)
         await run.audit_system()  # no dead letter; the survivors ready
         record("one replica of every service SIGKILLed", "2 replicas of task-manager, task-executor, job-manager "
                "and job-executor; SIGKILL one of each at 25% of the jobs", "task done by the survivors, every file "

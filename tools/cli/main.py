@@ -5,6 +5,7 @@ watched task did not end done, 2 bad usage or input, 3 the WMS cannot be reached
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -89,7 +90,12 @@ def list_tasks(all_tasks: Annotated[bool, typer.Option("--all", help="include en
 @app.command("q")
 def queue(all_tasks: Annotated[bool, typer.Option("--all", help="include ended tasks")] = False) -> None:
     """One line per task: queued / running / done / failed jobs (like condor_q)."""
-    _show(state.api.get("/api/v1/summary", all=all_tasks), render.queue_lines)
+    lines = state.api.get("/api/v1/summary", all=all_tasks)
+    if state.json:
+        render.as_json(lines)
+        return
+    render.queue_lines(lines)
+    render.use_lines(state.api.get("/api/v1/use"))
 
 
 @app.command()
@@ -285,6 +291,47 @@ def demo(
     from tools.cli.demo import run_demo
 
     raise typer.Exit(run_demo(state.api, CliSettings(), slices, data_dir, run))
+
+
+@app.command("model")
+def model(
+    params: Annotated[Path | None, typer.Argument(help="YAML of the parameters it changes (default: SPD nominal, "
+                                                     "tools/model/spd.yaml)")] = None,
+    plots: Annotated[Path | None, typer.Option(help="write jobs/s and cores vs event rate plots (PNG) here")] = None,
+) -> None:
+    """The workload model: per stage, files, jobs, bytes, events, cores, pilots and WMS requests per second."""
+    from tools.model import report
+    from tools.model.model import load
+
+    try:
+        parameters = load(params)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"{params}: {exc}", EXIT_USAGE) from exc
+    totals = report.summary(parameters)
+    if state.json:
+        render.as_json({"stages": report.as_records(parameters), "totals": totals})
+    else:
+        d = parameters.detector
+        render.console.print(f"time slices of {report.si(d.time_slice_s, 's')}: {report.si(d.slice_bytes, 'B')}, "
+                             f"{report.si(d.events_per_slice)} events; raw files of {report.si(d.raw_file_bytes, 'B')}"
+                             f" ({d.slices_per_file:.3g} slices)")
+        columns, rows = report.table(parameters)
+        render.table(f"SPD online filter at {report.si(d.event_rate_hz, 'Hz')}, {report.si(d.raw_rate_bytes_s, 'B/s')}",
+                     columns, rows)
+        render.console.print(
+            f"all stages: {report.si(totals['jobs_per_s'])} jobs/s, {report.si(totals['wms_requests_per_s'])} WMS "
+            f"requests/s, {report.si(totals['cores'])} cores in {totals['pilots']} pilots of "
+            f"{parameters.pilots.cores} cores; job-executor replicas at {totals['headroom']}x headroom: "
+            f"{totals['job_executor_replicas']} (one serves {report.si(totals['job_executor_jobs_per_s'])} jobs/s)")
+    if plots is not None:
+        try:
+            for path in report.plot(parameters, plots):
+                if state.json:
+                    print(f"wrote {path}", file=sys.stderr)  # stdout stays one JSON document
+                else:
+                    render.console.print(f"wrote {path}")
+        except RuntimeError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from exc
 
 
 def main() -> None:

@@ -64,6 +64,18 @@ def queue_lines(lines: list[dict]) -> None:
                   f"{totals['done']} done, {totals['failed']} failed", highlight=False)
 
 
+def use_lines(use: dict) -> None:
+    """The USE method in a line or two: utilization and saturation by resource type, then the errors."""
+    for r in use["resources"]:
+        share = f" ({100 * r['busy'] / r['slots']:.0f}%)" if r["slots"] else ""
+        wait = f", the oldest for {r['oldest_ready_s']:.0f} s" if r["ready"] else ""
+        console.print(f"{r['resource_type']}: {r['busy']}/{r['slots']} pilot slots busy{share}, {r['ready']} jobs "
+                      f"ready{wait}", highlight=False)
+    dead = "?" if use["dead_letters"] is None else use["dead_letters"]
+    console.print(f"errors: {use['jobs_failed_last_10_min']} jobs failed in the last 10 min, {dead} dead letters",
+                  highlight=False)
+
+
 def task_detail(task: dict) -> None:
     progress = task.get("progress") or {}
     files = progress.get("files") or {}
