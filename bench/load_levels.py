@@ -129,6 +129,19 @@ def cpu_rss_io(pids: dict[str, list[int]]) -> dict[str, tuple[float, int, int]]:
     return found
 
 
+def usage(before: dict[str, tuple[float, int, int]], after: dict[str, tuple[float, int, int]],
+          elapsed: float) -> dict[str, dict[str, float]]:
+    """Each process group's CPU (% of a core), RSS and storage I/O over a level."""
+    return {group: {"cpu_percent": round(100 * (after[group][0] - before[group][0]) / elapsed, 1),
+                    "rss_mb": round(after[group][1] / 2**20),
+                    "io_mb_per_s": round((after[group][2] - before[group][2]) / elapsed / 2**20, 2)}
+            for group in after if group in before}
+
+
+def percentiles(seconds: list[float]) -> list[float]:
+    return statistics.quantiles(sorted(seconds), n=100) if len(seconds) > 1 else [0.0] * 99
+
+
 async def top_statements(engine, limit: int = 5) -> list[dict] | str:
     """PostgreSQL's top statements by total time since the last reset, with their buffer hits (pg_stat_statements:
     only where the server preloads it; otherwise why not)."""
@@ -213,11 +226,8 @@ async def run_level(d: Deployment, engine, level: int, seconds: float, meter: Sl
     # spans the feeding time plus one job's duration)
     span = max(float(last_end or 0) - float(first_ready or 0), 1e-3)
     latencies = sorted(got_at[j] - float(q) for j, _, q in rows if j in got_at)
-    pct = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
-    process = {group: {"cpu_percent": round(100 * (after[group][0] - before[group][0]) / elapsed, 1),
-                       "rss_mb": round(after[group][1] / 2**20),
-                       "io_mb_per_s": round((after[group][2] - before[group][2]) / elapsed / 2**20, 2)}
-               for group in groups if group in after and group in before}
+    pct = percentiles(latencies)
+    process = usage(before, after, elapsed)
     return {"offered_jobs_per_s": level, "jobs": n_jobs, "seconds": round(elapsed, 1),
             "achieved_jobs_per_s": round(sum(1 for _, s, _ in rows if s == "finished") / span, 1),
             "stream_span_s": round(span, 1), "lag_s": round(span - seconds, 1),
@@ -287,7 +297,7 @@ async def run_chain_level(d: Deployment, engine, level: int, seconds: float, met
             sa.func.extract("epoch", sa.func.min(jobs.c.queued_at)),
             sa.func.extract("epoch", sa.func.max(jobs.c.finished_at))).where(jobs.c.task_id.in_(task_ids)))).one()
     span = max(float(last_end or 0) - float(first_ready or 0), 1e-3)
-    pct = statistics.quantiles(sorted(all_latencies), n=100) if len(all_latencies) > 1 else [0.0] * 99
+    pct = percentiles(all_latencies)
     finished = sum(s["finished"] for s in stages.values())
     return {"raw_files_per_s": level, "offered_jobs_per_s": round(level * sum(1 / n for _, n in CHAIN), 1),
             "seconds": round(elapsed, 1), "stream_span_s": round(span, 1), "lag_s": round(span - seconds, 1),
@@ -298,10 +308,7 @@ async def run_chain_level(d: Deployment, engine, level: int, seconds: float, met
             "backlog_mean": round(statistics.fmean(backlog), 1) if backlog else 0,
             "backlog_max": max(backlog, default=0),
             "slot_utilization": round(statistics.fmean(meter.samples), 3) if meter.samples else 0.0,
-            "processes": {group: {"cpu_percent": round(100 * (after[group][0] - before[group][0]) / elapsed, 1),
-                                  "rss_mb": round(after[group][1] / 2**20),
-                                  "io_mb_per_s": round((after[group][2] - before[group][2]) / elapsed / 2**20, 2)}
-                          for group in groups if group in after and group in before},
+            "processes": usage(before, after, elapsed),
             "top_statements": statements}
 
 
