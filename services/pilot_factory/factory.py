@@ -144,22 +144,23 @@ class Factory:
     async def _submit(self, queue: SiteQueue, n: int) -> None:
         names = [f"{self.prefix}{queue.name}-{uuid.uuid4().hex[:12]}" for _ in range(n)]
         async with self.engine.begin() as conn:  # the intent first: a restart finds these names or knows better
-            await queries.intend(conn, [{"queue": queue.name, "resource_type": queue.resource_type,
-                                         "batch_system": queue.batch_system, "batch_name": name} for name in names])
-            rows = {s.batch_name: s for s in await queries.live_submissions(conn, self.prefix) if s.batch_name in names}
+            ids = await queries.intend(conn, [{"queue": queue.name, "resource_type": queue.resource_type,
+                                               "batch_system": queue.batch_system, "batch_name": name}
+                                              for name in names])
         system = self.systems[queue.batch_system]
-        for name in names:
+        for i, name in enumerate(names):
             try:
                 job_id = await system.submit(self.pilot_job(queue, name))
             except BatchError as exc:
                 SUBMITTED.labels(queue.name, "refused").inc()
-                async with self.engine.begin() as conn:
-                    await queries.move(conn, rows[name].id, S.UNSUBMITTED, error=str(exc)[:1000])
+                async with self.engine.begin() as conn:  # the rest of this cycle's would meet the same answer
+                    for unsent in names[i:]:
+                        await queries.move(conn, ids[unsent], S.UNSUBMITTED, error=str(exc)[:1000])
                 log.warning("pilot submission refused", extra={"queue": queue.name, "error": str(exc)})
-                return  # the rest of this cycle's submissions would meet the same answer
+                return
             SUBMITTED.labels(queue.name, "submitted").inc()
             async with self.engine.begin() as conn:
-                await queries.move(conn, rows[name].id, S.QUEUED, batch_job_id=job_id)
+                await queries.move(conn, ids[name], S.QUEUED, batch_job_id=job_id)
         log.info("pilots submitted", extra={"queue": queue.name, "pilots": n})
 
     def pilot_job(self, queue: SiteQueue, name: str) -> PilotJob:

@@ -29,8 +29,11 @@ async def live_submissions(conn: AsyncConnection, prefix: str) -> list[Record]:
     return list((await conn.execute(stmt)).all())
 
 
-async def intend(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    await conn.execute(sa.insert(pilot_submissions), rows)
+async def intend(conn: AsyncConnection, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Record intended submissions; their ids by batch name."""
+    inserted = await conn.execute(sa.insert(pilot_submissions).returning(pilot_submissions.c.batch_name,
+                                                                         pilot_submissions.c.id), rows)
+    return {name: submission_id for name, submission_id in inserted.all()}
 
 
 async def move(conn: AsyncConnection, submission_id: int, target: SubmissionState, **values: Any) -> bool:
