@@ -114,9 +114,12 @@ class Settings(BaseSettings):
     # How often the job-executor samples the system-wide gauges (jobs by state, queue depths, live pilots).
     metrics_interval_s: float = Field(10.0, gt=0)
 
-    # Housekeeping (job-executor): consumed message ids and ended pilots older than these are purged.
+    # Housekeeping (job-executor): consumed message ids and ended pilots (and pilot submissions) older than these
+    # are purged; settled tasks (ended, outputs closed) with their jobs and file rows too when
+    # task_retention_s > 0 (0: kept until an operator runs `wms purge`). The DSM is never touched.
     consumed_message_retention_s: float = Field(7 * 86400.0, gt=0)
     pilot_retention_s: float = Field(7 * 86400.0, gt=0)
+    task_retention_s: float = Field(0.0, ge=0)
     housekeeping_interval_s: float = Field(600.0, gt=0)
 
     log_level: str = "INFO"

@@ -22,7 +22,7 @@ from stat import S_ISREG
 from common.background import Loop
 from common.broker import Topology
 from common.checksums import adler32_of
-from common.db import ready_jobs
+from common.db import ready_jobs, retention
 from common.db.models import Record
 from common.db.session import Database
 from common.dsm import DsmClient, DsmError, DsmFile, DsmUnavailable
@@ -265,14 +265,18 @@ class Oversight:
         return closed
 
     async def purge_old_rows(self) -> dict[str, int]:
-        """Housekeeping: consumed message ids and ended pilots past their retention."""
+        """Housekeeping: consumed message ids, ended pilots and (with WMS_TASK_RETENTION_S) settled tasks past
+        their retention."""
         async with self.engine.begin() as conn:
             if not await queries.try_lead(conn, HOUSEKEEPING_LOCK):
                 return {}
+            ended = await retention.purge_ended(conn, self.settings.task_retention_s or None,
+                                                self.settings.pilot_retention_s)
             purged = {
                 "consumed_messages": await queries.purge_consumed_messages(
                     conn, self.settings.consumed_message_retention_s),
-                "pilots": await queries.purge_ended_pilots(conn, self.settings.pilot_retention_s),
+                "tasks": ended.tasks, "jobs": ended.jobs, "files": ended.files, "pilots": ended.pilots,
+                "pilot_submissions": ended.pilot_submissions,
             }
         if any(purged.values()):
             log.info("old rows purged", extra=purged)

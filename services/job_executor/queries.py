@@ -382,15 +382,6 @@ async def purge_consumed_messages(conn: AsyncConnection, older_than_s: float) ->
     return (await conn.execute(stmt)).rowcount
 
 
-async def purge_ended_pilots(conn: AsyncConnection, older_than_s: float) -> int:
-    """Pilots that exited or died longer ago than the retention (their jobs keep their history; the pilot
-    reference becomes NULL)."""
-    stmt = sa.delete(pilots).where(
-        pilots.c.status.in_(sorted(PILOT_MACHINE.terminal)),
-        pilots.c.ended_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
-    return (await conn.execute(stmt)).rowcount
-
-
 async def tasks_settled_or_not(conn: AsyncConnection) -> tuple[list[int], list[int]]:
     """(settled, unsettled) task ids: a settled task ended and closed its outputs, so its jobs no longer change."""
     settled = sa.and_(tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_not(None))

@@ -9,8 +9,11 @@ import datetime as dt
 import os
 import stat
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from common import capacity
 from common.broker import Broker
+from common.db import retention
 from common.db.session import Transaction
 from common.job_listing import JobView
 from common.policies import pilot_types_serving
@@ -27,6 +30,7 @@ from services.task_manager.schemas import (
 )
 
 LOG_TAIL_BYTES = 4000
+DRY_RUN_MAX_TASKS = 100_000
 # Job states as a condor_q-like summary groups them.
 QUEUED = (JobState.READY, JobState.HELD)
 RUNNING = (JobState.DISPATCHED, JobState.RUNNING)
@@ -60,6 +64,21 @@ async def use_summary(conn: Transaction, broker: Broker) -> UseSummary:
         resources=[ResourceUse(resource_type=rt, slots=u.slots, busy=u.busy, ready=u.ready,
                                oldest_ready_s=round(u.oldest_ready_s, 1)) for rt, u in use.items()],
         jobs_failed_last_10_min=await queries.jobs_failed_since(conn, 600), dead_letters=dead_letters)
+
+
+async def purge_ended(engine: AsyncEngine, older_than_s: float, pilots_too: bool, dry_run: bool
+                      ) -> retention.Purged:
+    """Every batch of ended work past the age, one short transaction each (a dry run counts in one read-only
+    transaction, up to DRY_RUN_MAX_TASKS tasks)."""
+    total = retention.Purged()
+    pilot_age: float | None = older_than_s if pilots_too else None
+    while True:
+        async with engine.begin() as conn:
+            total.add(await retention.purge_ended(conn, older_than_s, pilot_age, dry_run,
+                                                  DRY_RUN_MAX_TASKS if dry_run else retention.MAX_TASKS_PER_CALL))
+        pilot_age = None  # pilots go in the first transaction
+        if dry_run or not total.more:
+            return total
 
 
 async def list_pilots(conn: Transaction, live_only: bool, limit: int) -> list[PilotView]:

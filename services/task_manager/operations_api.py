@@ -19,6 +19,8 @@ from services.task_manager.schemas import (
     DeadLetter,
     Explanation,
     PilotView,
+    PurgeRequest,
+    PurgeResult,
     QueueLine,
     ReplayResult,
     ThroughputPoint,
@@ -29,6 +31,7 @@ router = APIRouter(prefix="/api/v1")
 pages = APIRouter()
 READ_OPERATIONS = require_role("read jobs and pilots", {"wfms", "operator"})
 HANDLE_DEAD_LETTERS = require_role("read or replay dead letters", {"operator"})
+PURGE = require_role("purge ended work", {"operator"})
 MONITOR_PAGE = FilePath(__file__).with_name("monitor.html")
 MONITOR_TASKS = 100  # the newest tasks the monitor shows
 Minutes = Annotated[int, Query(ge=1, le=24 * 60, description="how far back, in minutes")]
@@ -90,6 +93,15 @@ async def monitor_snapshot(conn: Conn, minutes: Minutes = 30) -> MonitorSnapshot
         pilots=await operations.list_pilots(conn, live_only=False, limit=200),
         throughput=await operations.throughput(conn, minutes, None),
     )
+
+
+@router.post("/retention/purge", response_model=PurgeResult, dependencies=[Depends(PURGE)])
+async def purge_ended_work(request: Request, body: PurgeRequest) -> PurgeResult:
+    """Remove settled tasks (ended, outputs closed) that ended more than ``older_than_s`` ago with their jobs,
+    attempts and file rows, and ended pilots and pilot submissions as old; the DSM is not touched. Batches of
+    tasks in short transactions; ``dry_run`` only counts."""
+    purged = await operations.purge_ended(request.app.state.engine, body.older_than_s, body.pilots, body.dry_run)
+    return PurgeResult(**{k: v for k, v in purged.as_dict().items() if k != "more"}, dry_run=body.dry_run)
 
 
 @router.get("/dead-letters", response_model=list[DeadLetter], dependencies=[Depends(HANDLE_DEAD_LETTERS)],

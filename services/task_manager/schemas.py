@@ -278,6 +278,25 @@ class UseSummary(BaseModel):
     dead_letters: int | None = Field(description="messages in the dead-letter queues (None: the broker is down)")
 
 
+class PurgeRequest(BaseModel):
+    """Which ended work to remove: settled tasks (ended, outputs closed in the DSM) with their jobs and file rows,
+    and ended pilots and pilot submissions, that ended more than ``older_than_s`` seconds ago."""
+
+    model_config = ConfigDict(extra="forbid")
+    older_than_s: float = Field(ge=0, le=100 * 365 * 86400, description="age of the ended work to remove, seconds")
+    dry_run: bool = Field(False, description="only count what would go")
+    pilots: bool = Field(True, description="ended pilots and pilot submissions too")
+
+
+class PurgeResult(BaseModel):
+    tasks: int
+    jobs: int
+    files: int = Field(description="FILE_DAT rows of the removed tasks (the DSM keeps its datasets and files)")
+    pilots: int
+    pilot_submissions: int
+    dry_run: bool
+
+
 class PilotView(BaseModel):
     id: int
     host: str

@@ -281,6 +281,37 @@ def credentials_revoke(credential_id: Annotated[int, typer.Argument(min=1, help=
                                          markup=False, highlight=False))
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """'30d', '12h', '90m', '3600s', '2w' or plain seconds."""
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in DURATION_UNITS else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: a number with a unit s, m, h, d or w (e.g. 30d)") from None
+    if value < 0:
+        raise typer.BadParameter(f"{text!r}: an age cannot be negative")
+    return value * DURATION_UNITS[unit]
+
+
+@app.command()
+def purge(
+    older_than: Annotated[str, typer.Option("--older-than", help="age of the ended work to remove: 30d, 12h, 90m")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would go")] = False,
+    keep_pilots: Annotated[bool, typer.Option("--keep-pilots", help="leave ended pilots alone")] = False,
+) -> None:
+    """Remove ended work (operators): settled tasks with their jobs and file rows, ended pilots. The DSM keeps
+    every dataset and file."""
+    result = state.api.post("/api/v1/retention/purge", {"older_than_s": parse_age(older_than), "dry_run": dry_run,
+                                                         "pilots": not keep_pilots})
+    _show(result, lambda r: render.console.print(
+        f"{'would remove' if r['dry_run'] else 'removed'} {r['tasks']} tasks ({r['jobs']} jobs, {r['files']} file "
+        f"rows), {r['pilots']} pilots, {r['pilot_submissions']} pilot submissions ended before {older_than} ago; "
+        "the DSM is untouched", highlight=False))
+
+
 @app.command()
 def demo(
     slices: Annotated[int, typer.Option(min=1, max=100_000, help="raw time slices to generate")] = 60,
