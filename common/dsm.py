@@ -117,6 +117,13 @@ class DsmClient:
                 return None
             raise
 
+    async def list_datasets(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[Dataset]:
+        params: dict[str, str | int] = {"prefix": prefix, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        return [Dataset.model_validate(d) for d in json.loads(await self._call("GET", "/datasets",
+                                                                                   params=params))]
+
     async def create_dataset(self, name: str) -> Dataset:
         return Dataset.model_validate_json(await self._call("POST", "/datasets", json={"name": name}))
 

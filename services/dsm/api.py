@@ -35,6 +35,18 @@ async def create_dataset(body: DatasetCreate, catalog: CatalogDep, response: Res
     return dataset
 
 
+@router.get("/datasets", response_model=list[Dataset], dependencies=[Depends(READ)])
+async def list_datasets(
+    catalog: CatalogDep,
+    prefix: Annotated[str, Query(max_length=512, description="names starting with this")] = "",
+    after: Annotated[str | None, Query(max_length=512, description="cursor: the last name of the previous page")]
+    = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[Dataset]:
+    """Datasets in name order."""
+    return await catalog.list(prefix, after, limit)
+
+
 @router.get("/datasets/{name}", response_model=Dataset, dependencies=[Depends(READ)])
 async def get_dataset(name: Name, catalog: CatalogDep) -> Dataset:
     return await catalog.get(name)

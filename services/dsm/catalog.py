@@ -35,6 +35,10 @@ class Catalog:
             raise UnknownDataset(name)
         return row
 
+    async def list(self, prefix: str, after: str | None, limit: int) -> list[Dataset]:
+        async with self.engine.connect() as conn:
+            return [dataset_view(r) for r in await queries.list_datasets(conn, prefix, after, limit)]
+
     async def get(self, name: str) -> Dataset:
         async with self.engine.connect() as conn:
             row = await queries.select_dataset(conn, name)

@@ -28,6 +28,14 @@ async def create_dataset(conn: AsyncConnection, name: str) -> tuple[Record, bool
     return (await conn.execute(sa.select(datasets).where(datasets.c.name == name))).one(), False
 
 
+async def list_datasets(conn: AsyncConnection, prefix: str, after: str | None, limit: int) -> list[Record]:
+    """Datasets whose name starts with ``prefix``, in name order, after the name ``after``."""
+    stmt = sa.select(datasets).where(datasets.c.name.startswith(prefix, autoescape=True))
+    if after is not None:
+        stmt = stmt.where(datasets.c.name > after)
+    return list((await conn.execute(stmt.order_by(datasets.c.name).limit(limit))).all())
+
+
 async def select_dataset(conn: AsyncConnection, name: str, for_update: bool = False) -> Record | None:
     stmt = sa.select(datasets).where(datasets.c.name == name)
     if for_update:

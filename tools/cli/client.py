@@ -45,6 +45,7 @@ def _reason(response: httpx.Response) -> str:
 class Api:
     def __init__(self, base_url: str, token: str, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token = token
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s,
                                   headers={"Authorization": f"Bearer {token}"})
 

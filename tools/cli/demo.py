@@ -63,7 +63,7 @@ def run_demo(api: Api, cli: CliSettings, slices: int, data_dir: Path | None, run
     asyncio.run(register_raw_run(cli, f"spd.raw.{run}", data_dir, slices))
     task_ids = [api.post("/api/v1/tasks", description)["id"] for description in chain(run, slices)]
     render.console.print(f"submitted tasks {', '.join(map(str, task_ids))} (unscramble -> filter -> merge); "
-                         f"watch them in the monitor: {api.base_url}/monitor", highlight=False)
+                         f"watch them in the monitor: {api.base_url}/monitor#token={api.token}", highlight=False)
 
     with Live(console=render.console, refresh_per_second=4) as live:
         while True:

@@ -14,7 +14,7 @@ import typer
 import yaml
 from rich.live import Live
 
-from tools.cli import render
+from tools.cli import dsm, render
 from tools.cli.client import Api, CliError, CliSettings
 
 ENDED = {"done", "finished", "failed", "cancelled"}
@@ -26,6 +26,8 @@ app.add_typer(dlq, name="dlq")
 credentials = typer.Typer(help="Pilot credentials (operators): issue one per node or batch queue, list, revoke.",
                           no_args_is_help=True)
 app.add_typer(credentials, name="credentials")
+app.add_typer(dsm.dsm, name="dsm")
+LOG_TAIL_BYTES = 4000
 
 
 class State:
@@ -42,10 +44,13 @@ def options(
     json_output: Annotated[bool, typer.Option("--json", help="machine-readable JSON output")] = False,
     url: Annotated[str | None, typer.Option(help="task-manager URL (WMS_CLI_URL)")] = None,
     token: Annotated[str | None, typer.Option(help="bearer token (WMS_CLI_TOKEN)")] = None,
+    wide: Annotated[bool, typer.Option("--wide", help="every table column, however wide (default: the tables fit "
+                                                      "the terminal, dropping the least useful columns)")] = False,
 ) -> None:
     settings = CliSettings()
     state.api = Api(url or settings.url, token or settings.token, settings.timeout_s)
-    state.json = json_output
+    state.json = dsm.output.json = json_output
+    render.options.wide = wide
 
 
 def _show(value: Any, human) -> None:
@@ -162,20 +167,8 @@ def priority(task_id: TaskId, value: Annotated[int, typer.Argument(min=1, max=10
 
 @app.command()
 def report(task_id: TaskId) -> None:
-    """The task's report (final once it has ended)."""
-    def human(r: dict) -> None:
-        render.console.print(f"[bold]task {r['task_id']}[/bold] {r['status']} "
-                             f"({'final' if r['final'] else 'not final'}), wall time {r['wall_time_s']:.0f} s")
-        f = r["files"]
-        render.console.print(f"  files: {f['done']} done, {f['failed']} failed, {f['cancelled']} cancelled "
-                             f"of {f['total'] if f['total'] is not None else '?'}", highlight=False)
-        render.console.print(f"  jobs: {', '.join(f'{n} {s}' for s, n in sorted(r['jobs'].items()) if n)}; "
-                             f"{r['attempts_total']} attempts, {r['jobs_retried']} jobs retried", highlight=False)
-        render.console.print(f"  outputs: {r['outputs']}", highlight=False)
-        for failure in r["failures"]:
-            render.console.print(f"  {failure}", markup=False, highlight=False)
-
-    _show(state.api.get(f"/api/v1/tasks/{task_id}/report"), human)
+    """The task's report (final once it has ended): files, jobs, outputs, run times, failures by error."""
+    _show(state.api.get(f"/api/v1/tasks/{task_id}/report"), render.report)
 
 
 @app.command()
@@ -189,7 +182,8 @@ def jobs(
     _show(page["items"], lambda items: render.table(
         "Jobs", ["id", "task", "state", "attempt", "type", "prio", "pilot", "files", "error"],
         [[j["id"], j["task_id"], j["status"], j["attempt"], j["resource_type"], j["priority"], j["pilot_id"],
-          j["n_files"], j["error_message"]] for j in items]))
+          j["n_files"], j["error_message"]] for j in items],
+        drop_order=["prio", "type", "files", "attempt"], wrap=("error",)))
 
 
 @app.command()
@@ -199,7 +193,28 @@ def pilots(live: Annotated[bool, typer.Option("--live", help="live pilots only")
     _show(state.api.get("/api/v1/pilots", live=live, limit=limit), lambda items: render.table(
         "Pilots", ["id", "host", "type", "channel", "cores", "state", "job", "heartbeat"],
         [[p["id"], p["host"], p["resource_type"], p["channel"], p["cores"], p["status"], p["current_job_id"],
-          p["heartbeat_at"]] for p in items]))
+          _time(p["heartbeat_at"])] for p in items],
+        drop_order=["cores", "channel", "type"], wrap=("host",)))
+
+
+def _time(stamp: str | None) -> str:
+    """An ISO timestamp as date and time to the second (the table's width is precious)."""
+    return "" if not stamp else stamp.replace("T", " ")[:19]
+
+
+def local_log_tail(url: str) -> tuple[str | None, str]:
+    """(the end of a log this machine can read, where it came from) or (None, why not): a file:// URL on local
+    or shared storage is read directly, with the caller's own permissions."""
+    if not url.startswith("file://"):
+        return None, "not a file on shared storage: fetch it with the storage's own tools"
+    path = Path(url.removeprefix("file://"))
+    try:
+        with path.open("rb") as log:
+            size = log.seek(0, 2)
+            log.seek(max(0, size - LOG_TAIL_BYTES))
+            return log.read().decode(errors="replace"), f"read from {path}"
+    except OSError as exc:
+        return None, f"not readable from this machine: {exc.strerror}"
 
 
 @app.command()
@@ -215,12 +230,16 @@ def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> Non
             render.table("Attempts", ["#", "pilot", "host", "outcome", "exit", "error"],
                          [[a["attempt"], a["pilot_id"], a["host"], a["outcome"], a["exit_code"],
                            f"{a['error_category'] or ''} {a['error_message'] or ''}".strip()]
-                          for a in e["attempts"]])
-        if e["log_tail"]:
-            render.console.print(f"[bold]log[/bold] {e['log_url']} (tail):", highlight=False)
-            render.console.print(e["log_tail"], markup=False, highlight=False)
-        elif e["log_url"]:
-            render.console.print(f"log: {e['log_url']} (not readable from here)", highlight=False)
+                          for a in e["attempts"]], drop_order=["host", "exit"], wrap=("error",))
+        if not e["log_url"]:
+            return
+        tail, where = (e["log_tail"], "read by the task-manager") if e["log_tail"] else local_log_tail(e["log_url"])
+        if tail is None:
+            render.console.print(f"log: {e['log_url']} ({where})", markup=False, highlight=False)
+        else:
+            render.console.print(f"log {e['log_url']} (the last {LOG_TAIL_BYTES} bytes, {where}):", markup=False,
+                                 highlight=False)
+            render.console.print(tail, markup=False, highlight=False)
 
     _show(state.api.get(f"/api/v1/jobs/{job_id}/explain"), human)
 
@@ -231,8 +250,8 @@ def dlq_list(queue: Annotated[str | None, typer.Option(help="one queue, e.g. job
     """Dead-lettered messages (left where they are)."""
     _show(state.api.get("/api/v1/dead-letters", queue=queue, limit=limit), lambda items: render.table(
         "Dead letters", ["queue", "message id", "reason", "routing key", "when", "body"],
-        [[d["queue"], d["message_id"], d["reason"], d["routing_key"], d["dead_lettered_at"], d["body"][:60]]
-         for d in items]))
+        [[d["queue"], d["message_id"], d["reason"], d["routing_key"], _time(d["dead_lettered_at"]), d["body"][:60]]
+         for d in items], drop_order=["routing key", "when", "body"], wrap=("queue", "message id", "body")))
 
 
 @dlq.command("replay")
@@ -246,7 +265,8 @@ def dlq_replay(queue: Annotated[str, typer.Argument(help="the queue it was dead-
 def _credential_rows(items: list[dict]) -> None:
     render.table("Pilot credentials", ["id", "name", "type", "max cores", "max gpus", "hosts", "created", "revoked"],
                  [[c["id"], c["name"], c["resource_type"], c["max_cores"], c["max_gpus"], c["host_pattern"],
-                   c["created_at"], c["revoked_at"]] for c in items])
+                   _time(c["created_at"]), _time(c["revoked_at"])] for c in items],
+                 drop_order=["created", "max gpus", "hosts"], wrap=("name",))
 
 
 @credentials.command("issue")

@@ -6,12 +6,25 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 console = Console()
 errors = Console(stderr=True)
+
+
+WRAP_WIDTH = 24  # a folding column (names, messages) is given at least this much before columns are dropped
+
+
+class Options:
+    """``--wide``: every column, however wide the table gets (a terminal's width is not enforced)."""
+
+    wide = False
+
+
+options = Options()
 
 
 def end_live() -> None:
@@ -28,15 +41,53 @@ def progress_bar(done: int, total: int | None, width: int = 24) -> ProgressBar:
     return ProgressBar(total=max(total or 0, 1), completed=done if total else 0, width=width)
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    out = Table(title=title, title_justify="left")
-    for column in columns:
-        out.add_column(column)
-    for row in rows:
-        # cells are data, never markup
-        out.add_row(*(cell if hasattr(cell, "__rich_console__") else Text("" if cell is None else str(cell))
-                      for cell in row))
+def table(title: str, columns: list[str], rows: list[list[Any]], drop_order: list[str] | None = None,
+          wrap: tuple[str, ...] = ()) -> None:
+    """A table that fits the terminal (80 columns when not a terminal): headers are never cut; when the table is
+    too wide, the columns of ``drop_order`` go first, in that order (a note says which), then the ``wrap``
+    columns fold their text. ``--wide`` shows every column at full width."""
+    shown = list(columns)
+    width = console.width
+
+    def build(names: list[str], measuring: bool = False) -> Table:
+        out = Table(title=title, title_justify="left")
+        for name in names:
+            folding = name in wrap and not options.wide
+            out.add_column(name, no_wrap=not folding, overflow="fold" if folding else "ellipsis",
+                           min_width=len(name), max_width=WRAP_WIDTH if folding and measuring else None)
+        for row in rows:
+            # cells are data, never markup
+            out.add_row(*(_cell(row[columns.index(name)]) for name in names))
+        return out
+
+    out = build(shown)
+    if options.wide:
+        console.width = max(width, _natural_width(out))
+        try:
+            console.print(out, crop=False)
+        finally:
+            console.width = width
+        return
+    dropped = []
+    for name in drop_order or []:
+        if _natural_width(build(shown, measuring=True)) <= width:
+            break
+        shown.remove(name)
+        dropped.append(name)
+    out = build(shown)
     console.print(out)
+    if dropped:
+        console.print(f"({', '.join(dropped)} not shown: --wide shows every column)", highlight=False,
+                      style="dim")
+
+
+def _cell(value: Any) -> Any:
+    return value if hasattr(value, "__rich_console__") else Text("" if value is None else str(value))
+
+
+def _natural_width(out: Table) -> int:
+    wide = Console(width=10_000)
+    return Measurement.get(wide, wide.options, out).maximum
 
 
 def files_text(done: int, total: int | None) -> str:
@@ -46,19 +97,26 @@ def files_text(done: int, total: int | None) -> str:
 def summary_table(lines: list[dict]) -> None:
     table("Tasks", ["id", "name", "state", "prio", "progress", "files", "queued", "running", "done", "failed"],
           [[t["task_id"], t["name"], t["status"], t["priority"],
-            progress_bar(t["files_done"], t["files_total"] or t["files_assigned"]),
+            progress_bar(t["files_done"], t["files_total"] or t["files_assigned"], width=10),
             files_text(t["files_done"], t["files_total"]), t["queued"], t["running"], t["done"], t["failed"]]
-           for t in lines])
+           for t in lines], drop_order=["prio", "queued", "progress"], wrap=("name",))
 
 
 def queue_lines(lines: list[dict]) -> None:
-    """condor_q style: one line per task, then the totals."""
-    console.print(f"{'ID':>6} {'NAME':<28} {'STATE':<10} {'PRIO':>4} {'QUEUED':>7} {'RUN':>5} {'DONE':>7} "
-                  f"{'FAILED':>6}  FILES", highlight=False)
-    for t in lines:
-        console.print(f"{t['task_id']:>6} {t['name'][:28]:<28} {t['status']:<10} {t['priority']:>4} "
-                      f"{t['queued']:>7} {t['running']:>5} {t['done']:>7} {t['failed']:>6}  "
-                      f"{files_text(t['files_done'], t['files_total'])}", highlight=False)
+    """condor_q style: one line per task, then the totals. The name takes what the terminal leaves."""
+    files = [files_text(t["files_done"], t["files_total"]) for t in lines]
+    files_width = max([5, *map(len, files)])
+    fixed = 6 + 1 + 10 + 1 + 4 + 1 + 7 + 1 + 5 + 1 + 7 + 1 + 6 + 2 + files_width + 1
+    name_width = 28
+    if not options.wide:
+        name_width = max(8, min(28, console.width - fixed - 1))
+    console.print(f"{'ID':>6} {'NAME':<{name_width}} {'STATE':<10} {'PRIO':>4} {'QUEUED':>7} {'RUN':>5} "
+                  f"{'DONE':>7} {'FAILED':>6}  FILES", highlight=False, crop=False)
+    for t, done in zip(lines, files, strict=True):
+        name = t["name"] if len(t["name"]) <= name_width else t["name"][:name_width - 1] + "…"
+        console.print(f"{t['task_id']:>6} {name:<{name_width}} {t['status']:<10} {t['priority']:>4} "
+                      f"{t['queued']:>7} {t['running']:>5} {t['done']:>7} {t['failed']:>6}  {done}",
+                      highlight=False, crop=False, markup=False)
     totals = {k: sum(t[k] for t in lines) for k in ("queued", "running", "done", "failed")}
     console.print(f"{len(lines)} tasks; {totals['queued']} jobs queued, {totals['running']} running, "
                   f"{totals['done']} done, {totals['failed']} failed", highlight=False)
@@ -114,3 +172,41 @@ def live_tasks(tasks: list[dict], with_jobs: bool = False) -> Table:
 
 def job_counts(progress: dict) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted((progress.get("jobs") or {}).items()) if n) or "none yet"
+
+
+def report(r: dict) -> None:
+    """A task's report as tables: files, jobs by state, outputs, job run times, failures by error."""
+    console.print(f"[bold]task {r['task_id']}[/bold] {r['status']} ({'final' if r['final'] else 'not final'}), "
+                  f"wall time {r['wall_time_s']:.0f} s", highlight=False)
+    console.print(f"  {escape(r['input_dataset'])} -> {escape(r['output_dataset'])}", highlight=False)
+    if r.get("error"):
+        console.print(f"  error: {r['error']}", markup=False, highlight=False)
+    f = r["files"]
+    table("Input files", ["total", "done", "failed", "cancelled", "in progress", "pending"],
+          [[f.get("total") if f.get("total") is not None else "?", f.get("done", 0), f.get("failed", 0),
+            f.get("cancelled", 0), f.get("in_progress", 0), f.get("pending", 0)]])
+    table("Jobs by state", ["state", "jobs"], [[s, n] for s, n in sorted(r["jobs"].items()) if n])
+    console.print(f"  {r['attempts_total']} attempts, {r['jobs_retried']} jobs retried", highlight=False)
+    o, run = r["outputs"], r.get("job_run_time") or {}
+    table("Outputs and run times", ["output files", "bytes", "events", "job mean s", "min s", "max s"],
+          [[o.get("files", 0), human_bytes(o.get("bytes", 0)), o.get("events", 0), _seconds(run.get("mean_s")),
+            _seconds(run.get("min_s")), _seconds(run.get("max_s"))]])
+    if r["failures"]:
+        table("Failures by error", ["category", "jobs", "files", "message"],
+              [[g["error_category"] or "error", g["jobs"], g["files"], g["error_message"] or ""]
+               for g in r["failures"]], wrap=("message",))
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return str(n)
