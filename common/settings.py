@@ -120,6 +120,8 @@ class Settings(BaseSettings):
     consumed_message_retention_s: float = Field(7 * 86400.0, gt=0)
     pilot_retention_s: float = Field(7 * 86400.0, gt=0)
     task_retention_s: float = Field(0.0, ge=0)
+    # The telemetry's load samples (the monitor's backlog plot) are kept this long.
+    load_sample_retention_s: float = Field(2 * 86400.0, gt=0)
     housekeeping_interval_s: float = Field(600.0, gt=0)
 
     log_level: str = "INFO"

@@ -380,6 +380,19 @@ class ConsumedMessage(Base):
     __table_args__ = (sa.Index("ix_consumed_message_consumed_at", "consumed_at"),)
 
 
+class LoadSample(Base):
+    """The ready backlog and the live pilots' slots by resource type, sampled by the job-executor's telemetry every
+    WMS_METRICS_INTERVAL_S: what the monitor plots over time (purged after WMS_LOAD_SAMPLE_RETENTION_S)."""
+
+    __tablename__ = "load_sample"
+
+    sampled_at: Mapped[dt.datetime] = mapped_column(Timestamp, primary_key=True)
+    resource_type: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    ready: Mapped[int] = mapped_column(sa.Integer)
+    slots: Mapped[int] = mapped_column(sa.Integer)
+    busy: Mapped[int] = mapped_column(sa.Integer)
+
+
 metadata = Base.metadata
 # A row of any query (SQLAlchemy 2 types rows by their columns; the services pass them around untyped).
 Record: TypeAlias = sa.Row[*tuple[Any, ...]]
@@ -394,3 +407,4 @@ consumed_messages = cast(sa.Table, ConsumedMessage.__table__)
 job_attempts = cast(sa.Table, JobAttempt.__table__)
 pilot_credentials = cast(sa.Table, PilotCredential.__table__)
 pilot_submissions = cast(sa.Table, PilotSubmission.__table__)
+load_samples = cast(sa.Table, LoadSample.__table__)

@@ -275,6 +275,7 @@ class Oversight:
             purged = {
                 "consumed_messages": await queries.purge_consumed_messages(
                     conn, self.settings.consumed_message_retention_s),
+                "load_samples": await queries.purge_load_samples(conn, self.settings.load_sample_retention_s),
                 "tasks": ended.tasks, "jobs": ended.jobs, "files": ended.files, "pilots": ended.pilots,
                 "pilot_submissions": ended.pilot_submissions,
             }

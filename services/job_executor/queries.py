@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import Record, consumed_messages, files, job_attempts, jobs, pilots, tasks
+from common.db.models import Record, consumed_messages, files, job_attempts, jobs, load_samples, pilots, tasks
 from common.db.transitions import guarded_transition, guarded_update
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
@@ -379,6 +379,17 @@ async def mark_output_closed(conn: AsyncConnection, task_id: int) -> None:
 async def purge_consumed_messages(conn: AsyncConnection, older_than_s: float) -> int:
     stmt = sa.delete(consumed_messages).where(
         consumed_messages.c.consumed_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
+    return (await conn.execute(stmt)).rowcount
+
+
+async def record_load(conn: AsyncConnection, samples: list[dict[str, Any]]) -> None:
+    """One load sample per resource type, stamped with this transaction's time."""
+    await conn.execute(sa.insert(load_samples).values(sampled_at=sa.func.now()), samples)
+
+
+async def purge_load_samples(conn: AsyncConnection, older_than_s: float) -> int:
+    stmt = sa.delete(load_samples).where(
+        load_samples.c.sampled_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s))
     return (await conn.execute(stmt)).rowcount
 
 

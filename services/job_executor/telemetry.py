@@ -2,7 +2,8 @@
 messages waiting per queue (dead-letter queues included), live pilots by resource type and channel, and for the
 USE method: the live pilots' job slots and how many are busy (utilization), how long the oldest ready job has
 waited (saturation, with the ready count and the queue depths); errors are counters where they happen
-(docs/operations.md, Monitoring).
+(docs/operations.md, Monitoring). Each sample's ready backlog and slots by resource type are also written to
+LOAD_SAMPLE, which the web monitor plots over time.
 
 Every ``metrics_interval_s``: the jobs of unsettled tasks counted by state (their index), the settled tasks'
 counts remembered (a task that ended and closed its outputs has jobs that no longer change: each is counted once
@@ -64,6 +65,7 @@ class Telemetry:
         for state in JOB_MACHINE.states:
             for resource_type in RESOURCE_TYPES:
                 JOBS.labels(state, resource_type).set(job_counts.get((state, resource_type), 0))
+        samples = []
         for resource_type in RESOURCE_TYPES:
             for channel in CHANNELS:
                 LIVE_PILOTS.labels(resource_type, channel).set(pilot_counts.get((resource_type, channel), 0))
@@ -71,6 +73,10 @@ class Telemetry:
             SLOTS.labels(resource_type).set(of_type.slots)
             SLOTS_BUSY.labels(resource_type).set(of_type.busy)
             READY_AGE.labels(resource_type).set(of_type.oldest_ready_s)
+            samples.append({"resource_type": resource_type, "ready": of_type.ready, "slots": of_type.slots,
+                            "busy": of_type.busy})
+        async with self.engine.begin() as conn:  # the monitor's backlog and slots over time
+            await queries.record_load(conn, samples)
         for queue, depth in (await self.broker.queue_depths()).items():
             QUEUE_MESSAGES.labels(queue).set(depth)
         return False

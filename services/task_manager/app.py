@@ -14,7 +14,7 @@ from common.observability import add_health_routes, instrument, map_error, run_s
 from common.runtime import ServiceRuntime
 from common.settings import Settings
 from common.states import IllegalTransition, RowNotFound
-from services.task_manager import credentials_api, operations_api
+from services.task_manager import credentials_api, monitor_api, operations_api
 from services.task_manager.api import router
 from services.task_manager.dead_letters import DeadLetterNotFound, UnknownQueue
 from services.task_manager.lifecycle import (
@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(operations_api.router)
     app.include_router(credentials_api.router)
-    app.include_router(operations_api.pages)
+    app.include_router(monitor_api.router)
+    app.include_router(monitor_api.pages)
     instrument(app, SERVICE)
     document_errors(app)
     add_health_routes(app, lambda: {"broker": app.state.broker.health()})

@@ -2,12 +2,9 @@
 letters. Parse -> call operations / dead_letters -> shape; no SQL here."""
 from __future__ import annotations
 
-from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
 
 from common.auth import require_role
 from common.job_listing import JobPage, job_page
@@ -28,19 +25,10 @@ from services.task_manager.schemas import (
 )
 
 router = APIRouter(prefix="/api/v1")
-pages = APIRouter()
 READ_OPERATIONS = require_role("read jobs and pilots", {"wfms", "operator"})
 HANDLE_DEAD_LETTERS = require_role("read or replay dead letters", {"operator"})
 PURGE = require_role("purge ended work", {"operator"})
-MONITOR_PAGE = FilePath(__file__).with_name("monitor.html")
-MONITOR_TASKS = 100  # the newest tasks the monitor shows
 Minutes = Annotated[int, Query(ge=1, le=24 * 60, description="how far back, in minutes")]
-
-
-class MonitorSnapshot(BaseModel):
-    tasks: list[QueueLine]
-    pilots: list[PilotView]
-    throughput: list[ThroughputPoint]
 
 
 @router.get("/summary", response_model=list[QueueLine], dependencies=[Depends(READ_OPERATIONS)])
@@ -85,16 +73,6 @@ async def throughput(conn: Conn, minutes: Minutes = 30,
     return await operations.throughput(conn, minutes, task_id)
 
 
-@router.get("/monitor", response_model=MonitorSnapshot, dependencies=[Depends(READ_OPERATIONS)])
-async def monitor_snapshot(conn: Conn, minutes: Minutes = 30) -> MonitorSnapshot:
-    """Everything the web monitor shows, in one request."""
-    return MonitorSnapshot(
-        tasks=await operations.queue_summary(conn, include_ended=True, limit=MONITOR_TASKS),
-        pilots=await operations.list_pilots(conn, live_only=False, limit=200),
-        throughput=await operations.throughput(conn, minutes, None),
-    )
-
-
 @router.post("/retention/purge", response_model=PurgeResult, dependencies=[Depends(PURGE)])
 async def purge_ended_work(request: Request, body: PurgeRequest) -> PurgeResult:
     """Remove settled tasks (ended, outputs closed) that ended more than ``older_than_s`` ago with their jobs,
@@ -114,8 +92,3 @@ async def list_dead_letters(request: Request, queue: str | None = None, limit: L
              dependencies=[Depends(HANDLE_DEAD_LETTERS)])
 async def replay_dead_letter(request: Request, queue: str, message_id: str) -> ReplayResult:
     return await dead_letters.replay(request.app.state.broker, queue, message_id)
-
-
-@pages.get("/monitor", response_class=HTMLResponse, include_in_schema=False)
-async def monitor_page() -> HTMLResponse:
-    return HTMLResponse(MONITOR_PAGE.read_text())

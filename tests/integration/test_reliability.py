@@ -114,7 +114,7 @@ async def test_housekeeping_purges_old_consumed_ids_and_ended_pilots_only(job_ex
         await conn.execute(sa.insert(consumed_messages).values(consumer="c", message_id=uuid.uuid4()))
     purged = await job_executor.app.state.oversight.purge_old_rows()
     assert purged == {"consumed_messages": 1, "pilots": 1, "tasks": 0, "jobs": 0, "files": 0,
-                      "pilot_submissions": 0}  # tasks are kept: WMS_TASK_RETENTION_S is 0 by default
+                      "pilot_submissions": 0, "load_samples": 0}  # tasks are kept: WMS_TASK_RETENTION_S is 0 by default
     async with db.connect() as conn:
         left = set((await conn.execute(sa.select(pilots.c.id))).scalars())
         consumed = (await conn.execute(sa.select(sa.func.count()).select_from(consumed_messages))).scalar()

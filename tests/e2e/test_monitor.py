@@ -1,0 +1,151 @@
+"""The web monitor in headless Chromium on real data: a filtered, paged task list; a task's page (progress over
+time, jobs by state, failures by error with their jobs, attempts with pilots, the log's tail, outputs) by link and
+by URL; pilots counted by the database however many rows there are, live ones paged; load plots; a cancelled
+task drawn with its real progress. Screenshots go to WMS_SCREENSHOT_DIR when it is set (docs/monitor/ holds the
+ones looked at)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from common.db.models import jobs, pilots
+from tests.conftest import OPERATOR_TOKEN, wait_for
+from tests.e2e.stack import wms_stack
+from tests.e2e.test_dispatch import copy_payload
+from tests.e2e.test_operations import FAIL, chromium, dump_dom
+from tests.factories import insert_task
+
+pytestmark = pytest.mark.e2e
+SLOW = {"command": sys.executable, "args": ["-c", "import time; time.sleep(0.4)"], "env": {}}
+ENDED_PILOTS = 400  # more than any page: the counts must come from the database, not from the rows fetched
+
+
+async def screenshot(url: str, name: str, tmp: Path) -> Path:
+    directory = Path(os.environ.get("WMS_SCREENSHOT_DIR") or tmp)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.png"
+    process = await asyncio.create_subprocess_exec(
+        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+        "--virtual-time-budget=6000", "--window-size=1280,1400", f"--screenshot={path}", url,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await asyncio.wait_for(process.wait(), timeout=120)
+    assert path.stat().st_size > 10_000, path  # a rendered page, not a blank one
+    return path
+
+
+def rows(dom: str, attribute: str) -> dict[str, str]:
+    return dict(re.findall(rf'<tr {attribute}="([^"]+)"[^>]*>(.*?)</tr>', dom, re.S))
+
+
+async def test_monitor_drills_down_on_real_data(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path, metrics_interval_s=0.5) as stack:
+        async with db.begin() as conn:  # the junk a fuzzing run leaves: many tasks, many ended pilots
+            for i in range(70):
+                await insert_task(conn, name=f"junk {i}", status="failed", output_dataset=f"junk.{i}")
+            await conn.execute(sa.insert(pilots), [
+                {"host": f"old{i}", "resource_type": "cpu", "cores": 1, "memory_mb": 100, "version": "t",
+                 "status": "exited" if i % 4 else "dead", "ended_at": dt.datetime.now(dt.UTC)}
+                for i in range(ENDED_PILOTS)])
+        await stack.make_dataset("raw.ok", 6)
+        await stack.make_dataset("raw.bad", 2)
+        await stack.make_dataset("raw.slow", 12)
+        ok = await stack.submit(name="copy six", input_dataset="raw.ok", output_dataset="out.ok",
+                                payload=copy_payload(), split={"by": "files", "size": 1})
+        bad = await stack.submit(name="always fails", input_dataset="raw.bad", output_dataset="out.bad",
+                                 payload=FAIL, split={"by": "files", "size": 1}, max_attempts=2)
+        slow = await stack.submit(name="slow then cancelled", input_dataset="raw.slow", output_dataset="out.slow",
+                                  payload=SLOW, split={"by": "files", "size": 1})
+        stack.start_pilot("rest")
+        await wait_for(lambda: stack.ended(ok), timeout=120)
+        await wait_for(lambda: stack.ended(bad), timeout=120)
+
+        async def some_slow_done() -> bool:
+            counts = (await stack.task_manager.get(f"/api/v1/tasks/{slow}", headers={
+                "Authorization": f"Bearer {OPERATOR_TOKEN}"})).json()["progress"]["files"]
+            return counts["done"] >= 3
+        await wait_for(some_slow_done, timeout=60)
+        assert (await stack.task_manager.post(f"/api/v1/tasks/{slow}/cancel", headers={
+            "Authorization": f"Bearer {OPERATOR_TOKEN}"})).status_code == 200
+        await wait_for(lambda: stack.ended(slow), timeout=60)
+        await asyncio.sleep(1.5)  # a load sample or two after the work
+
+        base = str(stack.task_manager.base_url).rstrip("/") + "/monitor"
+        token = f"token={OPERATOR_TOKEN}"
+
+        # the front: load plots on top, then the newest 50 of 73 tasks and a link to older ones
+        dom = await dump_dom(f"{base}#/tasks?{token}")
+        async with db.connect() as conn:
+            finished = (await conn.execute(sa.select(sa.func.count()).select_from(jobs)
+                                           .where(jobs.c.status == "finished"))).scalar()
+        assert finished > 6  # the six copies and what the slow task did before its cancellation
+        assert 'id="throughput"' in dom and f'data-total-jobs="{finished}"' in dom
+        assert 'data-series="cpu ready"' in dom and 'data-series="cpu busy slots"' in dom
+        listed = rows(dom, "data-task-id")
+        assert len(listed) == 50 and str(slow) in listed and "73 tasks match; showing 50" in dom
+        assert 'id="older-page"' in dom and f'href="#/task/{ok}"' in dom
+        assert "1 pilots alive." in dom
+        assert dom.index('id="throughput"') < dom.index('id="tasks"')  # plots are not pushed below the list
+        older = re.search(r'id="older-page" href="#/tasks\?before=(\d+)"|href="#/tasks\?before=(\d+)" id="older-page"',
+                          dom)
+        assert older is not None
+        before = older.group(1) or older.group(2)
+        page2 = rows(await dump_dom(f"{base}#/tasks?before={before}&{token}"), "data-task-id")
+        assert len(page2) == 23 and not set(page2) & set(listed)
+
+        # filters: state, name search, time range
+        cancelled = rows(await dump_dom(f"{base}#/tasks?state=cancelled&{token}"), "data-task-id")
+        assert list(cancelled) == [str(slow)]
+        bar = re.search(r'class="bar" data-done="(\d+)" data-failed="(\d+)" data-cancelled="(\d+)" data-total="(\d+)"',
+                        cancelled[str(slow)])
+        assert bar is not None
+        done, failed, cancelled_files, total = map(int, bar.groups())
+        assert total == 12 and 3 <= done < 12 and failed == 0 and cancelled_files > 0  # its real progress
+        assert f"width:{100 * done / 12:.1f}%" in cancelled[str(slow)]
+        found = rows(await dump_dom(f"{base}#/tasks?q=copy&{token}"), "data-task-id")
+        assert list(found) == [str(ok)]
+        both = rows(await dump_dom(f"{base}#/tasks?state=done&state=finished&{token}"), "data-task-id")
+        assert set(both) == {str(ok), str(bad)}
+        none = await dump_dom(f"{base}#/tasks?since=2999-01-01T00:00&{token}")
+        assert "0 tasks match" in none and not rows(none, "data-task-id")
+
+        # a task's page by URL: failures by error with their jobs, attempts with the pilot, the log's tail
+        page = await dump_dom(f"{base}#/task/{bad}?{token}")
+        assert f'id="task-page" data-task-id="{bad}"' in page
+        failures = rows(page, "data-category")
+        assert list(failures) == ["payload"] and "exit code 3" in failures["payload"]
+        assert re.search(r'<td class="num">4</td><td class="num">2</td><td class="num">2</td>', failures["payload"])
+        attempts = re.findall(r'<tr data-job-id="\d+">(.*?)</tr>', page, re.S)
+        assert len(attempts) == 4 and all("wn0" in a and "failed" in a for a in attempts)
+        assert re.search(r'<pre id="log-tail">[^<]*boom-marker: detector map missing', page)
+        by_state = rows(page, "data-state")
+        assert '<td class="num">2</td>' in by_state["failed"]
+        good = await dump_dom(f"{base}#/task/{ok}?{token}")
+        assert "Outputs: 6 files" in good and good.count("<tr>", good.index('id="task-outputs"')) >= 6
+        assert 'data-series="files done"' in good and "no failed attempt" in good
+        # the cumulative line climbs from 0 at the task's creation to all six files at its end (the plot's top)
+        assert re.search(r'points="42\.0,138\.0 [^"]*,14\.0" data-series="files done"', good), good
+        missing = await dump_dom(f"{base}#/task/999999?{token}")
+        assert "refresh failed: 404 task 999999 not found" in missing
+
+        # pilots: counted by the database, the live one listed first
+        pilot_page = await dump_dom(f"{base}#/pilots?{token}")
+        kinds = rows(pilot_page, "data-kind")
+        assert re.search(r'class="num alive">1</td><td class="num">100</td><td class="num">300</td>', kinds["cpu/rest"])
+        assert len(rows(pilot_page, "data-pilot-id")) == 1 and "wn0" in pilot_page
+
+        shots = [await screenshot(f"{base}#/tasks?{token}", "monitor-tasks", tmp_path),
+                 await screenshot(f"{base}#/task/{bad}?{token}", "monitor-task", tmp_path),
+                 await screenshot(f"{base}#/tasks?state=cancelled&{token}", "monitor-cancelled", tmp_path),
+                 await screenshot(f"{base}#/pilots?{token}", "monitor-pilots", tmp_path)]
+        assert len(shots) == 4
+
+        refused = await dump_dom(f"{base}#token=wrong")
+        assert "refresh failed: unknown bearer token" in refused and 'data-task-id="' not in refused
