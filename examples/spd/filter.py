@@ -19,7 +19,8 @@ def main(paths: list[str]) -> None:
     manifest, seen, kept = {}, 0, 0
     for path in map(Path, paths):
         events = [json.loads(line) for line in path.read_text().splitlines() if line]
-        hot = [e for e in events if is_hot(e)]
+        # each kept event says how many its slice had, so the quality stage can tell the keep fraction
+        hot = [{**e, "slice_events": len(events)} for e in events if is_hot(e)]
         seen, kept = seen + len(events), kept + len(hot)
         target = out_dir / path.name.replace(".events.", ".hot.")
         target.write_text("".join(json.dumps(e) + "\n" for e in hot))

@@ -68,6 +68,15 @@ async def pilots(conn: Conn, after: Annotated[int | None, Query(ge=0, le=MAX_ID)
     return await monitor_views.pilots_view(conn, after, limit)
 
 
+@router.get("/quality", response_model=list[monitor_views.QualityRun])
+async def quality(conn: Conn, request: Request,
+                  runs: Annotated[int, Query(ge=1, le=50, description="how many recent runs")] = 10
+                  ) -> list[monitor_views.QualityRun]:
+    """Online data quality: per recent run, the histograms of the newest output of its quality task (task type
+    "quality"), e.g. hot events per time slice, hit multiplicity, energy, the filter's keep fraction."""
+    return await monitor_views.quality(conn, request.app.state.settings.storage_root, runs)
+
+
 @pages.get("/monitor", response_class=HTMLResponse, include_in_schema=False)
 async def monitor_page() -> HTMLResponse:
     return HTMLResponse(MONITOR_PAGE.read_text())

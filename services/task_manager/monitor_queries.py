@@ -6,10 +6,11 @@ import datetime as dt
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, files, job_attempts, jobs, load_samples, pilots, tasks
-from common.states import PILOT_MACHINE, AttemptOutcome, FileRole, JobState
+from common.states import PILOT_MACHINE, AttemptOutcome, FileRole, FileState, JobState
 
 GROUP_JOBS_SHOWN = 20  # job ids listed per failure group
 
@@ -144,4 +145,17 @@ async def load_over_time(conn: AsyncConnection, minutes: int) -> list[Record]:
     stmt = (sa.select(load_samples)
             .where(load_samples.c.sampled_at >= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, minutes))
             .order_by(load_samples.c.sampled_at, load_samples.c.resource_type))
+    return list((await conn.execute(stmt)).all())
+
+
+async def latest_quality_outputs(conn: AsyncConnection, task_type: str, runs: int) -> list[Record]:
+    """Per run (the task's metadata "run", else its id), the newest output of its quality-monitoring tasks; the
+    ``runs`` most recent runs."""
+    run = sa.func.coalesce(tasks.c.metadata["run"].astext, sa.cast(tasks.c.id, sa.Text)).label("run")
+    latest = (sa.select(run, tasks.c.id.label("task_id"), files.c.lfn, files.c.url, files.c.created_at)
+              .select_from(files.join(tasks, tasks.c.id == files.c.task_id))
+              .where(tasks.c.task_type == task_type, files.c.role == FileRole.OUTPUT,
+                     files.c.status.in_([FileState.STAGED, FileState.REGISTERED]))
+              .ext(distinct_on(run)).order_by(run, files.c.id.desc()).subquery())
+    stmt = sa.select(latest).order_by(latest.c.created_at.desc()).limit(runs)
     return list((await conn.execute(stmt)).all())

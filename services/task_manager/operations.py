@@ -93,9 +93,15 @@ async def throughput(conn: Transaction, minutes: int, task_id: int | None) -> li
 
 
 def read_log_tail(url: str | None, storage_root: str) -> str | None:
-    """The end of a job's log: only a regular file under the storage root (a log URL comes from a pilot, so
-    /proc/self/environ, /dev/zero or a FIFO are never opened or read), at most LOG_TAIL_BYTES. Blocking: call
-    it in a worker thread."""
+    """The end of a job's log (at most LOG_TAIL_BYTES). Blocking: call it in a worker thread."""
+    data = read_storage_file(url, storage_root, LOG_TAIL_BYTES, from_end=True)
+    return None if data is None else data.decode(errors="replace")
+
+
+def read_storage_file(url: str | None, storage_root: str, max_bytes: int, from_end: bool = False) -> bytes | None:
+    """At most ``max_bytes`` of a file a pilot staged: only a regular file under the storage root (a URL comes
+    from a pilot, so /proc/self/environ, /dev/zero or a FIFO are never opened or read); the first bytes, or with
+    ``from_end`` the last ones. None if it is not such a file or cannot be read. Blocking."""
     if not url or not url.startswith("file://"):
         return None
     root = os.path.realpath(storage_root)
@@ -110,8 +116,9 @@ def read_log_tail(url: str | None, storage_root: str) -> str | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             return None
-        os.lseek(fd, max(0, info.st_size - LOG_TAIL_BYTES), os.SEEK_SET)
-        return os.read(fd, LOG_TAIL_BYTES).decode(errors="replace")
+        if from_end:
+            os.lseek(fd, max(0, info.st_size - max_bytes), os.SEEK_SET)
+        return os.read(fd, max_bytes)
     except OSError:
         return None
     finally:

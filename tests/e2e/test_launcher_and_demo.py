@@ -127,14 +127,16 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         demo = await asyncio.to_thread(run_cli, env, "demo", "--slices", "24", "--run", "t1", timeout=240)
         assert demo.returncode == 0, demo.stdout + demo.stderr
         lines = [line for line in demo.stdout.splitlines() if re.match(r"task \d+: ", line)]
-        assert len(lines) == 3 and all(": done, 24 input files done" in line for line in lines), demo.stdout
-        assert "-> spd.merged.t1" in demo.stdout
+        assert len(lines) == 4 and all(": done, 24 input files done" in line for line in lines), demo.stdout
+        assert "-> spd.merged.t1" in demo.stdout and "-> spd.quality.t1" in demo.stdout
+        assert f"/monitor#token={OPERATOR_TOKEN}" in demo.stdout  # the monitor URL opens as it is printed
 
         queue = await asyncio.to_thread(run_cli, env, "--json", "q", "--all")
         assert queue.returncode == 0, queue.stderr
         summary = json.loads(queue.stdout)
         assert [(t["name"], t["status"], t["files_done"]) for t in summary] == [
-            ("unscramble t1", "done", 24), ("filter t1", "done", 24), ("merge t1", "done", 24)]
+            ("unscramble t1", "done", 24), ("filter t1", "done", 24), ("merge t1", "done", 24),
+            ("quality t1", "done", 24)]
         human = await asyncio.to_thread(run_cli, env, "q", "--all")
         assert human.returncode == 0, human.stderr
         assert "cpu: 0/2 pilot slots busy (0%), 0 jobs ready" in human.stdout, human.stdout  # the USE lines

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from common.db.models import jobs, pilots
+from common.db.models import files, jobs, pilots
 from tests.conftest import OPERATOR_TOKEN, wait_for
 from tests.e2e.stack import wms_stack
 from tests.e2e.test_dispatch import copy_payload
@@ -149,3 +150,55 @@ async def test_monitor_drills_down_on_real_data(settings, db, tmp_path) -> None:
 
         refused = await dump_dom(f"{base}#token=wrong")
         assert "refresh failed: unknown bearer token" in refused and 'data-task-id="' not in refused
+
+
+async def test_quality_histograms_follow_a_growing_run(settings, db, tmp_path) -> None:
+    """The SPD chain's fourth stage: quality histograms of the filter's output while it grows, registered as
+    outputs, and the monitor's data-quality view with the latest ones of the run."""
+    from common.dsm import DsmFile
+    from examples.spd.generate import write_slices
+    from tests.e2e.test_spd_chain import step
+
+    async with wms_stack(settings, db, tmp_path, metrics_interval_s=0.5) as stack:
+        entries = write_slices(tmp_path / "raw", 48, seed=3)
+        await stack.dsm.create_dataset("spd.raw.q1")
+        await stack.dsm.register_files("spd.raw.q1", [DsmFile(**e) for e in entries])
+        await stack.dsm.close_dataset("spd.raw.q1")
+        unscramble = await stack.submit(name="unscramble q1", type="unscramble", input_dataset="spd.raw.q1",
+                                        output_dataset="spd.events.q1", payload=step("unscramble.py"),
+                                        split={"by": "files", "size": 2})
+        hot = await stack.submit(name="filter q1", type="filter", input_dataset="spd.events.q1",
+                                 output_dataset="spd.hot.q1", payload=step("filter.py"),
+                                 split={"by": "files", "size": 2})
+        quality_step = step("quality.py")
+        quality_step["args"] = [quality_step["args"][0], "--run", "q1", "{inputs}"]
+        quality = await stack.submit(name="quality q1", type="quality", input_dataset="spd.hot.q1",
+                                     output_dataset="spd.quality.q1", payload=quality_step,
+                                     split={"by": "files", "size": 4}, metadata={"run": "q1"})
+        stack.start_pilot("rest")
+        stack.start_pilot("rest")
+        for task_id in (unscramble, hot, quality):
+            await wait_for(lambda t=task_id: stack.ended(t), timeout=180)
+            assert (await stack.task(task_id)).status == "done"
+
+        async with db.connect() as conn:
+            outputs = (await conn.execute(sa.select(files.c.url, files.c.events).where(
+                files.c.task_id == quality, files.c.role == "output"))).all()
+            hot_events = (await conn.execute(sa.select(sa.func.sum(files.c.events)).where(
+                files.c.task_id == hot, files.c.role == "output"))).scalar()
+            followed = (await conn.execute(sa.text(
+                "SELECT min(j.started_at) < (SELECT finished_at FROM task_dat WHERE id = :h) "
+                "FROM job_dat j WHERE j.task_id = :q"), {"h": hot, "q": quality})).scalar()
+        assert len(outputs) == 12 and followed  # 48 hot files in chunks of 4, started while the filter ran
+        documents = [json.loads(Path(u.removeprefix("file://")).read_text()) for u, _ in outputs]
+        assert sum(d["events_kept"] for d in documents) == sum(e for _, e in outputs) == hot_events > 0
+        assert all(d["run"] == "q1" and d["files"] == 4 for d in documents)
+        assert sum(d["events_in"] for d in documents) > hot_events  # the filter dropped the boring ones
+
+        base = str(stack.task_manager.base_url).rstrip("/") + "/monitor"
+        dom = await dump_dom(f"{base}#/quality?token={OPERATOR_TOKEN}")
+        assert 'data-run="q1"' in dom, re.sub(r'<script>.*</script>', '', dom, flags=re.S)[-3000:]
+        shown = re.findall(r'<figure data-histogram="([a-z_]+)">', dom)
+        assert shown == ["hot_per_slice", "hit_multiplicity", "energy", "keep_fraction"]
+        assert dom.count("<rect ") >= 4 * 10
+        await screenshot(f"{base}#/quality?token={OPERATOR_TOKEN}", "monitor-quality", tmp_path)

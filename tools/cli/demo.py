@@ -1,7 +1,8 @@
-"""The demo: a synthetic SPD run through the whole WMS (unscramble -> filter -> merge), with live progress.
+"""The demo: a synthetic SPD run through the whole WMS (unscramble -> filter -> merge, and data-quality
+histograms of the filter's output), with live progress.
 
 Raw slices are written to shared storage (WMS_STORAGE_ROOT, the path the pilots see) and registered in the DSM;
-the three tasks are submitted at once: filter and merge follow their growing input datasets.
+the four tasks are submitted at once: filter, merge and quality follow their growing input datasets.
 """
 from __future__ import annotations
 
@@ -43,17 +44,20 @@ async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: 
 
 
 def chain(run: str, slices: int) -> list[dict]:
-    """The three task descriptions: each step reads the previous one's output dataset while it grows."""
-    def step(name: str, transformation: str, inputs: str, outputs: str, files_per_job: int) -> dict:
+    """The four task descriptions: each step reads the previous one's output dataset while it grows; quality
+    monitoring reads the filter's output too, in small chunks, so its histograms follow the run."""
+    def step(name: str, transformation: str, inputs: str, outputs: str, files_per_job: int,
+             **parameters: str) -> dict:
         return {"name": f"{name} {run}", "type": name, "input_dataset": inputs, "output_dataset": outputs,
-                "transformation": {"name": transformation},
+                "transformation": {"name": transformation, "parameters": parameters},
                 "split": {"by": "files", "size": files_per_job}, "max_attempts": 3, "priority": 10,
-                "wfms_request_id": f"{run}-{name}", "metadata": {"demo": run}}
+                "wfms_request_id": f"{run}-{name}", "metadata": {"demo": run, "run": run}}
 
     return [
         step("unscramble", "spd-unscramble", f"spd.raw.{run}", f"spd.events.{run}", 5),
         step("filter", "spd-filter", f"spd.events.{run}", f"spd.hot.{run}", 10),
         step("merge", "spd-merge", f"spd.hot.{run}", f"spd.merged.{run}", max(10, slices // 4)),
+        step("quality", "spd-quality", f"spd.hot.{run}", f"spd.quality.{run}", max(4, slices // 8), run=run),
     ]
 
 
@@ -62,8 +66,10 @@ def run_demo(api: Api, cli: CliSettings, slices: int, data_dir: Path | None, run
     data_dir = data_dir or Path(Settings().storage_root) / "demo-raw" / run
     asyncio.run(register_raw_run(cli, f"spd.raw.{run}", data_dir, slices))
     task_ids = [api.post("/api/v1/tasks", description)["id"] for description in chain(run, slices)]
-    render.console.print(f"submitted tasks {', '.join(map(str, task_ids))} (unscramble -> filter -> merge); "
-                         f"watch them in the monitor: {api.base_url}/monitor#token={api.token}", highlight=False)
+    render.console.print(f"submitted tasks {', '.join(map(str, task_ids))} (unscramble -> filter -> merge, "
+                         f"and quality); "
+                         f"watch them in the monitor: {api.base_url}/monitor#token={api.token}", highlight=False,
+                         soft_wrap=True)  # a URL folded over two lines cannot be clicked or copied
 
     with Live(console=render.console, refresh_per_second=4) as live:
         while True:
