@@ -13,6 +13,7 @@ whether more are due, so transactions stay short and a caller loops.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,11 +42,11 @@ class Purged:
         self.more = other.more
 
 
-def _cut_off(older_than_s: float) -> sa.ColumnElement:
+def _cut_off(older_than_s: float) -> sa.ColumnElement[Any]:
     return sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, older_than_s)
 
 
-def _settled_tasks_before(older_than_s: float, max_tasks: int) -> sa.Select:
+def _settled_tasks_before(older_than_s: float, max_tasks: int) -> sa.Select[Any]:
     ended_at = sa.func.coalesce(tasks.c.finished_at, tasks.c.updated_at)
     return (sa.select(tasks.c.id)
             .where(tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_not(None),

@@ -44,7 +44,7 @@ async def list_datasets(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[Dataset]:
     """Datasets in name order."""
-    return await catalog.list(prefix, after, limit)
+    return await catalog.list_datasets(prefix, after, limit)
 
 
 @router.get("/datasets/{name}", response_model=Dataset, dependencies=[Depends(READ)])

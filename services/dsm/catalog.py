@@ -35,7 +35,7 @@ class Catalog:
             raise UnknownDataset(name)
         return row
 
-    async def list(self, prefix: str, after: str | None, limit: int) -> list[Dataset]:
+    async def list_datasets(self, prefix: str, after: str | None, limit: int) -> list[Dataset]:
         async with self.engine.connect() as conn:
             return [dataset_view(r) for r in await queries.list_datasets(conn, prefix, after, limit)]
 

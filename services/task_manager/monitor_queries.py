@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import distinct_on
@@ -15,8 +16,8 @@ from common.states import PILOT_MACHINE, AttemptOutcome, FileRole, FileState, Jo
 GROUP_JOBS_SHOWN = 20  # job ids listed per failure group
 
 
-def _task_filter(stmt: sa.Select, states: Sequence[str], search: str | None, since: dt.datetime | None,
-                 until: dt.datetime | None) -> sa.Select:
+def _task_filter(stmt: sa.Select[Any], states: Sequence[str], search: str | None, since: dt.datetime | None,
+                 until: dt.datetime | None) -> sa.Select[Any]:
     if states:
         stmt = stmt.where(tasks.c.status.in_(states))
     if search:

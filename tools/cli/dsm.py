@@ -105,7 +105,7 @@ def create(name: Name) -> None:
     """Create an open dataset (creating an existing one changes nothing)."""
     dataset = _run(lambda c: c.create_dataset(name))
     _show(dataset.model_dump(), lambda d: render.console.print(
-        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False))
+        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False, soft_wrap=True))
 
 
 @dsm.command("register")
@@ -130,7 +130,7 @@ def register(
     result = _run(go)
     _show(result, lambda r: render.console.print(
         f"{r['files']} files of {directory} in {name} ({r['registered']} new); dataset "
-        f"{r['dataset']['status']}, {r['dataset']['n_files']} files", markup=False, highlight=False))
+        f"{r['dataset']['status']}, {r['dataset']['n_files']} files", markup=False, highlight=False, soft_wrap=True))
 
 
 @dsm.command("close")
@@ -138,7 +138,7 @@ def close_dataset(name: Name) -> None:
     """Close a dataset: its file list is final (tasks reading it can end)."""
     dataset = _run(lambda c: c.close_dataset(name))
     _show(dataset.model_dump(), lambda d: render.console.print(
-        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False))
+        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False, soft_wrap=True))
 
 
 @dsm.command("ls")

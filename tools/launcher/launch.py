@@ -5,7 +5,9 @@ service's port + 100 i; pilots get every job-executor's URL). ``--slurm`` runs p
 daemons: a single-node Slurm cluster of the launch's own (scripts/slurm-cluster, beside the storage) and the pilot
 factory submitting up to ``--pilots`` pilots to it as the backlog needs; Ctrl-C cancels them and stops the cluster.
 
-Everything is configured by the usual WMS_* environment (PostgreSQL, RabbitMQ, ports, tokens). Each child runs
+Everything is configured by the usual WMS_* environment (PostgreSQL, RabbitMQ, ports, tokens). Where no PostgreSQL
+or RabbitMQ answers at the configured URLs (a laptop, a fresh VM), the launcher starts private ones with their data
+beside the storage, on free ports, and stops them at the end (``--no-private-servers``: fail instead). Each child runs
 in its own session so that Ctrl-C reaches only the launcher, which then stops the pilots first (they finish or
 fail their jobs cleanly), then the services in reverse order. A service that dies stops the whole launch.
 """
@@ -26,7 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 from common.settings import Settings
+from tools.launcher import servers as private
 from tools.launcher.logs import RotatingLog, pump
 
 BIN = Path(sys.executable).parent
@@ -102,13 +107,15 @@ class LaunchFailed(Exception):
 class PilotBrokerUser:
     """The MQ pilots' broker user (wms-broker-setup through rabbitmqctl), removed again when the launch ends."""
 
-    def __init__(self) -> None:
+    def __init__(self, rabbitmqctl: str = "rabbitmqctl") -> None:
         self.namespace: str | None = None
+        self.rabbitmqctl = rabbitmqctl  # the private node's own when the launch started one
 
     def set_up(self, settings: Settings, env: dict[str, str]) -> str:
         address = urlsplit(settings.amqp_url)
         done = subprocess.run([BIN / "wms-broker-setup", "--apply", "--namespace", settings.broker_namespace,
-                               "--amqp-host", f"{address.hostname}:{address.port or 5672}"],
+                               "--amqp-host", f"{address.hostname}:{address.port or 5672}",
+                               "--rabbitmqctl", self.rabbitmqctl],
                               env=env, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"wms-launch: WARNING: no broker user of their own for the MQ pilots ({done.stderr.strip()}); "
@@ -121,8 +128,8 @@ class PilotBrokerUser:
 
     def remove(self, env: dict[str, str]) -> None:
         if self.namespace is not None:
-            subprocess.run([BIN / "wms-broker-setup", "--remove", "--namespace", self.namespace], env=env,
-                           capture_output=True, text=True)
+            subprocess.run([BIN / "wms-broker-setup", "--remove", "--namespace", self.namespace,
+                            "--rabbitmqctl", self.rabbitmqctl], env=env, capture_output=True, text=True)
 
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -228,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="pilots as Slurm batch jobs: a single-node Slurm cluster of the launch's own and the "
                              "pilot factory submitting up to --pilots of them as the backlog needs")
     parser.add_argument("--no-dsm", action="store_true", help="the site runs its own DSM at WMS_DSM_URL")
+    parser.add_argument("--no-private-servers", action="store_true",
+                        help="never start a private PostgreSQL or RabbitMQ (fail when none answers)")
     parser.add_argument("--logs", type=Path, default=None, help="log directory (default <storage>/../logs)")
     parser.add_argument("--log-max-mb", type=at_least(1), default=50,
                         help="a log is rotated (<name>.log.1 ...) once it reaches this size (default 50)")
@@ -235,10 +244,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def start_missing_servers(settings: Settings, base: Path) -> list[private.PrivateServer]:
+    """Private PostgreSQL and RabbitMQ where none answers at the configured URLs; their URLs go into os.environ
+    (the services, the migration and the pilots read them from there)."""
+    started: list[private.PrivateServer] = []
+    database = make_url(settings.database_url)
+    host, port = database.host or "127.0.0.1", database.port or 5432
+    if not private.answers(host, port):
+        print(f"wms-launch: no PostgreSQL answers at {host}:{port}; starting a private one (data in "
+              f"{base / 'postgres'})", flush=True)
+        server, url = private.private_postgres(SCRIPTS, base, settings.database_url)
+        started.append(server)
+        os.environ["WMS_DATABASE_URL"] = url
+        print(f"wms-launch: private PostgreSQL on 127.0.0.1:{server.port} (WMS_DATABASE_URL={url})", flush=True)
+    brokers = [urlsplit(u.strip()) for u in settings.amqp_url.split(",") if u.strip()]
+    if not any(private.answers(b.hostname or "127.0.0.1", b.port or 5672) for b in brokers):
+        where = ", ".join(f"{b.hostname}:{b.port or 5672}" for b in brokers)
+        print(f"wms-launch: no RabbitMQ answers at {where}; starting a private node (data in {base / 'rabbitmq'})",
+              flush=True)
+        try:
+            server, url = private.private_rabbitmq(SCRIPTS, base)
+        except private.ServerFailed:
+            for s in started:
+                s.stop()
+            raise
+        started.append(server)
+        os.environ["WMS_AMQP_URL"] = url
+        print(f"wms-launch: private RabbitMQ on 127.0.0.1:{server.port} (WMS_AMQP_URL={url})", flush=True)
+    return started
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings()
     base = Path(settings.storage_root).parent
+    servers: list[private.PrivateServer] = []
+    if not args.no_private_servers:
+        base.mkdir(parents=True, exist_ok=True)
+        try:
+            servers = start_missing_servers(settings, base)
+        except private.ServerFailed as exc:
+            print(f"wms-launch: {exc}", file=sys.stderr)
+            return 1
+        settings = Settings()
+    try:
+        return launch_everything(args, settings, base, servers)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+            print(f"wms-launch: private {server.name} stopped (its data stays in {server.directory})",
+                  file=sys.stderr, flush=True)
+
+
+def launch_everything(args: argparse.Namespace, settings: Settings, base: Path,
+                      servers: list[private.PrivateServer]) -> int:
     logs = args.logs or base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     host = "127.0.0.1" if settings.listen_host in ("0.0.0.0", "::") else settings.listen_host
@@ -262,7 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_dsm:
         env.setdefault("WMS_DSM_URL", url["dsm"])
     launch = Launch(env=env, logs=logs, log_max_bytes=args.log_max_mb << 20, log_backups=args.log_backups)
-    pilot_broker = PilotBrokerUser()
+    private_broker = next((s for s in servers if s.name == "RabbitMQ"), None)
+    pilot_broker = PilotBrokerUser(
+        f"{SCRIPTS / 'private-rabbitmq'} ctl {private_broker.directory} {private_broker.port}" if private_broker
+        else "rabbitmqctl")
     slurm = SlurmCluster(base / "slurm") if args.slurm else None
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -311,12 +373,15 @@ def main(argv: list[str] | None = None) -> int:
             token_hint = "dev-operator-token" if settings.uses_dev_tokens else "<operator token>"
             pilots_line = (f"the pilot factory (up to {args.pilots} Slurm pilots, SLURM_CONF={slurm.conf})"
                            if slurm is not None else f"{len(kinds)} pilot daemons")
-            print(f"wms-launch: ready: {', '.join(services)} and {pilots_line} ({args.channel})\n"
-                  f"  task-manager API  {url['task-manager']}/api/v1   (OpenAPI: {url['task-manager']}/docs)\n"
-                  f"  web monitor       {url['task-manager']}/monitor#token={token_hint}\n"
-                  f"  pilot API         {url['job-executor']}/pilot/v1\n"
-                  f"  logs              {logs}\n"
-                  f"  try: wms demo     Ctrl-C stops everything", flush=True)
+            lines = [f"wms-launch: ready: {', '.join(services)} and {pilots_line} ({args.channel})",
+                     f"  task-manager API  {url['task-manager']}/api/v1   (OpenAPI: {url['task-manager']}/docs)",
+                     f"  web monitor       {url['task-manager']}/monitor#token={token_hint}",
+                     f"  pilot API         {url['job-executor']}/pilot/v1"]
+            if "dsm" in url:
+                lines.append(f"  DSM               {url['dsm']}/dsm/v1")
+            lines += [f"  {'private ' + s.name:<17} 127.0.0.1:{s.port} (data in {s.directory})" for s in servers]
+            lines += [f"  logs              {logs}", "  try: wms demo     Ctrl-C stops everything"]
+            print("\n".join(lines), flush=True)
         while not launch.stopping:
             for child in launch.children:
                 if child.process.poll() is not None and child.essential:

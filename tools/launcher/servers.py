@@ -1,0 +1,105 @@
+"""PostgreSQL and RabbitMQ of the launch's own, for a machine where none answers at the configured URLs (a laptop,
+a fresh VM): an initdb cluster and a RabbitMQ node with their data beside the storage (<base>/postgres,
+<base>/rabbitmq), on free loopback ports (the same ones again next time, so the data is found again), stopped with
+the rest. The scripts/private-postgres and scripts/private-rabbitmq scripts do the work."""
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+CONNECT_TIMEOUT_S = 2.0
+START_TIMEOUT_S = 180
+# The RabbitMQ node's distribution port is its AMQP port + 20000: both must be free and below 65536.
+RABBITMQ_PORTS = (20000, 45000)
+POSTGRES_PORTS = (15000, 45000)
+
+
+class ServerFailed(Exception):
+    pass
+
+
+def answers(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections there."""
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_port(remembered: Path, span: tuple[int, int], also_free: int | None = None) -> int:
+    """The port this server had last time if it is free, else a free one in ``span`` (with ``port + also_free``
+    free too when given); remembered for next time."""
+    def usable(port: int) -> bool:
+        return _free(port) and (also_free is None or _free(port + also_free))
+
+    if remembered.exists():
+        port = int(remembered.read_text().strip() or 0)
+        if span[0] <= port < span[1] and usable(port):
+            return port
+    for _ in range(200):
+        port = random.randrange(*span)
+        if usable(port):
+            remembered.parent.mkdir(parents=True, exist_ok=True)
+            remembered.write_text(str(port))
+            return port
+    raise ServerFailed(f"no free port in {span[0]}-{span[1]}")
+
+
+@dataclass
+class PrivateServer:
+    """One server started by a script of scripts/ (start prints its URL; ``stop_command`` ends it)."""
+
+    name: str
+    script: Path
+    directory: Path
+    port: int
+    stop_command: str
+    running: bool = False
+
+    def start(self) -> str:
+        done = subprocess.run([self.script, "start", str(self.directory), str(self.port)], capture_output=True,
+                              text=True, timeout=START_TIMEOUT_S)
+        if done.returncode != 0:
+            self.stop()
+            raise ServerFailed(f"the private {self.name} did not start: {done.stderr.strip()[-1500:]}")
+        self.running = True
+        return done.stdout.strip().splitlines()[-1]
+
+    def stop(self) -> None:
+        subprocess.run([self.script, self.stop_command, str(self.directory), str(self.port)], capture_output=True,
+                       text=True, timeout=START_TIMEOUT_S)
+        self.running = False
+
+
+def private_postgres(scripts: Path, base: Path, database_url: str) -> tuple[PrivateServer, str]:
+    """A cluster in <base>/postgres and the configured database URL pointed at it (same database name; trust
+    authentication as postgres on 127.0.0.1)."""
+    directory = base / "postgres"
+    port = choose_port(directory.with_name("postgres.port"), POSTGRES_PORTS)
+    server = PrivateServer("PostgreSQL", scripts / "private-postgres", directory, port, "stop")
+    server.start()
+    url = make_url(database_url).set(host="127.0.0.1", port=port, username="postgres", password=None)
+    return server, url.render_as_string(hide_password=False)
+
+
+def private_rabbitmq(scripts: Path, base: Path) -> tuple[PrivateServer, str]:
+    """A node with its data in <base>/rabbitmq (kept between launches) and its AMQP URL."""
+    directory = base / "rabbitmq"
+    port = choose_port(directory.with_name("rabbitmq.port"), RABBITMQ_PORTS, also_free=20000)
+    server = PrivateServer("RabbitMQ", scripts / "private-rabbitmq", directory, port, "halt")
+    return server, server.start()
