@@ -99,7 +99,7 @@ async def test_demo_chain_through_the_containers(postgres_server_url, amqp_url, 
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
         logs = subprocess.run([*stack, "logs", "--tail", "40"], env=env, cwd=ROOT, capture_output=True, text=True)
         assert demo.returncode == 0, demo.stdout + demo.stderr + logs.stdout[-5000:]
-        assert demo.stdout.count(": done, 8 input files done") == 3, demo.stdout
+        assert demo.stdout.count(": done, 8 input files done") == 4, demo.stdout  # with the quality stage
 
         engine = create_async_engine(database_url)
         async with engine.connect() as conn:

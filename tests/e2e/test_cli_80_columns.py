@@ -123,3 +123,15 @@ async def test_tables_fit_80_columns_and_dsm_commands(settings, db, tmp_path) ->
         fits(explained.stdout)
         assert "failed after 1 of 1 attempts" in explained.stdout and "boom-marker" in explained.stdout
         assert "not readable" not in explained.stdout
+
+        # retention: the operator's command, the DSM untouched
+        bad_age = await wms(url, dsm_url, "purge", "--older-than", "ten days")
+        assert bad_age.returncode == 2 and "a number with a unit" in flat(bad_age.stderr)
+        counted = await wms(url, dsm_url, "purge", "--older-than", "0s", "--dry-run")
+        assert counted.returncode == 0 and "would remove 2 tasks" in flat(counted.stdout), counted.stdout
+        assert str(good) in (await wms(url, dsm_url, "q", "--all")).stdout
+        purged = await wms(url, dsm_url, "purge", "--older-than", "0s")
+        assert purged.returncode == 0 and "removed 2 tasks (5 jobs" in flat(purged.stdout), purged.stdout
+        assert "0 tasks;" in (await wms(url, dsm_url, "q", "--all")).stdout
+        assert "spd.raw.run7" in (await wms(url, dsm_url, "dsm", "ls")).stdout
+        assert "spd.out.run7" in (await wms(url, dsm_url, "dsm", "ls", "--prefix", "spd.out")).stdout

@@ -1,5 +1,5 @@
 """The one-machine launcher as an operator runs it: migrations, services and pilot daemons as processes; the
-demo (unscramble -> filter -> merge) through the CLI; a real Prometheus (Debian's) scraping every service and
+demo (unscramble -> filter -> merge, quality) through the CLI; a real Prometheus (Debian's) scraping every service and
 evaluating every expression of the provisioned Grafana dashboard; Ctrl-C stops everything."""
 from __future__ import annotations
 

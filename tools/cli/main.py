@@ -338,7 +338,8 @@ def demo(
     data_dir: Annotated[Path | None, typer.Option(help="where the raw slices are written (shared storage)")] = None,
     run: Annotated[str | None, typer.Option(help="run name (default: demo-<time>)")] = None,
 ) -> None:
-    """Generate a synthetic SPD run and process it: unscramble -> filter -> merge, with live progress."""
+    """Generate a synthetic SPD run and process it: unscramble -> filter -> merge, and quality histograms of the
+    filter's output, with live progress."""
     from tools.cli.demo import run_demo
 
     raise typer.Exit(run_demo(state.api, CliSettings(), slices, data_dir, run))
