@@ -60,6 +60,7 @@ CREDENTIAL_REFUSED = (401, 403)  # no use trying again with this credential
 RETRY_FIRST_S = 0.5
 EXIT_CALL_TIMEOUT_S = 5.0
 DETAIL_LOG_MAX = 300
+UNANSWERED = 0  # the outcome of a report whose exchange never answered (the pilot gave up or was refused)
 T = TypeVar("T")
 
 
@@ -85,6 +86,9 @@ class PendingReport:
     report: ExchangeReport
     staged: Sequence[StagedFile] = ()
     answered: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    # sent in an exchange that got no answer (a timeout, a lost connection or reply): the job-executor may have
+    # applied it and registered what it staged, so those files are never removed without an explicit refusal
+    maybe_applied: bool = False
 
 
 class Pilot:
@@ -218,12 +222,20 @@ class Pilot:
             running=[JobBeat(job_id=j.spec.job_id, attempt=j.spec.attempt) for j in self.jobs.values()],
             want=want, request_id=uuid.uuid4(), wait_s=wait_s)  # the same request (id) for every retry
         busy = bool(self.jobs or self.pending)
+        carried = list(self.pending.values())
+
+        async def call() -> ExchangeReply:
+            try:
+                return await self.channel.exchange(request)
+            except ChannelUnavailable:
+                for pending in carried:
+                    pending.maybe_applied = True
+                raise
+
         try:
             if wait_s and not busy:
-                return await self._stoppable(self._retrying("exchange", lambda: self.channel.exchange(request),
-                                                            interruptible=True))
-            return await self._retrying("exchange", lambda: self.channel.exchange(request),
-                                        interruptible=not busy,
+                return await self._stoppable(self._retrying("exchange", call, interruptible=True))
+            return await self._retrying("exchange", call, interruptible=not busy,
                                         give_up_s=self.settings.report_give_up_s if self.pending else None)
         except ChannelUnavailable:
             # given up (stopping, or a very long outage): the job-executor will find the jobs lost and retry them
@@ -284,7 +296,7 @@ class Pilot:
             job.abort.set()
         for pending in self.pending.values():
             if not pending.answered.done():
-                pending.answered.set_result(0)
+                pending.answered.set_result(UNANSWERED)
         tasks = [j.task for j in self.jobs.values() if j.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=30)
@@ -375,8 +387,11 @@ class Pilot:
         self.pending[(job.job_id, job.attempt)] = pending
         self.wake.set()
         status = await pending.answered
-        if status != 200 and staged:
+        if staged and (status >= 400 or (status == UNANSWERED and not pending.maybe_applied)):
             await asyncio.to_thread(remove_staged, list(staged))
+        elif staged and status == UNANSWERED:
+            log.warning("report unanswered and possibly accepted: its staged outputs are kept",
+                        extra={"job_id": job.job_id, "attempt": job.attempt, "files": len(staged)})
         return status == 200
 
 
