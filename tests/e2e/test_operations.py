@@ -41,7 +41,7 @@ async def dump_dom(url: str) -> str:
     return out.decode()
 
 
-async def test_operator_views_and_monitor(settings, db, tmp_path) -> None:
+async def test_operator_views_and_metrics(settings, db, tmp_path) -> None:
     async with wms_stack(settings, db, tmp_path, metrics_interval_s=0.2) as stack:
         await stack.make_dataset("raw.ok", 6)
         await stack.make_dataset("raw.bad", 1)

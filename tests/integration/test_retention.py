@@ -101,3 +101,21 @@ async def test_purge_goes_in_batches(task_manager, db, monkeypatch) -> None:
     assert purged["tasks"] == 5 and purged["jobs"] == 15
     async with db.connect() as conn:
         assert (await conn.execute(sa.select(sa.func.count()).select_from(tasks))).scalar() == 0
+
+
+async def test_the_housekeeping_sweep_purges_old_settled_tasks_when_asked_to(settings, db, tmp_path) -> None:
+    from services.job_executor.app import create_app
+    from tests.conftest import running_app
+
+    async with db.begin() as conn:
+        old = await _work(conn, "done", 10)
+        recent = await _work(conn, "done", 0)
+        running = await _work(conn, "running", None)
+    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60,
+                                        "task_retention_s": 86400})
+    async with running_app(create_app(tuned)) as client:
+        purged = await client.app.state.oversight.purge_old_rows()  # type: ignore[attr-defined]
+    assert (purged["tasks"], purged["jobs"], purged["files"]) == (1, 3, 6)
+    async with db.connect() as conn:
+        assert set((await conn.execute(sa.select(tasks.c.id))).scalars()) == {recent, running}
+    assert old not in {recent, running}

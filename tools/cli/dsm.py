@@ -21,7 +21,7 @@ import typer
 from pydantic import ValidationError
 
 from common.checksums import adler32_of
-from common.dsm import DsmClient, DsmError, DsmFile
+from common.dsm import Dataset, DsmClient, DsmError, DsmFile
 from tools.cli import render
 from tools.cli.client import EXIT_UNREACHABLE, CliError, CliSettings
 
@@ -70,6 +70,11 @@ def _show(value: Any, human: Callable[[Any], None]) -> None:
         human(value)
 
 
+def _show_dataset(dataset: Dataset) -> None:
+    _show(dataset.model_dump(), lambda d: render.console.print(
+        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False, soft_wrap=True))
+
+
 def catalogue_entries(directory: Path, prefix: str, pattern: str, count_lines: bool) -> list[DsmFile]:
     """The entries of the regular files under ``directory`` matching ``pattern`` (the manifest excluded)."""
     if not directory.is_dir():
@@ -103,9 +108,7 @@ def catalogue_entries(directory: Path, prefix: str, pattern: str, count_lines: b
 @dsm.command("create")
 def create(name: Name) -> None:
     """Create an open dataset (creating an existing one changes nothing)."""
-    dataset = _run(lambda c: c.create_dataset(name))
-    _show(dataset.model_dump(), lambda d: render.console.print(
-        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False, soft_wrap=True))
+    _show_dataset(_run(lambda c: c.create_dataset(name)))
 
 
 @dsm.command("register")
@@ -136,9 +139,7 @@ def register(
 @dsm.command("close")
 def close_dataset(name: Name) -> None:
     """Close a dataset: its file list is final (tasks reading it can end)."""
-    dataset = _run(lambda c: c.close_dataset(name))
-    _show(dataset.model_dump(), lambda d: render.console.print(
-        f"dataset {d['name']}: {d['status']}, {d['n_files']} files", markup=False, highlight=False, soft_wrap=True))
+    _show_dataset(_run(lambda c: c.close_dataset(name)))
 
 
 @dsm.command("ls")
