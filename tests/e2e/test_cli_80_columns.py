@@ -124,6 +124,15 @@ async def test_tables_fit_80_columns_and_dsm_commands(settings, db, tmp_path) ->
         assert "failed after 1 of 1 attempts" in explained.stdout and "boom-marker" in explained.stdout
         assert "not readable" not in explained.stdout
 
+        issued = await wms(url, dsm_url, "credentials", "issue", "rack-42.online-farm.second-row.cpu-only-nodes",
+                           "--type", "cpu", "--max-cores", "64", "--hosts", "spd-farm-rack42-*.jinr.example")
+        assert issued.returncode == 0, issued.stderr
+        for listing in (("credentials", "list"), ("dlq", "list")):
+            shown = await wms(url, dsm_url, *listing)
+            assert shown.returncode == 0, shown.stderr
+            fits(shown.stdout)
+        assert "rack-42" in (await wms(url, dsm_url, "credentials", "list")).stdout
+
         # retention: the operator's command, the DSM untouched
         bad_age = await wms(url, dsm_url, "purge", "--older-than", "ten days")
         assert bad_age.returncode == 2 and "a number with a unit" in flat(bad_age.stderr)
