@@ -266,7 +266,7 @@ def _credential_rows(items: list[dict]) -> None:
     render.table("Pilot credentials", ["id", "name", "type", "max cores", "max gpus", "hosts", "created", "revoked"],
                  [[c["id"], c["name"], c["resource_type"], c["max_cores"], c["max_gpus"], c["host_pattern"],
                    _time(c["created_at"]), _time(c["revoked_at"])] for c in items],
-                 drop_order=["created", "max gpus", "hosts"], wrap=("name",))
+                 drop_order=["revoked", "created", "max gpus", "hosts"], wrap=("name", "hosts"))
 
 
 @credentials.command("issue")
