@@ -34,7 +34,7 @@ async def overview(conn: Conn, request: Request, minutes: Minutes = 60) -> Overv
     """The monitor's front: jobs finished per minute and the ready backlog and pilot slots per resource type over
     the last ``minutes``, every pilot counted by type, channel and state, and the USE summary."""
     return Overview(history=await monitor_views.history(conn, minutes),
-                    pilots=(await monitor_views.pilots_view(conn, None, 1)).counts,
+                    pilots=await monitor_views.pilot_counts(conn),
                     use=await operations.use_summary(conn, request.app.state.broker))
 
 

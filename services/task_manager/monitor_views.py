@@ -170,16 +170,20 @@ async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskP
     )
 
 
-async def pilots_view(conn: Transaction, after: int | None, limit: int) -> PilotsView:
+async def pilot_counts(conn: Transaction) -> list[PilotCount]:
+    """Every pilot in the database, counted by resource type, channel and state group."""
     by_kind: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: {"alive": 0, "dead": 0, "exited": 0})
     for r in await monitor_queries.pilot_counts(conn):
         group = "alive" if r.status in PILOT_MACHINE.active else "dead" if r.status == "dead" else "exited"
         by_kind[(r.resource_type, r.channel)][group] += int(r.n)
+    return [PilotCount(resource_type=rt, channel=ch, **n) for (rt, ch), n in sorted(by_kind.items())]
+
+
+async def pilots_view(conn: Transaction, after: int | None, limit: int) -> PilotsView:
     live = await monitor_queries.live_pilot_page(conn, after, limit)
-    return PilotsView(
-        counts=[PilotCount(resource_type=rt, channel=ch, **n) for (rt, ch), n in sorted(by_kind.items())],
-        live=[LivePilot.model_validate(p, from_attributes=True) for p in live],
-        next_after=live[-1].id if len(live) == limit else None)
+    return PilotsView(counts=await pilot_counts(conn),
+                      live=[LivePilot.model_validate(p, from_attributes=True) for p in live],
+                      next_after=live[-1].id if len(live) == limit else None)
 
 
 async def history(conn: Transaction, minutes: int) -> History:

@@ -244,10 +244,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_missing_servers(settings: Settings, base: Path) -> list[private.PrivateServer]:
-    """Private PostgreSQL and RabbitMQ where none answers at the configured URLs; their URLs go into os.environ
-    (the services, the migration and the pilots read them from there)."""
-    started: list[private.PrivateServer] = []
+def start_missing_servers(settings: Settings, base: Path, started: list[private.PrivateServer]) -> None:
+    """Private PostgreSQL and RabbitMQ where none answers at the configured URLs, added to ``started`` as each
+    comes up; their URLs go into os.environ (the services, the migration and the pilots read them there)."""
     database = make_url(settings.database_url)
     host, port = database.host or "127.0.0.1", database.port or 5432
     if not private.answers(host, port):
@@ -262,16 +261,10 @@ def start_missing_servers(settings: Settings, base: Path) -> list[private.Privat
         where = ", ".join(f"{b.hostname}:{b.port or 5672}" for b in brokers)
         print(f"wms-launch: no RabbitMQ answers at {where}; starting a private node (data in {base / 'rabbitmq'})",
               flush=True)
-        try:
-            server, url = private.private_rabbitmq(SCRIPTS, base)
-        except private.ServerFailed:
-            for s in started:
-                s.stop()
-            raise
+        server, url = private.private_rabbitmq(SCRIPTS, base)
         started.append(server)
         os.environ["WMS_AMQP_URL"] = url
         print(f"wms-launch: private RabbitMQ on 127.0.0.1:{server.port} (WMS_AMQP_URL={url})", flush=True)
-    return started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,9 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_private_servers:
         base.mkdir(parents=True, exist_ok=True)
         try:
-            servers = start_missing_servers(settings, base)
-        except private.ServerFailed as exc:
-            print(f"wms-launch: {exc}", file=sys.stderr)
+            start_missing_servers(settings, base, servers)
+        except (private.ServerFailed, KeyboardInterrupt) as exc:
+            print(f"wms-launch: {exc or 'interrupted'}; stopping the private servers started", file=sys.stderr)
+            for server in reversed(servers):
+                server.stop()
             return 1
         settings = Settings()
     try:

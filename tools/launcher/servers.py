@@ -72,8 +72,15 @@ class PrivateServer:
     running: bool = False
 
     def start(self) -> str:
-        done = subprocess.run([self.script, "start", str(self.directory), str(self.port)], capture_output=True,
-                              text=True, timeout=START_TIMEOUT_S)
+        try:
+            done = subprocess.run([self.script, "start", str(self.directory), str(self.port)], capture_output=True,
+                                  text=True, timeout=START_TIMEOUT_S)
+        except KeyboardInterrupt:
+            self.stop()  # whatever came up of it goes again
+            raise
+        except subprocess.TimeoutExpired as exc:
+            self.stop()
+            raise ServerFailed(f"the private {self.name} did not start within {START_TIMEOUT_S} s") from exc
         if done.returncode != 0:
             self.stop()
             raise ServerFailed(f"the private {self.name} did not start: {done.stderr.strip()[-1500:]}")
