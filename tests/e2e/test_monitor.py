@@ -195,8 +195,19 @@ async def test_quality_histograms_follow_a_growing_run(settings, db, tmp_path) -
         assert all(d["run"] == "q1" and d["files"] == 4 for d in documents)
         assert sum(d["events_in"] for d in documents) > hot_events  # the filter dropped the boring ones
 
+        # a payload writes these files: what it says is shown as text, never as markup
+        async with db.connect() as conn:
+            newest = (await conn.execute(sa.select(files.c.url)
+                                         .where(files.c.task_id == quality, files.c.role == "output")
+                                         .order_by(files.c.id.desc()).limit(1))).scalar_one()
+        newest_path = Path(newest.removeprefix("file://"))
+        document = json.loads(newest_path.read_text())
+        document["histograms"][0]["x_label"] = '<tspan id="injected">x</tspan>'
+        newest_path.write_text(json.dumps(document))
+
         base = str(stack.task_manager.base_url).rstrip("/") + "/monitor"
         dom = await dump_dom(f"{base}#/quality?token={OPERATOR_TOKEN}")
+        assert '<tspan id="injected">' not in dom and '&lt;tspan id="injected"&gt;x' in dom
         assert 'data-run="q1"' in dom, re.sub(r'<script>.*</script>', '', dom, flags=re.S)[-3000:]
         shown = re.findall(r'<figure data-histogram="([a-z_]+)">', dom)
         assert shown == ["hot_per_slice", "hit_multiplicity", "energy", "keep_fraction"]
