@@ -10,9 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import jobs, pilots
-from common.states import PILOT_MACHINE, JobState
-
-IN_FLIGHT = (JobState.DISPATCHED, JobState.RUNNING)
+from common.states import JOBS_IN_FLIGHT, PILOT_MACHINE, JobState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +22,7 @@ class Use:
 
 
 async def use_by_resource_type(conn: AsyncConnection) -> dict[str, Use]:
-    in_flight = (sa.select(jobs.c.pilot_id, sa.func.count().label("n")).where(jobs.c.status.in_(IN_FLIGHT))
+    in_flight = (sa.select(jobs.c.pilot_id, sa.func.count().label("n")).where(jobs.c.status.in_(JOBS_IN_FLIGHT))
                  .group_by(jobs.c.pilot_id).subquery())
     slot_rows = await conn.execute(
         sa.select(pilots.c.resource_type, sa.func.sum(pilots.c.slots), sa.func.coalesce(sa.func.sum(in_flight.c.n), 0))

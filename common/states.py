@@ -29,6 +29,10 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+# Jobs a pilot holds: what heartbeats keep alive, what counts against a pilot's slots, what a dead pilot loses.
+JOBS_IN_FLIGHT = (JobState.DISPATCHED, JobState.RUNNING)
+
+
 class AttemptOutcome(enum.StrEnum):
     RUNNING = "running"
     FINISHED = "finished"

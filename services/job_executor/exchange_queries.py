@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
-from common.states import JOB_MACHINE, AttemptOutcome, FileRole, FileState, JobState, PilotState
+from common.states import JOB_MACHINE, JOBS_IN_FLIGHT, AttemptOutcome, FileRole, FileState, JobState, PilotState
 
 
 def _sql_list(values: Iterable[str]) -> str:
@@ -35,7 +35,7 @@ def _sql_list(values: Iterable[str]) -> str:
     return ", ".join(f"'{n}'" for n in names)
 
 
-IN_FLIGHT = _sql_list([JobState.DISPATCHED, JobState.RUNNING])
+IN_FLIGHT = _sql_list(JOBS_IN_FLIGHT)
 LIVE = _sql_list([PilotState.IDLE, PilotState.BUSY])
 READY, DISPATCHED, RUNNING, FINISHED = (_sql_list([s]) for s in (JobState.READY, JobState.DISPATCHED,
                                                                    JobState.RUNNING, JobState.FINISHED))

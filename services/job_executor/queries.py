@@ -13,6 +13,7 @@ from common.db.transitions import guarded_transition, guarded_update
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
     JOB_MACHINE,
+    JOBS_IN_FLIGHT,
     PILOT_MACHINE,
     TASK_MACHINE,
     AttemptOutcome,
@@ -23,7 +24,6 @@ from common.states import (
     TaskState,
 )
 
-IN_FLIGHT = (JobState.DISPATCHED, JobState.RUNNING)
 LIVE = (PilotState.IDLE, PilotState.BUSY)
 
 
@@ -63,7 +63,7 @@ async def end_pilot(conn: AsyncConnection, pilot_id: int) -> None:
 
 
 async def jobs_held_by(conn: AsyncConnection, pilot_id: int) -> int:
-    stmt = sa.select(sa.func.count()).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT))
+    stmt = sa.select(sa.func.count()).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(JOBS_IN_FLIGHT))
     return int((await conn.execute(stmt)).scalar_one())
 
 
@@ -179,8 +179,8 @@ RETRY_FACTS = (jobs.c.id, jobs.c.attempt, jobs.c.lost_attempts, jobs.c.task_id,
 
 async def attempt_in_flight(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> list[Record]:
     """The job, if this pilot holds this attempt of it in flight (with what the retry policy needs), locked."""
-    stmt = sa.select(*RETRY_FACTS).where(jobs.c.id == job_id, jobs.c.attempt == attempt,
-                                         jobs.c.pilot_id == pilot_id, jobs.c.status.in_(IN_FLIGHT)).with_for_update()
+    stmt = sa.select(*RETRY_FACTS).where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.pilot_id == pilot_id,
+                                         jobs.c.status.in_(JOBS_IN_FLIGHT)).with_for_update()
     return list((await conn.execute(stmt)).all())
 
 
@@ -189,7 +189,7 @@ async def lost_in_flight(conn: AsyncConnection, timeout_s: float) -> list[Record
     ended), or whose own heartbeat stopped (with what the retry policy needs)."""
     stale = jobs.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s)
     pilot_dead = sa.exists().where(pilots.c.id == jobs.c.pilot_id, pilots.c.status == PilotState.DEAD)
-    stmt = sa.select(*RETRY_FACTS).where(jobs.c.status.in_(IN_FLIGHT), sa.or_(pilot_dead, stale)).with_for_update(
+    stmt = sa.select(*RETRY_FACTS).where(jobs.c.status.in_(JOBS_IN_FLIGHT), sa.or_(pilot_dead, stale)).with_for_update(
         of=jobs)
     return list((await conn.execute(stmt)).all())
 
@@ -200,14 +200,14 @@ async def overrun_in_flight(conn: AsyncConnection, default_wall_time_s: int, gra
     wall_time = sa.func.coalesce(sa.cast(tasks.c.payload["wall_time_s"].astext, sa.Float), default_wall_time_s)
     limit = sa.select(wall_time).where(tasks.c.id == jobs.c.task_id).scalar_subquery()
     stmt = sa.select(*RETRY_FACTS).where(
-        jobs.c.status.in_(IN_FLIGHT),
+        jobs.c.status.in_(JOBS_IN_FLIGHT),
         jobs.c.started_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, limit + grace_s),
     ).with_for_update()
     return list((await conn.execute(stmt)).all())
 
 
 def _moved_from(target: JobState) -> str:
-    return ", ".join(f"'{s}'" for s in sorted(JOB_MACHINE.sources_of(target) & set(IN_FLIGHT)))
+    return ", ".join(f"'{s}'" for s in sorted(JOB_MACHINE.sources_of(target) & set(JOBS_IN_FLIGHT)))
 
 
 REQUEUE = sa.text(f"""
@@ -283,7 +283,7 @@ async def set_input_files(conn: AsyncConnection, job_ids: list[int], state: File
 async def beat_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> bool:
     stmt = (
         sa.update(jobs)
-        .where(*_fenced(job_id, attempt, pilot_id), jobs.c.status.in_(IN_FLIGHT))
+        .where(*_fenced(job_id, attempt, pilot_id), jobs.c.status.in_(JOBS_IN_FLIGHT))
         .values(heartbeat_at=sa.func.now())
         .returning(jobs.c.id)
     )
@@ -487,7 +487,7 @@ async def jobs_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_
     """The attempts a claim or exchange ``request_id`` produced that the pilot still holds (its retry gets them
     back instead of more jobs)."""
     stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id).where(
-        jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(IN_FLIGHT))
+        jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(JOBS_IN_FLIGHT))
     return list((await conn.execute(stmt)).all())
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, files, job_attempts, jobs, load_samples, pilots, tasks
-from common.states import PILOT_MACHINE, AttemptOutcome, FileRole, FileState, JobState
+from common.states import JOBS_IN_FLIGHT, PILOT_MACHINE, AttemptOutcome, FileRole, FileState, JobState
 
 GROUP_JOBS_SHOWN = 20  # job ids listed per failure group
 
@@ -131,7 +131,7 @@ async def pilot_counts(conn: AsyncConnection) -> list[Record]:
 async def live_pilot_page(conn: AsyncConnection, after: int | None, limit: int) -> list[Record]:
     """Live pilots, oldest registration first, with their jobs in flight."""
     in_flight = (sa.select(jobs.c.pilot_id, sa.func.count().label("jobs"))
-                 .where(jobs.c.status.in_([JobState.DISPATCHED, JobState.RUNNING]))
+                 .where(jobs.c.status.in_(JOBS_IN_FLIGHT))
                  .group_by(jobs.c.pilot_id).subquery())
     stmt = (sa.select(pilots, sa.func.coalesce(in_flight.c.jobs, 0).label("jobs_in_flight"))
             .select_from(pilots.outerjoin(in_flight, in_flight.c.pilot_id == pilots.c.id))
