@@ -143,10 +143,13 @@ class Exchanges:
             await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat
         for task_id in ended_tasks:
             self.dispatcher.on_job_ended(task_id)
-        # a waiting pilot is not heard meanwhile: never longer than its heartbeat interval
-        wait_s = min(request.wait_s, self.settings.heartbeat_interval_s)
-        if not specs and request.want and wait_s > 0 and await self.watcher.wait(
-                wait_s, resource_types_served(pilot.resource_type), request.want):
+        # a waiting pilot is not heard meanwhile: never longer than its heartbeat interval. A wake-up that finds
+        # nothing (another pilot was faster, a listener that just reconnected wakes everybody) waits on.
+        clock = asyncio.get_running_loop()
+        deadline = clock.time() + min(request.wait_s, self.settings.heartbeat_interval_s)
+        while not specs and request.want and (left := deadline - clock.time()) > 0:
+            if not await self.watcher.wait(left, resource_types_served(pilot.resource_type), request.want):
+                break
             async with self.engine.begin() as conn:
                 pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
                 specs = await self._claim(conn, pilot, request.want, request.request_id)

@@ -118,3 +118,27 @@ async def test_an_announcement_of_ready_jobs_wakes_a_waiting_claim_without_its_p
         await ready_jobs.announce(conn, ready_jobs.Ready("cpu", 1))
     reply = await asyncio.wait_for(waiting, 5)
     assert [j["job_id"] for j in reply["jobs"]] == [job_id]
+
+
+async def test_a_wake_up_that_finds_nothing_keeps_the_claim_waiting(job_executor, db) -> None:
+    """Wake-ups can be spurious (a listener that reconnects wakes everybody; another pilot takes the jobs first):
+    a claim that finds nothing waits on for the rest of its time instead of answering "no work". Found in CI: the
+    listener's start-up wake-up ended a claim that had just begun to wait."""
+    from common.db import ready_jobs
+
+    pilot_id, auth = await register(job_executor)
+    watcher = job_executor.app.state.exchanges.watcher
+    for _ in range(100):
+        if watcher.listener.listening:
+            break
+        await asyncio.sleep(0.05)
+    assert watcher.listener.listening
+    waiting = asyncio.create_task(exchange(job_executor, pilot_id, auth, want=1, wait_s=8))
+    await asyncio.sleep(0.5)
+    async with db.begin() as conn:
+        await ready_jobs.announce(conn)  # "something may be ready" for everybody, and nothing is
+    await asyncio.sleep(1.0)
+    assert not waiting.done()
+    (job_id,) = await make_jobs(db, 1)
+    reply = await asyncio.wait_for(waiting, 5)
+    assert [j["job_id"] for j in reply["jobs"]] == [job_id]
