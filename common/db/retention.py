@@ -12,7 +12,7 @@ whether more are due, so transactions stay short and a caller loops.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,11 +33,13 @@ class Purged:
     pilot_submissions: int = 0
     more: bool = False  # tasks past the cut-off remain (the batch was full)
 
-    def as_dict(self) -> dict[str, int | bool]:
-        return asdict(self)
+    COUNTED = ("tasks", "jobs", "files", "pilots", "pilot_submissions")
+
+    def counts(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.COUNTED}
 
     def add(self, other: Purged) -> None:
-        for name in ("tasks", "jobs", "files", "pilots", "pilot_submissions"):
+        for name in self.COUNTED:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.more = other.more
 
@@ -55,9 +57,10 @@ def _settled_tasks_before(older_than_s: float, max_tasks: int) -> sa.Select[Any]
 
 
 async def purge_ended(conn: AsyncConnection, task_age_s: float | None, pilot_age_s: float | None,
-                      dry_run: bool = False, max_tasks: int = MAX_TASKS_PER_CALL) -> Purged:
+                      dry_run: bool = False, max_tasks: int | None = None) -> Purged:
     """Remove (or with ``dry_run`` only count) settled tasks that ended more than ``task_age_s`` seconds ago and
     pilots and pilot submissions that ended more than ``pilot_age_s`` ago (None: keep them all)."""
+    max_tasks = max_tasks or MAX_TASKS_PER_CALL
     task_ids: list[int] = []
     if task_age_s is not None:
         task_ids = list((await conn.execute(_settled_tasks_before(task_age_s, max_tasks))).scalars())

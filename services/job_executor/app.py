@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
@@ -55,19 +55,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
         await PilotMqChannel(broker, dispatcher, exchanges, credentials).start()
-        housekeeping = Loop("housekeeping", lambda: _not_busy(oversight.purge_old_rows()),
-                            settings.housekeeping_interval_s)
+        housekeeping = Loop("housekeeping", oversight.housekeep, settings.housekeeping_interval_s)
         telemetry = Telemetry(engine, broker, settings.metrics_interval_s)
         runtime.close_later(telemetry.leadership.release)
         runtime.run(oversight.loop, housekeeping, telemetry.loop)
         app.state.dispatcher, app.state.oversight, app.state.pilot_credentials = dispatcher, oversight, credentials
         app.state.exchanges = exchanges
         yield
-
-
-async def _not_busy(round_: Awaitable[object]) -> bool:
-    await round_
-    return False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -80,6 +80,7 @@ class Oversight:
     def __init__(self, engine: Database, settings: Settings, dsm: DsmClient, topology: Topology,
                  on_committed: Callable[[], None], broker_ready: Callable[[], bool] = lambda: True) -> None:
         self.engine, self.settings, self.dsm = engine, settings, dsm
+        self.more_tasks_due = False  # the last housekeeping round left settled tasks past retention
         self.tasks_exchange = topology.exchange("tasks")
         self.on_committed = on_committed
         self.broker_ready = broker_ready
@@ -265,8 +266,8 @@ class Oversight:
         return closed
 
     async def purge_old_rows(self) -> dict[str, int]:
-        """Housekeeping: consumed message ids, ended pilots and (with WMS_TASK_RETENTION_S) settled tasks past
-        their retention."""
+        """Housekeeping: consumed message ids, load samples, ended pilots and (with WMS_TASK_RETENTION_S) settled
+        tasks past their retention; ``more_tasks_due`` says whether a batch of tasks was left for the next round."""
         async with self.engine.begin() as conn:
             if not await queries.try_lead(conn, HOUSEKEEPING_LOCK):
                 return {}
@@ -276,12 +277,17 @@ class Oversight:
                 "consumed_messages": await queries.purge_consumed_messages(
                     conn, self.settings.consumed_message_retention_s),
                 "load_samples": await queries.purge_load_samples(conn, self.settings.load_sample_retention_s),
-                "tasks": ended.tasks, "jobs": ended.jobs, "files": ended.files, "pilots": ended.pilots,
-                "pilot_submissions": ended.pilot_submissions,
+                **ended.counts(),
             }
+        self.more_tasks_due = ended.more
         if any(purged.values()):
             log.info("old rows purged", extra=purged)
         return purged
+
+    async def housekeep(self) -> bool:
+        """A housekeeping round for the loop: busy (another round at once) while tasks past retention remain."""
+        await self.purge_old_rows()
+        return self.more_tasks_due
 
     async def run_once(self) -> bool:
         try:

@@ -53,9 +53,8 @@ class Telemetry:
         async with self.engine.connect() as conn:
             settled, unsettled = await queries.tasks_settled_or_not(conn)
             newly_settled = [t for t in settled if t not in self._settled]
-            if len(self._settled) > len(settled) - len(newly_settled):  # purged tasks leave the cache too
-                kept = set(settled)
-                self._settled = {t: counts for t, counts in self._settled.items() if t in kept}
+            # remembered counts of settled tasks, without those purged since
+            self._settled = {t: self._settled[t] for t in settled if t in self._settled}
             self._settled.update(await queries.count_jobs_of_tasks(conn, newly_settled))
             live = await queries.count_jobs_of_tasks(conn, unsettled)
             pilot_counts = await queries.count_live_pilots_by_type_and_channel(conn)

@@ -75,7 +75,7 @@ async def purge_ended(engine: AsyncEngine, older_than_s: float, pilots_too: bool
     while True:
         async with engine.begin() as conn:
             total.add(await retention.purge_ended(conn, older_than_s, pilot_age, dry_run,
-                                                  DRY_RUN_MAX_TASKS if dry_run else retention.MAX_TASKS_PER_CALL))
+                                                  DRY_RUN_MAX_TASKS if dry_run else None))
         pilot_age = None  # pilots go in the first transaction
         if dry_run or not total.more:
             return total

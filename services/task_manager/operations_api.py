@@ -79,7 +79,7 @@ async def purge_ended_work(request: Request, body: PurgeRequest) -> PurgeResult:
     attempts and file rows, and ended pilots and pilot submissions as old; the DSM is not touched. Batches of
     tasks in short transactions; ``dry_run`` only counts."""
     purged = await operations.purge_ended(request.app.state.engine, body.older_than_s, body.pilots, body.dry_run)
-    return PurgeResult(**{k: v for k, v in purged.as_dict().items() if k != "more"}, dry_run=body.dry_run)
+    return PurgeResult(**purged.counts(), dry_run=body.dry_run)
 
 
 @router.get("/dead-letters", response_model=list[DeadLetter], dependencies=[Depends(HANDLE_DEAD_LETTERS)],

@@ -130,3 +130,25 @@ async def test_the_housekeeping_sweep_purges_old_settled_tasks_when_asked_to(set
     async with db.connect() as conn:
         assert not (await conn.execute(sa.select(sa.func.count()).select_from(jobs)
                                        .where(jobs.c.task_id == old))).scalar()
+
+
+async def test_the_sweep_goes_on_while_batches_remain(settings, db, tmp_path, monkeypatch) -> None:
+    """Five tasks past retention in batches of two: the service's own housekeeping takes them all in one go, not
+    one batch per WMS_HOUSEKEEPING_INTERVAL_S (ten minutes here)."""
+    from common.db import retention
+    from services.job_executor.app import create_app
+    from tests.conftest import running_app
+
+    monkeypatch.setattr(retention, "MAX_TASKS_PER_CALL", 2)
+    async with db.begin() as conn:
+        for _ in range(5):
+            await _work(conn, "done", 10)
+    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60,
+                                        "task_retention_s": 86400, "housekeeping_interval_s": 600})
+
+    async def none_left() -> bool:
+        async with db.connect() as conn:
+            return not (await conn.execute(sa.select(sa.func.count()).select_from(tasks))).scalar()
+
+    async with running_app(create_app(tuned)):
+        await wait_for(none_left, timeout=20, interval=0.2)
