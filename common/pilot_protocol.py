@@ -18,8 +18,28 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from common.dsm import Count, FileUrl, check_lfn
 from common.policies import ResourceType
 
-# 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}).
-ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "manifest", "lost", "cancelled", "pilot"]
+# 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}), or it left
+# something in its output directory that is not a regular file of its own (a link, a FIFO, a device).
+# 'memory': the payload went over its memory limit; 'output_too_large': over the output volume or log size limit.
+ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "manifest", "lost", "cancelled", "pilot",
+                        "memory", "output_too_large"]
+PayloadRuntimeName = Literal["sandbox", "plain"]
+Figure = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False, strict=True)]
+
+
+class Usage(BaseModel):
+    """What a payload used (job monitoring data, measured by the pilot: pilot/usage.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_s: Figure
+    cpu_s: Figure = Field(description="user + system CPU seconds of all its processes")
+    max_rss_mb: Figure = Field(description="largest resident memory of all its processes together (anon + shmem "
+                               "where a control group counts it)")
+    max_pss_mb: Figure = Field(description="largest proportional set size of all its processes together")
+    read_mb: Figure
+    written_mb: Figure
+    max_processes: int = Field(ge=0, le=2**31 - 1, strict=True)
 
 
 class PilotRegistration(BaseModel):
@@ -37,6 +57,7 @@ class PilotRegistration(BaseModel):
         = Field(None, description="the batch system whose job the pilot runs in (a pilot the factory submitted)")
     batch_job_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[!-~]+$")] | None = Field(
         None, description="that batch job's id")
+    runtime: PayloadRuntimeName = Field("plain", description="how it runs payloads: sandbox (bubblewrap) or plain")
 
 
 class PilotSession(BaseModel):
@@ -69,7 +90,11 @@ class JobSpec(BaseModel):
     command: str
     args: list[str]
     env: dict[str, str]
-    container_image: str | None
+    container_image: str | None = Field(description="the unpacked root filesystem (a directory on the node) "
+                                       "the payload runs in, from the site's image registry; null: the node's own")
+    network: bool = True
+    memory_mb: int = Field(2000, description="the memory this attempt may use (the task's, more after a memory "
+                           "failure); the pilot's limit is this times its site factor")
     inputs: list[InputFile]
     output_dataset: str
     log_dataset: str = Field(description="where the job's log goes: <output_dataset>.log, so the output dataset "
@@ -111,6 +136,7 @@ class JobReport(BaseModel):
     error_message: Annotated[str, StringConstraints(max_length=4000, pattern=r"^[^\x00]*$")] | None = None
     outputs: list[StagedFile] = Field(default_factory=list, max_length=10_000)
     log: StagedFile | None = None
+    usage: Usage | None = None
 
 
 class ExchangeReport(JobReport):
@@ -124,6 +150,7 @@ class JobBeat(BaseModel):
 
     job_id: int = Field(ge=1, le=2**63 - 1, strict=True)
     attempt: int = Field(ge=1, strict=True)
+    usage: Usage | None = Field(None, description="the latest figures of a running payload (sent now and then)")
 
 
 class ExchangeRequest(BaseModel):

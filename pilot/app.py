@@ -5,9 +5,11 @@ heartbeat of those in flight, and a request for as many jobs as it has free slot
 fits its cores, memory and GPUs). A cycle runs when a job has something to report, at least every heartbeat
 interval, and, while slots are free, as a long poll that the job-executor answers when work appears.
 
-Each job: stage in, report running, run the payload (own work directory, environment, wall time, log file),
-stage out, report the outcome. An abort order (cancelled, superseded) kills the payload's whole process tree.
-Staging runs in worker threads, so the cycles go on meanwhile.
+Each job: stage in, report running, run the payload with the pilot's runtime (pilot/runtimes: a sandbox by
+default) within its limits (memory, output, log, wall time) while measuring it (pilot/usage.py), stage out what
+it left (regular files only), report the outcome with its usage. An abort order (cancelled, superseded) kills the
+payload and everything it started. Staging runs in worker threads, so the cycles go on meanwhile. At start the
+pilot proves its runtime with a sentinel payload: a runtime that does not work fails the pilot, not jobs.
 
 An unavailable server (5xx, a timeout, a lost connection, the broker down) is never a reason to give up: every
 call is retried with backoff, a running job keeps running and heartbeating, a finished job's report is kept and
@@ -15,7 +17,7 @@ retried until the job-executor accepts or refuses it; a claim is retried with th
 produce a second job. Only a refusal (4xx) is final.
 
 Exit status (pilot/exit_codes.py): 0 lifetime reached or stopped, 3 no work (idle limit), 4 declared dead by
-the job-executor, 5 credential refused, 1 failure.
+the job-executor, 5 credential refused, 6 the payload runtime does not work on this node, 1 failure.
 """
 from __future__ import annotations
 
@@ -45,15 +47,29 @@ from common.pilot_protocol import (
     JobReport,
     JobSpec,
     StagedFile,
+    Usage,
 )
+from pilot import cgroups, credentials
 from pilot.channels import ChannelRefused, ChannelUnavailable
 from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
 from pilot.config import PilotSettings
-from pilot.exit_codes import EXIT_DEAD, EXIT_FAILURE, EXIT_NO_WORK, EXIT_OK, EXIT_REFUSED
-from pilot.payload import expand_args, run_payload
+from pilot.exit_codes import EXIT_DEAD, EXIT_FAILURE, EXIT_NO_WORK, EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME
+from pilot.payload import Limits, PayloadResult, run_payload
 from pilot.resources import identify
-from pilot.staging import StagingError, Throttle, remove_staged, stage_in, stage_out
+from pilot.runtimes import Launch, RuntimeUnavailable
+from pilot.runtimes.select import make_runtime, prove
+from pilot.staging import (
+    StagingError,
+    Throttle,
+    UnsafeFile,
+    open_directory,
+    open_regular,
+    read_small,
+    remove_staged,
+    stage_in,
+    stage_out,
+)
 
 log = logging.getLogger("wms.pilot")
 CREDENTIAL_REFUSED = (401, 403)  # no use trying again with this credential
@@ -61,6 +77,11 @@ RETRY_FIRST_S = 0.5
 EXIT_CALL_TIMEOUT_S = 5.0
 DETAIL_LOG_MAX = 300
 UNANSWERED = 0  # the outcome of a report whose exchange never answered (the pilot gave up or was refused)
+MANIFEST_MAX_BYTES = 16 << 20
+MB = 1 << 20
+# how a payload that was ended is reported
+ENDED_AS: dict[str, ErrorCategory] = {"aborted": "cancelled", "timeout": "timeout", "memory": "memory",
+                                      "output_too_large": "output_too_large"}
 T = TypeVar("T")
 
 
@@ -72,11 +93,17 @@ class ManifestError(Exception):
     pass
 
 
+class OutputTooLarge(Exception):
+    pass
+
+
 @dataclass
 class RunningJob:
     spec: JobSpec
     abort: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    usage: Usage | None = None  # the latest figures of its payload
+    usage_sent: float = 0.0  # when figures last travelled with a heartbeat
 
 
 @dataclass
@@ -105,6 +132,20 @@ class Pilot:
         self.pending: dict[tuple[int, int], PendingReport] = {}
         self.wake = asyncio.Event()  # something to report: run a cycle now
         self.abandoned = False  # no more exchanges: reports go nowhere
+        self.runtime = make_runtime(settings)
+        self.cgroups = cgroups.detect(f"spd-wms-pilot-{os.getpid()}", settings.cgroups)
+        self.workdir = Path(settings.workdir)
+        self.private = self.workdir / ".pilot"  # the pilot's own files (payload logs): never in a sandbox
+
+    async def prepare(self) -> None:
+        """Make the work area and prove the runtime on this node (RuntimeUnavailable if it does not work)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.private.mkdir(mode=0o700, exist_ok=True)
+        if self.runtime.name == "plain":
+            log.warning("payloads run PLAINLY: as the pilot's own user, neither contained nor isolated "
+                        "(WMS_PILOT_RUNTIME=plain); use the sandbox wherever the node allows it")
+        await prove(self.runtime, self.workdir, self.cgroups)
+        log.info("payload runtime ready", extra={"runtime": self.runtime.name, "cgroups": self.cgroups.description})
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]], interruptible: bool = False,
                         give_up_s: float | None = None) -> T:
@@ -138,7 +179,21 @@ class Pilot:
             delay = min(delay * 2, self.settings.retry_max_s)
 
     async def run(self) -> int:
-        registration = identify(self.settings)
+        try:
+            await self.prepare()
+        except RuntimeUnavailable as exc:
+            log.error("payload runtime unavailable: this pilot takes no job", extra={
+                "runtime": self.runtime.name, "error": str(exc)[:2000]})
+            await self.channel.close()
+            self.cgroups.remove()
+            return EXIT_RUNTIME
+        try:
+            return await self._registered_run()
+        finally:
+            self.cgroups.remove()
+
+    async def _registered_run(self) -> int:
+        registration = identify(self.settings, self.runtime.name)
         try:
             session = await self._retrying("register", lambda: self.channel.register(registration),
                                            interruptible=True)
@@ -219,7 +274,7 @@ class Pilot:
     async def _exchange(self, want: int, wait_s: float) -> ExchangeReply:
         request = ExchangeRequest(
             reports=[p.report for p in self.pending.values()],
-            running=[JobBeat(job_id=j.spec.job_id, attempt=j.spec.attempt) for j in self.jobs.values()],
+            running=[self._beat(j) for j in self.jobs.values()],
             want=want, request_id=uuid.uuid4(), wait_s=wait_s)  # the same request (id) for every retry
         busy = bool(self.jobs or self.pending)
         carried = list(self.pending.values())
@@ -243,6 +298,14 @@ class Pilot:
                       extra={"jobs": len(self.jobs), "reports": len(self.pending)})
             await self._abandon_jobs()
             raise Stopped("exchange") from None
+
+    def _beat(self, job: RunningJob) -> JobBeat:
+        """A running job's heartbeat, with its payload's latest figures now and then."""
+        now = time.monotonic()
+        if job.usage is None or now - job.usage_sent < self.settings.usage_report_s:
+            return JobBeat(job_id=job.spec.job_id, attempt=job.spec.attempt)
+        job.usage_sent = now
+        return JobBeat(job_id=job.spec.job_id, attempt=job.spec.attempt, usage=job.usage)
 
     async def _stoppable(self, call: Awaitable[ExchangeReply]) -> ExchangeReply:
         """An idle long poll ends at once on a stop request (a job it claimed at that very moment is declared
@@ -276,13 +339,13 @@ class Pilot:
                 log.warning("abort requested", extra={"job_id": order.job_id, "reason": order.reason})
                 job.abort.set()
         for spec in reply.jobs:
-            job = RunningJob(spec)
+            job = RunningJob(spec, usage_sent=time.monotonic())
             job.task = asyncio.create_task(self._run_and_forget(job))
             self.jobs[spec.job_id] = job
 
     async def _run_and_forget(self, job: RunningJob) -> None:
         try:
-            await self.run_job(job.spec, job.abort)
+            await self.run_job(job.spec, job.abort, job)
         except Exception:
             log.exception("job crashed in the pilot", extra={"job_id": job.spec.job_id})
         finally:
@@ -301,13 +364,17 @@ class Pilot:
         if tasks:
             await asyncio.wait(tasks, timeout=30)
 
-    async def run_job(self, job: JobSpec, abort: asyncio.Event) -> None:
+    async def run_job(self, job: JobSpec, abort: asyncio.Event, running: RunningJob | None = None) -> None:
         ids = {"pilot_id": self.channel.pilot_id, "job_id": job.job_id, "attempt": job.attempt}
-        workdir = Path(self.settings.workdir) / f"job-{job.job_id}-{job.attempt}"
+        workdir = self.workdir / f"job-{job.job_id}-{job.attempt}"
         shutil.rmtree(workdir, ignore_errors=True)
         output_dir = workdir / "outputs"
         output_dir.mkdir(parents=True)
-        log_path = workdir / "payload.log"
+        owner = self.runtime.owner()
+        if owner is not None:  # the payload user writes there, and nowhere else
+            for path in (workdir, output_dir):
+                os.chown(path, *owner)
+        log_path = self.private / f"{job.job_id}.{job.attempt}.log"
         throttle = Throttle(self.throttle_bytes_per_s)
         try:
             try:
@@ -320,61 +387,115 @@ class Pilot:
                 return  # superseded or cancelled while staging in: nothing to report
             if not await self._report(job, JobReport(attempt=job.attempt, state="running")):
                 return  # superseded or cancelled before its payload started
-            env = payload_environment(self.settings.payload_env, job, output_dir, workdir)
-            args = expand_args(job.args, inputs, output_dir, job.job_id)
-            log.info("payload starting", extra={**ids, "command": job.command})
+            refusal = self._cannot_run(job)
+            if refusal is not None:
+                await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category="pilot",
+                                                  error_message=refusal))
+                return
+            launch = Launch(job.command, job.args, payload_environment(self.settings.payload_env, job), workdir,
+                            inputs, job.job_id, Path(job.container_image) if job.container_image else None,
+                            job.network)
+            limits = Limits(job.wall_time_s, int(job.memory_mb * self.settings.memory_factor) * MB,
+                            self.settings.max_output_mb * MB, self.settings.max_log_mb * MB,
+                            self.settings.max_processes)
+            log.info("payload starting", extra={**ids, "command": job.command, "runtime": self.runtime.name})
+
+            def latest(usage: Usage) -> None:
+                if running is not None:
+                    running.usage = usage
+
+            result: PayloadResult | None
             try:
-                result = await run_payload(job.command, args, env, workdir, log_path, job.wall_time_s, abort)
+                result = await run_payload(self.runtime, launch, log_path, limits, abort, self.cgroups,
+                                           self.settings.usage_interval_s, latest)
             except OSError as exc:
                 log_path.write_text(f"cannot start payload: {exc}\n")
                 result = None
             log_file = await asyncio.to_thread(self._stage_log, job, log_path, throttle)
-            if result is None or result.aborted or result.timed_out or result.exit_code != 0:
+            usage = result.usage if result is not None else None
+            if result is None or result.ended_by is not None or result.exit_code != 0:
                 category: ErrorCategory
                 category, message = (
                     ("payload", "payload could not be started") if result is None
-                    else ("cancelled", "aborted on the job-executor's request") if result.aborted
-                    else ("timeout", f"wall time {job.wall_time_s} s exceeded") if result.timed_out
+                    else (ENDED_AS[result.ended_by], result.detail) if result.ended_by is not None
                     else ("payload", f"exit code {result.exit_code}")
                 )
                 await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=category,
-                                                  error_message=message, log=log_file,
+                                                  error_message=message, log=log_file, usage=usage,
                                                   exit_code=None if result is None else result.exit_code),
                                    staged=[log_file] if log_file else [])
                 return
             try:
                 outputs = await asyncio.to_thread(self._stage_outputs, job, output_dir, workdir, throttle)
-            except (StagingError, ManifestError) as exc:
-                failed_as: ErrorCategory = "manifest" if isinstance(exc, ManifestError) else "stage-out"
+            except (StagingError, ManifestError, UnsafeFile, OutputTooLarge) as exc:
+                failed_as: ErrorCategory = (
+                    "output_too_large" if isinstance(exc, OutputTooLarge)
+                    else "manifest" if isinstance(exc, (ManifestError, UnsafeFile)) else "stage-out")
                 await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=failed_as,
-                                                  error_message=str(exc), log=log_file),
+                                                  error_message=str(exc), log=log_file, usage=usage),
                                    staged=[log_file] if log_file else [])
                 return
             accepted = await self._report(
-                job, JobReport(attempt=job.attempt, state="finished", exit_code=0, outputs=outputs, log=log_file),
+                job, JobReport(attempt=job.attempt, state="finished", exit_code=0, outputs=outputs, log=log_file,
+                               usage=usage),
                 staged=[*outputs, *([log_file] if log_file else [])])
             log.info("job finished" if accepted else "job finished but its attempt was superseded",
                      extra={**ids, "outputs": len(outputs)})
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+
+    def _cannot_run(self, job: JobSpec) -> str | None:
+        """Why this pilot cannot run the job here (another pilot may): an image without a sandbox, or missing."""
+        if job.container_image is None:
+            return None
+        if self.runtime.name != "sandbox":
+            return f"this pilot runs payloads plainly and cannot run image {job.container_image}"
+        if not Path(job.container_image).is_dir():
+            return f"image {job.container_image} is not on this node"
+        return None
 
     def _stage_log(self, job: JobSpec, log_path: Path, throttle: Throttle) -> StagedFile | None:
-        named = log_path.with_name(f"{job.job_id}.{job.attempt}.log")
         try:
-            log_path.rename(named)
-            return stage_out(named, job.output_url_prefix + "logs/", f"{job.log_dataset}/{named.name}",
-                             throttle=throttle)
-        except (OSError, StagingError):
+            return stage_out(open_regular(str(log_path)), f"{job.job_id}.{job.attempt}.log",
+                             job.output_url_prefix + "logs/",
+                             f"{job.log_dataset}/{job.job_id}.{job.attempt}.log", throttle=throttle)
+        except (OSError, StagingError, UnsafeFile):
             log.exception("log could not be staged", extra={"job_id": job.job_id})
             return None
 
     def _stage_outputs(self, job: JobSpec, output_dir: Path, workdir: Path, throttle: Throttle) -> list[StagedFile]:
-        events = read_manifest(workdir / "outputs.json")
-        return [
-            stage_out(path, job.output_url_prefix, f"{job.output_dataset}/{job.job_id}/{path.name}",
-                      events.get(path.name), throttle)
-            for path in sorted(output_dir.iterdir()) if path.is_file()
-        ]
+        """Every entry of the output directory, each a regular file of one link, or the attempt fails
+        (UnsafeFile, naming it) before anything is copied; their total within the output limit."""
+        events = read_manifest(workdir)
+        directory = open_directory(output_dir)
+        try:
+            opened: list[tuple[str, int]] = []
+            try:
+                total = 0
+                for name in sorted(os.listdir(directory)):
+                    fd = open_regular(name, directory)
+                    opened.append((name, fd))
+                    total += os.fstat(fd).st_size
+                if total > self.settings.max_output_mb * MB:
+                    raise OutputTooLarge(f"outputs of {total // MB} MB, over {self.settings.max_output_mb} MB")
+            except BaseException:
+                for _, fd in opened:
+                    os.close(fd)
+                raise
+            staged: list[StagedFile] = []
+            for i, (name, fd) in enumerate(opened):
+                try:
+                    lfn = f"{job.output_dataset}/{job.job_id}/{name}"
+                    staged.append(stage_out(fd, name, job.output_url_prefix, lfn, events.get(name), throttle))
+                except BaseException:
+                    for _, rest in opened[i + 1:]:
+                        os.close(rest)
+                    remove_staged(staged)
+                    raise
+            return staged
+        finally:
+            os.close(directory)
 
     async def _report(self, job: JobSpec, report: JobReport, staged: Sequence[StagedFile] = ()) -> bool:
         """Hand a report to the next exchange and wait for its outcome: True if accepted. What a refused attempt
@@ -395,20 +516,25 @@ class Pilot:
         return status == 200
 
 
-def payload_environment(allowed: list[str], job: JobSpec, output_dir: Path, workdir: Path) -> dict[str, str]:
+def payload_environment(allowed: list[str], job: JobSpec) -> dict[str, str]:
     """A clean environment: the allowed variables of the pilot's own (never its credentials or broker URL),
-    the task's, and the job's coordinates. The task's variables were checked at submission."""
+    the task's, and the job's coordinates (the runtime adds where its directories are). The task's variables
+    were checked at submission."""
     inherited = {name: os.environ[name] for name in allowed if name in os.environ and not name.startswith("WMS_")}
-    return {**inherited, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt),
-            "WMS_OUTPUT_DIR": str(output_dir), "WMS_WORKDIR": str(workdir)}
+    return {**inherited, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt)}
 
 
-def read_manifest(path: Path) -> dict[str, int]:
-    """The payload's optional outputs.json: ``{"<output file name>": {"events": n}, ...}``."""
-    if not path.exists():
-        return {}
+def read_manifest(workdir: Path) -> dict[str, int]:
+    """The payload's optional outputs.json in its work directory: ``{"<output file name>": {"events": n}, ...}``
+    (read only if it is a regular file of its own, and not too large)."""
     try:
-        manifest = json.loads(path.read_text())
+        data = _read_manifest_file(workdir)
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnsafeFile) as exc:
+        raise ManifestError(f"outputs.json: {exc}") from exc
+    try:
+        manifest = json.loads(data)
         if not isinstance(manifest, dict):
             raise ValueError("not a JSON object")
         events: dict[str, int] = {}
@@ -421,8 +547,16 @@ def read_manifest(path: Path) -> dict[str, int]:
                     raise ValueError(f"entry {name!r}: events must be a non-negative integer")
                 events[name] = value
         return events
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise ManifestError(f"malformed outputs.json: {exc}") from exc
+
+
+def _read_manifest_file(workdir: Path) -> bytes:
+    directory = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return read_small("outputs.json", directory, MANIFEST_MAX_BYTES)
+    finally:
+        os.close(directory)
 
 
 async def amain(settings: PilotSettings) -> int:
@@ -433,11 +567,28 @@ async def amain(settings: PilotSettings) -> int:
     return await pilot.run()
 
 
-def main() -> None:
+def load_settings(argv: list[str]) -> PilotSettings:
+    """The pilot's settings with its secrets out of its environment (pilot/credentials.py): re-executes itself
+    first if they came in it."""
+    credentials.scrub_environment(argv)
+    handed = credentials.take_handed_over_secrets()
     settings = PilotSettings()
+    secrets = {name.removeprefix("WMS_PILOT_").lower(): value for name, value in handed.items()}
+    if settings.token_file:
+        secrets["token"] = credentials.read_token_file(Path(settings.token_file))
+    settings = settings.model_copy(update=secrets)
+    credentials.make_undumpable()
+    return settings
+
+
+def main() -> None:
     configure_logging("pilot", os.environ.get("WMS_LOG_LEVEL", "INFO"))
     try:
+        settings = load_settings(["-m", "pilot.app"])
         code = asyncio.run(amain(settings))
+    except credentials.CredentialFileError as exc:
+        log.error("pilot credential unusable", extra={"error": str(exc)})
+        code = EXIT_REFUSED
     except Exception:
         log.exception("pilot failed")
         code = EXIT_FAILURE

@@ -20,6 +20,8 @@ class PilotSettings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"  # RabbitMQ (mq channel)
     broker_namespace: str = "wms"
     token: str = "dev-pilot-token"
+    # The token in a file of the pilot's own (mode 600) instead of the environment: payloads never see it.
+    token_file: str | None = None
     workdir: str = "/var/tmp/spd-wms/pilot"
     lifetime_s: float = Field(3600.0, gt=0)  # no new job is taken after this
     idle_limit_s: float = Field(120.0, gt=0)  # exit after this long without work
@@ -51,3 +53,25 @@ class PilotSettings(BaseSettings):
     # factory can tell which pilot a batch job that ended was): e.g. slurm and $SLURM_JOB_ID.
     batch_system: str | None = None
     batch_job_id: str | None = None
+    # How payloads run (pilot/runtimes): 'sandbox' (bubblewrap; the default) or 'plain' (a subprocess as the
+    # pilot's user, containing nothing: for nodes without user namespaces, chosen explicitly).
+    runtime: Literal["sandbox", "plain"] = "sandbox"
+    # A pilot running as root runs sandboxed payloads as this user (a name or uid:gid); never root.
+    payload_user: str = "nobody"
+    # Read-only paths payloads need that lie in directories hidden or closed to the payload user (a software
+    # area under /root or /tmp): WMS_PILOT_SANDBOX_PATHS='["/opt/spd"]'. The pilot's own Python is always bound.
+    sandbox_paths: list[str] = Field(default_factory=list)
+    bwrap: str = "bwrap"
+    # Limits per attempt: memory is the job's memory_mb times this factor (the whole payload: anon + shmem of
+    # its control group, or the PSS of its processes where the node has no cgroups); output volume (what it
+    # writes into its directory) and its log (kept as head and tail).
+    memory_factor: float = Field(2.0, ge=1.0, le=64.0)
+    max_output_mb: int = Field(20_000, ge=1)
+    max_log_mb: int = Field(50, ge=1)
+    max_processes: int = Field(4096, ge=16)
+    # A control group per payload where the node allows one (cgroup v2 delegated, or v1 writable as root).
+    cgroups: bool = True
+    # How often the payload is measured (CPU, memory, I/O, processes), and how often running jobs' latest
+    # figures travel with a heartbeat.
+    usage_interval_s: float = Field(5.0, gt=0)
+    usage_report_s: float = Field(60.0, gt=0)

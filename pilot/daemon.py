@@ -15,7 +15,8 @@ import sys
 import time
 
 from common.jsonlog import configure_logging
-from pilot.exit_codes import EXIT_REFUSED
+from pilot import credentials
+from pilot.exit_codes import EXIT_REFUSED, EXIT_RUNTIME
 
 log = logging.getLogger("wms.pilot.daemon")
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-backoff", type=float, default=300.0)
     args = parser.parse_args(argv)
     configure_logging("pilot-daemon", os.environ.get("WMS_LOG_LEVEL", "INFO"))
+    credentials.make_undumpable()  # a payload of the same uid (plain runtime) cannot read this daemon's environment
 
     stopping = False
     current: subprocess.Popen[bytes] | None = None
@@ -54,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             log.error("the job-executor refuses this node's pilot credential (unknown, revoked, or not allowed "
                       "for this node's resources): not relaunching; fix WMS_PILOT_TOKEN and restart the daemon")
             return EXIT_REFUSED
+        if code == EXIT_RUNTIME:
+            log.error("the payload runtime does not work on this node (see the pilot's log): not relaunching; "
+                      "install bubblewrap, allow user namespaces, or set WMS_PILOT_RUNTIME=plain explicitly")
+            return EXIT_RUNTIME
         # no work, or a crash: do not hammer the job-executor
         deadline = time.monotonic() + backoff
         while not stopping and time.monotonic() < deadline:

@@ -6,7 +6,7 @@ import shutil
 import socket
 import subprocess
 
-from common.pilot_protocol import PilotRegistration
+from common.pilot_protocol import PayloadRuntimeName, PilotRegistration
 from pilot.config import PilotSettings
 
 VERSION = "0.1.0"
@@ -33,7 +33,7 @@ def memory_mb() -> int:
     return 1024
 
 
-def identify(settings: PilotSettings) -> PilotRegistration:
+def identify(settings: PilotSettings, runtime: PayloadRuntimeName = "plain") -> PilotRegistration:
     gpus = settings.gpus if settings.gpus is not None else count_gpus()
     resource_type = settings.resource_type or ("gpu" if gpus > 0 else "cpu")
     return PilotRegistration(
@@ -44,6 +44,7 @@ def identify(settings: PilotSettings) -> PilotRegistration:
         gpus=gpus,
         slots=settings.slots,
         version=VERSION,
+        runtime=runtime,
         batch_system=settings.batch_system,
         # a batch system that cannot tell the job its id before it starts (the local one): the pilot's pid
         batch_job_id=settings.batch_job_id or (str(os.getpid()) if settings.batch_system else None),

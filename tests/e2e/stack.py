@@ -53,6 +53,7 @@ class Stack:
                 "WMS_PILOT_HOST": f"wn{n}",
                 "WMS_PILOT_IDLE_POLL_S": "0.2",
                 "WMS_PILOT_IDLE_LIMIT_S": "600",
+                "WMS_PILOT_USAGE_INTERVAL_S": "0.5",
                 **env,
             },
             stdout=(self.tmp / f"pilot{n}.log").open("w"),

@@ -74,14 +74,11 @@ async def test_task_runs_to_done_on_rest_mq_and_gpu_pilots(settings, db, tmp_pat
 
 
 
-# Sleeps (so it can be killed mid-job), records its pid and its child's, then copies like COPY.
+# Sleeps (so it can be killed mid-job) with a child, then copies like COPY. The test finds its processes by the
+# SLOW_MARK in their environment (host pids: a sandboxed payload sees only its own PID namespace).
 SLOW = """
 import os, pathlib, subprocess, sys, time, json
-work = pathlib.Path(os.environ["WMS_WORKDIR"])
 child = subprocess.Popen(["sleep", "300"])
-pids = pathlib.Path(os.environ["PIDS_DIR"])
-pids.mkdir(parents=True, exist_ok=True)
-(pids / f"{os.environ['WMS_JOB_ID']}.{os.environ['WMS_ATTEMPT']}").write_text(f"{os.getpid()} {child.pid}")
 time.sleep(float(os.environ.get("SLEEP_S", "2")))
 child.kill()
 out = pathlib.Path(os.environ["WMS_OUTPUT_DIR"])
@@ -90,9 +87,31 @@ for name in sys.argv[1:]:
 """
 
 
-def slow_payload(pids_dir, sleep_s: float) -> dict:
+def slow_payload(mark, sleep_s: float) -> dict:
     return {"command": sys.executable, "args": ["-c", SLOW, "{inputs}"],
-            "env": {"PIDS_DIR": str(pids_dir), "SLEEP_S": str(sleep_s)}}
+            "env": {"SLOW_MARK": str(mark), "SLEEP_S": str(sleep_s)}}
+
+
+def slow_payloads(mark) -> dict[str, list[int]]:
+    """The running SLOW payloads of ``mark``: job.attempt -> host pids of the payload and its sleeping child (the
+    sandbox's own helpers, bubblewrap, left out)."""
+    wanted = f"SLOW_MARK={mark}".encode()
+    found: dict[str, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if wanted in env and comm != b"bwrap" and alive(int(entry)):
+            values = dict(v.split(b"=", 1) for v in env if b"=" in v)
+            key = f"{values[b'WMS_JOB_ID'].decode()}.{values[b'WMS_ATTEMPT'].decode()}"
+            found.setdefault(key, []).append(int(entry))
+    return {key: pids for key, pids in found.items() if len(pids) >= 2}
 
 
 async def attempts_of(db, task_id: int) -> list[sa.Row]:
@@ -135,8 +154,8 @@ async def test_sigkilled_pilot_job_is_retried_elsewhere_without_duplicate_output
         assert await output_lfns(db, task_id) == ["out.k/1/f00000.out"]
 
 
-async def _has_pid_files(directory, n: int) -> bool:
-    return directory.exists() and len(list(directory.iterdir())) >= n
+async def _has_pid_files(mark, n: int) -> bool:
+    return len(slow_payloads(mark)) >= n
 
 
 FLAKY = """
@@ -189,7 +208,7 @@ async def test_cancel_kills_running_payloads_within_a_heartbeat(settings, db, tm
         stack.start_pilot("rest")
         stack.start_pilot("mq")
         await wait_for(lambda: _has_pid_files(tmp_path / "pids", 2))
-        pids = [int(p) for f in (tmp_path / "pids").iterdir() for p in f.read_text().split()]
+        pids = [p for group in slow_payloads(tmp_path / "pids").values() for p in group]
         assert all(alive(p) for p in pids)
 
         response = await stack.task_manager.post(f"/api/v1/tasks/{task_id}/cancel", headers=WFMS)
@@ -224,7 +243,7 @@ async def test_pilot_declared_dead_is_fenced_when_it_comes_back(settings, db, tm
                                      payload=slow_payload(tmp_path / "pids", 2), split={"by": "files", "size": 1})
         frozen = stack.start_pilot("rest")
         await wait_for(lambda: _has_pid_files(tmp_path / "pids", 1))
-        payload_pids = [int(p) for p in next((tmp_path / "pids").iterdir()).read_text().split()]
+        payload_pids = next(iter(slow_payloads(tmp_path / "pids").values()))
         frozen.send_signal(signal.SIGSTOP)
         for pid in payload_pids:  # the whole node freezes
             os.kill(pid, signal.SIGSTOP)

@@ -41,4 +41,4 @@ async def test_a_payload_sees_no_credential(settings, db, tmp_path, monkeypatch)
     assert env["SPD_MODE"] == "online" and env["WMS_JOB_ID"] and env["WMS_ATTEMPT"] == "1"
     assert set(env) <= {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SPD_MODE",
                         "WMS_JOB_ID", "WMS_ATTEMPT", "WMS_OUTPUT_DIR", "WMS_WORKDIR", "WMS_PAYLOAD_TAG",
-                        "LC_CTYPE"}, sorted(env)
+                        "LC_CTYPE", "PWD"}, sorted(env)

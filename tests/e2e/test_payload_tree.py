@@ -1,66 +1,97 @@
 """A payload's whole process tree ends with it: on abort (cancel), on timeout, and when the payload exits and
-leaves children behind, including children that left its process group and session (setsid)."""
+leaves children behind, including a child that left its session with a clean environment and a new name
+(``setsid env -i bash -c '(exec -a NAME sleep 900) &'``: no tag, no parentage to the payload). In the sandbox the
+kernel ends them (the PID namespace dies with its PID 1); ``plain`` finds them by tag, parentage and, where the
+node allows it, the payload's control group."""
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
+import secrets
 from pathlib import Path
 
 import pytest
 
-from pilot.payload import run_payload
+from pilot.cgroups import Cgroups, detect
+from pilot.config import PilotSettings
+from pilot.payload import Limits, run_payload
+from pilot.runtimes import Launch, Runtime
+from pilot.runtimes.select import make_runtime
 from tests.conftest import wait_for
-from tests.e2e.test_dispatch import alive
 
 pytestmark = pytest.mark.e2e
 
-# Starts a grandchild in a new session (setsid: out of the payload's process group), records its pid, then
-# either waits (to be aborted) or exits at once leaving it behind.
-ESCAPER = """
-import os, subprocess, sys, time
-child = subprocess.Popen(["sleep", "300"], start_new_session=True)  # setsid() in the child
-open(sys.argv[1], "w").write(str(child.pid))
-if sys.argv[2] == "wait":
-    time.sleep(300)
-"""
+ESCAPE = "setsid env -i bash -c '(exec -a {name} sleep 900) & exit 0'; "
 
 
-async def _run(tmp_path: Path, mode: str, abort: asyncio.Event, wall_time_s: float = 60):
-    pid_file = tmp_path / f"{mode}.pid"
-    run = asyncio.create_task(run_payload(sys.executable, ["-c", ESCAPER, str(pid_file), mode], dict(os.environ),
-                                          tmp_path, tmp_path / f"{mode}.log", wall_time_s, abort))
-    await wait_for(lambda: _read_pid(pid_file), timeout=20)
-    return run, int(pid_file.read_text())
+def escapees(name: str) -> set[int]:
+    """Host pids of processes whose command line starts with ``name``."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if f.read().startswith(name.encode()):
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return found
 
 
-async def _read_pid(path: Path) -> bool:
-    return path.exists() and path.read_text().strip().isdigit()
+@pytest.fixture(params=["sandbox", "plain"])
+def runtime(request, tmp_path: Path) -> tuple[Runtime, Path, Cgroups]:
+    workdir = tmp_path / "pilot"
+    workdir.mkdir()
+    cgroups = detect(f"test-{os.getpid()}-{secrets.token_hex(4)}", wanted=request.param == "plain")
+    yield make_runtime(PilotSettings(workdir=str(workdir), runtime=request.param)), workdir, cgroups
+    cgroups.remove()
 
 
-async def test_abort_kills_a_child_that_left_the_process_group(tmp_path: Path) -> None:
+async def _start(runtime: tuple[Runtime, Path, Cgroups], script: str, abort: asyncio.Event, wall_time_s: float = 60):
+    rt, workdir, cgroups = runtime
+    attempt = workdir / f"job-1-{secrets.token_hex(3)}"
+    (attempt / "outputs").mkdir(parents=True)
+    if rt.owner() is not None:
+        for path in (attempt, attempt / "outputs"):
+            os.chown(path, *rt.owner())
+    launch = Launch("/bin/sh", ["-c", script], {"PATH": "/usr/bin:/bin"}, attempt, [], 1)
+    return asyncio.create_task(run_payload(rt, launch, workdir / "payload.log", Limits(wall_time_s, 1 << 30,
+                                                                                       1 << 30, 1 << 20),
+                                           abort, cgroups, 0.5))
+
+
+async def test_abort_kills_a_child_that_left_the_session(runtime) -> None:
+    name = f"wms-escapee-{secrets.token_hex(4)}"
     abort = asyncio.Event()
-    run, escaped = await _run(tmp_path, "wait", abort)
-    assert alive(escaped) and os.getpgid(escaped) != os.getpgid(os.getpid())
+    run = await _start(runtime, ESCAPE.format(name=name) + "sleep 300", abort)
+    await wait_for(lambda: _present(name), timeout=20)
     abort.set()
     result = await asyncio.wait_for(run, 30)
     assert result.aborted and not result.timed_out
-    await wait_for(lambda: _gone(escaped), timeout=10)
+    await wait_for(lambda: _absent(name), timeout=10)
 
 
-async def test_timeout_kills_the_whole_tree(tmp_path: Path) -> None:
-    run, escaped = await _run(tmp_path, "wait", asyncio.Event(), wall_time_s=2)
+async def test_timeout_kills_the_whole_tree(runtime) -> None:
+    name = f"wms-escapee-{secrets.token_hex(4)}"
+    run = await _start(runtime, ESCAPE.format(name=name) + "sleep 300", asyncio.Event(), wall_time_s=3)
+    await wait_for(lambda: _present(name), timeout=20)
     result = await asyncio.wait_for(run, 30)
     assert result.timed_out
-    await wait_for(lambda: _gone(escaped), timeout=10)
+    await wait_for(lambda: _absent(name), timeout=10)
 
 
-async def test_children_left_behind_by_a_finished_payload_are_killed(tmp_path: Path) -> None:
-    run, escaped = await _run(tmp_path, "exit", asyncio.Event())
+async def test_children_left_behind_by_a_finished_payload_are_killed(runtime) -> None:
+    name = f"wms-escapee-{secrets.token_hex(4)}"
+    run = await _start(runtime, ESCAPE.format(name=name) + "sleep 1; exit 0", asyncio.Event())
+    await wait_for(lambda: _present(name), timeout=20)
     result = await asyncio.wait_for(run, 30)
-    assert result.exit_code == 0 and not result.aborted
-    await wait_for(lambda: _gone(escaped), timeout=10)
+    assert result.exit_code == 0 and result.ended_by is None
+    await wait_for(lambda: _absent(name), timeout=10)
 
 
-async def _gone(pid: int) -> bool:
-    return not alive(pid)
+async def _present(name: str) -> bool:
+    return bool(escapees(name))
+
+
+async def _absent(name: str) -> bool:
+    return not escapees(name)
