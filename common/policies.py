@@ -44,7 +44,9 @@ def job_state_for_task(task_state: str) -> JobState:
 
 # Error categories (common.pilot_protocol.ErrorCategory) by how a retry treats them.
 LOSS_CATEGORIES = frozenset({"lost", "pilot"})  # the infrastructure failed, not the payload: the loss budget
-FINAL_CATEGORIES = frozenset({"manifest", "cancelled"})  # the same input fails the same way: never retried
+# the same input fails the same way: never retried (an output or log flood included)
+FINAL_CATEGORIES = frozenset({"manifest", "cancelled", "output_too_large"})
+MEMORY_CATEGORY = "memory"  # retried once, with more memory (memory_for_attempt); a second time it is final
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,22 @@ class RetryPolicy:
     backoff_max_s: float
     max_lost: int
 
-    def decide(self, attempt: int, lost_attempts: int, max_attempts: int, category: str) -> RetryDecision:
+    def decide(self, attempt: int, lost_attempts: int, max_attempts: int, category: str,
+               previous_category: str | None = None) -> RetryDecision:
         """``attempt``: the attempt that just ended (1-based), with error ``category``; ``lost_attempts``: losses
-        before it."""
+        before it; ``previous_category``: how the attempt before it failed, if it did."""
         if category in LOSS_CATEGORIES:
             count = lost_attempts + 1
             return RetryDecision(count < self.max_lost, count, self.backoff(count))
         count = attempt - lost_attempts
-        retry = count < max_attempts and category not in FINAL_CATEGORIES
+        retry = count < max_attempts and category not in FINAL_CATEGORIES and not (
+            category == MEMORY_CATEGORY and previous_category == MEMORY_CATEGORY)
         return RetryDecision(retry, lost_attempts, self.backoff(count))
 
     def backoff(self, count: int) -> float:
         return min(self.backoff_s * 2.0 ** max(count - 1, 0), self.backoff_max_s)
+
+
+def memory_for_attempt(task_memory_mb: int, last_error: str | None, retry_factor: float) -> int:
+    """The memory an attempt may use: the task's, or more once an attempt of the job went over it."""
+    return int(task_memory_mb * retry_factor) if last_error == MEMORY_CATEGORY else task_memory_mb

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     # The server enforces wall time too: a job running longer than its wall time plus this grace is failed
     # (category 'timeout', retried within max_attempts) and its pilot told to abort at its next heartbeat.
     wall_time_grace_s: float = Field(60.0, ge=0)
+    # A job that went over its memory is retried once with its memory times this factor (as PanDA does); a second
+    # memory failure is final.
+    memory_retry_factor: float = Field(2.0, ge=1.0, le=16.0)
     # Pilot registrations per credential: a steady rate with a burst (a farm starting at once); beyond: 429.
     pilot_registrations_per_s: float = Field(50.0, gt=0)
     pilot_registration_burst: int = Field(500, ge=1)

@@ -123,6 +123,8 @@ class Pilot(Base):
     # sha256 of the session secret handed out at registration: only this pilot can speak for itself.
     session_hash: Mapped[str] = mapped_column(sa.Text, server_default="")
     channel: Mapped[str] = mapped_column(sa.Text, server_default="rest")
+    # how it runs payloads (common.pilot_protocol.PayloadRuntimeName): sandbox or plain
+    runtime: Mapped[str] = mapped_column(sa.Text, server_default="plain")
     current_job_id: Mapped[int | None] = mapped_column(sa.BigInteger)
     # the operator-issued credential it registered with (null: a site-wide pilot token of the settings)
     credential_id: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -289,6 +291,15 @@ class JobAttempt(Base):
     exit_code: Mapped[int | None] = mapped_column(sa.Integer)
     error_category: Mapped[str | None] = mapped_column(sa.Text)
     error_message: Mapped[str | None] = mapped_column(sa.Text)
+    # What the payload used, as its pilot measured it (common.pilot_protocol.Usage): the latest figures while it
+    # runs, the final ones once it ended.
+    wall_s: Mapped[float | None] = mapped_column(sa.Float)
+    cpu_s: Mapped[float | None] = mapped_column(sa.Float)
+    max_rss_mb: Mapped[float | None] = mapped_column(sa.Float)
+    max_pss_mb: Mapped[float | None] = mapped_column(sa.Float)
+    read_mb: Mapped[float | None] = mapped_column(sa.Float)
+    written_mb: Mapped[float | None] = mapped_column(sa.Float)
+    max_processes: Mapped[int | None] = mapped_column(sa.Integer)
 
     __table_args__ = (
         sa.CheckConstraint(_in("outcome", list(AttemptOutcome)), name="outcome"),

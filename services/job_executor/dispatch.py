@@ -25,7 +25,7 @@ from common.pilot_protocol import (
     PilotSession,
     StagedFile,
 )
-from common.policies import resource_types_served
+from common.policies import memory_for_attempt, resource_types_served
 from common.settings import Settings
 from common.states import AttemptOutcome, FileRole, FileState, JobState, PilotState
 from services.job_executor import errors, queries
@@ -137,12 +137,16 @@ def staged_file_row(task_id: int, job_id: int, dataset: str, f: StagedFile, role
             "adler32": f.adler32, "events": f.events, "status": FileState.STAGED.value}
 
 
-def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs: Sequence[Record]) -> JobSpec:
-    """What a pilot needs to run this attempt: ``task`` (id, payload, output dataset) and the job's inputs."""
+def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs: Sequence[Record],
+             last_error: str | None = None) -> JobSpec:
+    """What a pilot needs to run this attempt: ``task`` (id, payload, output dataset, memory) and the job's inputs;
+    ``last_error``: how its previous attempt failed."""
     payload = task.payload
     return JobSpec(
         job_id=job_id, attempt=attempt, task_id=task.id, command=payload["command"], args=payload.get("args", []),
         env=payload.get("env", {}), container_image=payload.get("container_image"),
+        network=payload.get("network", True),
+        memory_mb=memory_for_attempt(task.memory_mb, last_error, settings.memory_retry_factor),
         inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
         output_dataset=task.output_dataset, log_dataset=log_dataset(task.output_dataset),
         output_url_prefix=storage_prefix(settings, task.output_dataset, job_id, attempt),

@@ -139,6 +139,7 @@ class Exchanges:
             pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
             outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
             abort = await self._beat(conn, pilot_id, request.running)
+            await self._record_usage(conn, pilot_id, request, outcomes)
             specs = await self._claim(conn, pilot, request.want, request.request_id)
             await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat
         for task_id in ended_tasks:
@@ -241,6 +242,21 @@ class Exchanges:
                              detail=f"job {r.job_id} is {job.status} at attempt {job.attempt}; attempt {r.attempt} "
                              f"of pilot {pilot_id} is no longer current")
 
+    @staticmethod
+    async def _record_usage(conn: Transaction, pilot_id: int, request: ExchangeRequest,
+                            outcomes: list[ReportOutcome]) -> None:
+        """The payloads' figures: final ones of the accepted reports (observed in the usage histograms once the
+        attempt ended), latest ones of the beats that carry some."""
+        accepted = {(o.job_id, o.attempt) for o in outcomes if o.status == 200 and o.detail != "repeat"}
+        ended = {(r.job_id, r.attempt) for r in request.reports if r.state != "running"}
+        figures = [(r.job_id, r.attempt, r.usage) for r in request.reports
+                   if r.usage is not None and (r.job_id, r.attempt) in accepted]
+        figures += [(b.job_id, b.attempt, b.usage) for b in request.running if b.usage is not None]
+        for row in await hot.record_usage(conn, pilot_id, figures):
+            if (row.job_id, row.attempt) in ended:
+                usage = next(f[2] for f in figures if (f[0], f[1]) == (row.job_id, row.attempt))
+                errors.attempt_used(row.task_type, row.cores, usage.wall_s, usage.cpu_s, usage.max_rss_mb)
+
     # --- heartbeats and claims --------------------------------------------------------------------------------
 
     @staticmethod
@@ -287,4 +303,5 @@ class Exchanges:
         if not claimed:
             return []
         contexts = await self._task_contexts(conn, [r.task_id for r in claimed])
-        return [job_spec(self.settings, r.id, r.attempt, contexts[r.task_id], inputs[r.id]) for r in claimed]
+        return [job_spec(self.settings, r.id, r.attempt, contexts[r.task_id], inputs[r.id], r.last_error)
+                for r in claimed]

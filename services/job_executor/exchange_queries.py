@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record
+from common.pilot_protocol import Usage
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import JOB_MACHINE, JOBS_IN_FLIGHT, AttemptOutcome, FileRole, FileState, JobState, PilotState
 
@@ -80,10 +81,10 @@ _CLAIM = sa.text(f"""
            SET status = {DISPATCHED}, pilot_id = :pilot, attempt = j.attempt + 1, started_at = now(),
                heartbeat_at = now(), finished_at = NULL, not_before = NULL, claim_request_id = :request_id
          WHERE j.id = ANY(ARRAY(SELECT id FROM fitting)) AND j.status IN ({_sources(JobState.DISPATCHED)})
-        RETURNING j.id, j.attempt, j.task_id, j.priority),
+        RETURNING j.id, j.attempt, j.task_id, j.priority, j.error_category AS last_error),
     opened AS (
         INSERT INTO job_attempt (job_id, attempt, pilot_id) SELECT id, attempt, :pilot FROM claimed)
-    SELECT c.id, c.attempt, c.task_id, f.lfn, f.url, f.size, f.adler32
+    SELECT c.id, c.attempt, c.task_id, c.last_error, f.lfn, f.url, f.size, f.adler32
       FROM claimed c LEFT JOIN LATERAL (
            SELECT id, role, lfn, url, size, adler32 FROM file_dat WHERE job_id = c.id OFFSET 0) AS f
            ON f.role = {INPUT}
@@ -135,10 +136,29 @@ _PILOT_LOAD = sa.text(f"""
      WHERE p.id = :pilot AND p.status IN ({LIVE})""")
 
 
+# What payloads used, as their pilots measured it (final figures with a report, the latest with a beat now and
+# then): one statement for all of an exchange's figures, only for attempts of this pilot.
+_USAGE = sa.text("""
+    UPDATE job_attempt a
+       SET wall_s = u.wall_s, cpu_s = u.cpu_s, max_rss_mb = u.max_rss_mb, max_pss_mb = u.max_pss_mb,
+           read_mb = u.read_mb, written_mb = u.written_mb, max_processes = u.max_processes
+      FROM unnest(CAST(:job_ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:wall_s AS float8[]),
+                  CAST(:cpu_s AS float8[]), CAST(:max_rss_mb AS float8[]), CAST(:max_pss_mb AS float8[]),
+                  CAST(:read_mb AS float8[]), CAST(:written_mb AS float8[]), CAST(:max_processes AS integer[]))
+           AS u(job_id, attempt, wall_s, cpu_s, max_rss_mb, max_pss_mb, read_mb, written_mb, max_processes),
+           job_dat j, task_dat t
+     WHERE a.job_id = u.job_id AND a.attempt = u.attempt AND a.pilot_id = :pilot
+       AND j.id = u.job_id AND t.id = j.task_id
+    RETURNING a.job_id, a.attempt, t.task_type, t.cores""")
+
+USAGE_FIELDS = ("wall_s", "cpu_s", "max_rss_mb", "max_pss_mb", "read_mb", "written_mb", "max_processes")
+
+
 class Claimed(NamedTuple):
     id: int
     attempt: int
     task_id: int
+    last_error: str | None = None  # how the job's previous attempt failed (a memory failure gets more memory)
 
 
 async def held_capacity(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID | None) -> Record:
@@ -162,7 +182,7 @@ async def claim_jobs(conn: AsyncConnection, pilot_id: int, resource_type: str, f
     inputs: dict[int, list[Record]] = {}
     for row in rows:
         if row.id not in claimed:
-            claimed[row.id] = Claimed(row.id, row.attempt, row.task_id)
+            claimed[row.id] = Claimed(row.id, row.attempt, row.task_id, row.last_error)
             inputs[row.id] = []
         if row.lfn is not None:
             inputs[row.id].append(row)
@@ -195,6 +215,17 @@ async def finish_jobs_many(conn: AsyncConnection, pilot_id: int, keys: list[tupl
         return []
     rows = await conn.execute(_FINISH, {**_keys(keys), "pilot": pilot_id})
     return [Claimed(*row) for row in rows.all()]
+
+
+async def record_usage(conn: AsyncConnection, pilot_id: int, figures: list[tuple[int, int, Usage]]) -> list[Record]:
+    """Store what the payloads of this pilot's attempts used; the rows written (job, attempt, task type, cores)."""
+    if not figures:
+        return []
+    params: dict[str, Any] = {"pilot": pilot_id, "job_ids": [f[0] for f in figures],
+                              "attempts": [f[1] for f in figures]}
+    for name in USAGE_FIELDS:
+        params[name] = [getattr(f[2], name) for f in figures]
+    return list((await conn.execute(_USAGE, params)).all())
 
 
 async def beat_jobs(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]]) -> set[int]:

@@ -109,7 +109,7 @@ async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str, co
 async def job_context(conn: AsyncConnection, job_id: int) -> tuple[Record, list[Record]]:
     task = (
         await conn.execute(
-            sa.select(tasks.c.id, tasks.c.payload, tasks.c.output_dataset)
+            sa.select(tasks.c.id, tasks.c.payload, tasks.c.output_dataset, tasks.c.memory_mb)
             .join(jobs, jobs.c.task_id == tasks.c.id)
             .where(jobs.c.id == job_id)
         )
@@ -173,6 +173,7 @@ async def finish_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id:
 
 
 RETRY_FACTS = (jobs.c.id, jobs.c.attempt, jobs.c.lost_attempts, jobs.c.task_id,
+               jobs.c.error_category.label("previous_category"),
                sa.select(tasks.c.max_attempts).where(tasks.c.id == jobs.c.task_id).scalar_subquery()
                .label("max_attempts"))
 
@@ -486,7 +487,7 @@ async def ended_tasks_with_open_outputs(conn: AsyncConnection) -> list[tuple[int
 async def jobs_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> list[Record]:
     """The attempts a claim or exchange ``request_id`` produced that the pilot still holds (its retry gets them
     back instead of more jobs)."""
-    stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id).where(
+    stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id, jobs.c.error_category.label("last_error")).where(
         jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(JOBS_IN_FLIGHT))
     return list((await conn.execute(stmt)).all())
 

@@ -22,7 +22,7 @@ async def retry_or_fail(conn: Transaction, in_flight: Sequence[Record], policy: 
     requeued: list[tuple[int, int, int, float]] = []
     failing: list[tuple[int, int, int]] = []
     for job in in_flight:
-        decision = policy.decide(job.attempt, job.lost_attempts, job.max_attempts, category)
+        decision = policy.decide(job.attempt, job.lost_attempts, job.max_attempts, category, job.previous_category)
         if decision.retry:
             requeued.append((job.id, job.attempt, decision.lost_attempts, decision.backoff_s))
         else:

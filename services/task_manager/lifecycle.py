@@ -53,6 +53,15 @@ class PayloadResolver:
     def __init__(self, transformations: Transformations, allow_arbitrary_commands: bool) -> None:
         self.transformations, self.allow_arbitrary_commands = transformations, allow_arbitrary_commands
 
+    def _image(self, name: str | None) -> str | None:
+        """The path of a registry image (what the pilot's sandbox runs in); an unknown name is refused."""
+        if name is None:
+            return None
+        if name not in self.transformations.images:
+            raise PayloadRefused(f"unknown image {name!r}; this site declares "
+                                 f"{', '.join(sorted(self.transformations.images)) or 'none'}")
+        return self.transformations.images[name]
+
     def resolve(self, description: TaskDescription) -> dict[str, Any]:
         call, raw = description.transformation, description.payload
         if call is not None:
@@ -65,7 +74,8 @@ class PayloadResolver:
             except BadParameters as exc:
                 raise PayloadRefused(str(exc)) from exc
             payload: dict[str, Any] = {"transformation": transformation.name, "parameters": call.parameters,
-                       "command": transformation.executable, "args": args, "env": {}}
+                       "command": transformation.executable, "args": args, "env": {},
+                       "container_image": self._image(transformation.image), "network": transformation.network}
             defaults: tuple[str, int, int] = (transformation.resource_type, transformation.cores,
                                               transformation.memory_mb)
         else:
@@ -73,7 +83,8 @@ class PayloadResolver:
             if not self.allow_arbitrary_commands:
                 raise PayloadRefused("raw commands are disabled on this site: name a transformation "
                                      "(GET /api/v1/transformations lists them)")
-            payload = {"transformation": None, "parameters": {}, **raw.model_dump(mode="json")}
+            payload = {"transformation": None, "parameters": {}, **raw.model_dump(mode="json"),
+                       "container_image": self._image(raw.container_image)}
             defaults = ("cpu", 1, 2000)
         return {
             "payload": payload,

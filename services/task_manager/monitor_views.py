@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from common.db.session import Transaction
 from common.states import PILOT_MACHINE, TaskState
 from services.task_manager import monitor_queries, operations, queries, reporting
-from services.task_manager.schemas import AttemptView, TaskView, ThroughputPoint, task_view
+from services.task_manager.schemas import AttemptView, TaskView, ThroughputPoint, UsageTotals, task_view
 
 ATTEMPTS_SHOWN = 50
 PROGRESS_BUCKETS = 120
@@ -84,6 +84,7 @@ class TaskPage(BaseModel):
     log_tail: str | None
     outputs: list[OutputLine]
     output_totals: dict[str, int]
+    usage: UsageTotals
 
 
 class PilotCount(BaseModel):
@@ -99,6 +100,7 @@ class LivePilot(BaseModel):
     host: str
     resource_type: str
     channel: str
+    runtime: str
     cores: int
     slots: int
     jobs_in_flight: int
@@ -167,6 +169,7 @@ async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskP
                  for f in await monitor_queries.output_files(conn, task_id, OUTPUTS_SHOWN)],
         output_totals={"files": int(totals.files), "bytes": int(totals.bytes), "events": int(totals.events),
                        "rejected": int(totals.rejected)},
+        usage=reporting.usage_totals(await queries.usage_totals(conn, task_id), row.cores),
     )
 
 

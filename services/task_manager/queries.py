@@ -103,6 +103,19 @@ async def job_statistics(conn: AsyncConnection, task_id: int) -> Record:
     return (await conn.execute(stmt)).one()
 
 
+async def usage_totals(conn: AsyncConnection, task_id: int) -> Record:
+    """What the task's measured attempts used together (JOB_ATTEMPT's figures, through the job index)."""
+    a = job_attempts.c
+    stmt = (sa.select(sa.func.count().label("attempts"), sa.func.coalesce(sa.func.sum(a.cpu_s), 0).label("cpu_s"),
+                      sa.func.coalesce(sa.func.sum(a.wall_s), 0).label("wall_s"),
+                      sa.func.max(a.max_rss_mb).label("max_rss_mb"), sa.func.max(a.max_pss_mb).label("max_pss_mb"),
+                      sa.func.coalesce(sa.func.sum(a.read_mb), 0).label("read_mb"),
+                      sa.func.coalesce(sa.func.sum(a.written_mb), 0).label("written_mb"))
+            .select_from(jobs.join(job_attempts, a.job_id == jobs.c.id))
+            .where(jobs.c.task_id == task_id, a.wall_s.is_not(None)))
+    return (await conn.execute(stmt)).one()
+
+
 async def failure_groups(conn: AsyncConnection, task_id: int, limit: int = 50) -> list[Record]:
     stmt = (
         sa.select(

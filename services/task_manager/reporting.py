@@ -14,6 +14,7 @@ from services.task_manager.schemas import (
     FileProgress,
     Progress,
     TaskReport,
+    UsageTotals,
 )
 
 
@@ -80,7 +81,16 @@ async def task_report(conn: Transaction, task_id: int) -> TaskReport:
                          files=int(g.files))
             for g in await queries.failure_groups(conn, task_id)
         ],
+        usage=usage_totals(await queries.usage_totals(conn, task_id), task.cores),
     )
+
+
+def usage_totals(row: Record, cores: int) -> UsageTotals:
+    wall, cpu = float(row.wall_s), float(row.cpu_s)
+    return UsageTotals(attempts=int(row.attempts), cpu_s=round(cpu, 3), wall_s=round(wall, 3),
+                       cpu_efficiency=round(cpu / (wall * cores), 3) if wall > 0 else None,
+                       max_rss_mb=_float(row.max_rss_mb), max_pss_mb=_float(row.max_pss_mb),
+                       read_mb=round(float(row.read_mb), 3), written_mb=round(float(row.written_mb), 3))
 
 
 def _float(value: object) -> float | None:

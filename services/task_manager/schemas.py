@@ -45,14 +45,13 @@ class Payload(BaseModel):
     command: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
     args: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=list, max_length=1000)
     env: dict[EnvName, Annotated[str, StringConstraints(max_length=4096)]] = Field(default_factory=dict)
-    container_image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = Field(
-        None, description="not supported yet: no container runtime runs payloads in this version (422 if set)")
+    container_image: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")] | None = Field(
+        None, description="the name of an image of the site's registry (GET /api/v1/transformations lists them); "
+        "never a path")
+    network: bool = Field(True, description="false: the payload runs without a network")
 
     @model_validator(mode="after")
     def _runnable_here(self) -> Payload:
-        if self.container_image is not None:
-            raise ValueError("container_image is not supported yet: payloads run on the worker node itself, "
-                             "no container runtime runs them in this version")
         for name in self.env:
             if name.upper() in FORBIDDEN_ENV or name.upper().startswith(FORBIDDEN_ENV_PREFIXES):
                 raise ValueError(f"env may not set {name}: it would change what runs or speak for the WMS")
@@ -211,6 +210,7 @@ class TaskReport(BaseModel):
     job_run_time: DurationStats
     outputs: dict[str, int] = Field(description="files, bytes, events registered in the output dataset")
     failures: list[FailureGroup]
+    usage: UsageTotals = Field(description="what its payloads used, over every measured attempt")
 
 
 class FileView(BaseModel):
@@ -302,6 +302,7 @@ class PilotView(BaseModel):
     host: str
     resource_type: str
     channel: str
+    runtime: str = Field(description="how it runs payloads: sandbox (bubblewrap) or plain")
     cores: int
     memory_mb: int
     gpus: int
@@ -310,6 +311,21 @@ class PilotView(BaseModel):
     registered_at: dt.datetime
     heartbeat_at: dt.datetime
     ended_at: dt.datetime | None
+
+
+USAGE_COLUMNS = ("wall_s", "cpu_s", "max_rss_mb", "max_pss_mb", "read_mb", "written_mb", "max_processes")
+
+
+class AttemptUsage(BaseModel):
+    """What an attempt's payload used, as its pilot measured it (the latest figures while it runs)."""
+
+    wall_s: float
+    cpu_s: float
+    max_rss_mb: float
+    max_pss_mb: float
+    read_mb: float
+    written_mb: float
+    max_processes: int
 
 
 class AttemptView(BaseModel):
@@ -323,6 +339,30 @@ class AttemptView(BaseModel):
     exit_code: int | None
     error_category: str | None
     error_message: str | None
+    usage: AttemptUsage | None = Field(None, description="null until its pilot reported figures")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usage_from_columns(cls, row: Any) -> Any:
+        """A JOB_ATTEMPT row (with its pilot's host and state) carries the usage figures as columns."""
+        values = dict(row) if isinstance(row, dict) else dict(row._mapping)
+        if "usage" not in values:
+            figures = {name: values.get(name) for name in USAGE_COLUMNS}
+            values["usage"] = None if any(v is None for v in figures.values()) else figures
+        return values
+
+
+class UsageTotals(BaseModel):
+    """What a task's measured attempts used together."""
+
+    attempts: int = Field(description="attempts with figures")
+    cpu_s: float
+    wall_s: float
+    cpu_efficiency: float | None = Field(description="cpu_s / (wall_s x the task's cores)")
+    max_rss_mb: float | None
+    max_pss_mb: float | None
+    read_mb: float
+    written_mb: float
 
 
 class Explanation(BaseModel):

@@ -7,9 +7,15 @@ template may hold the pilot's placeholders ({inputs}, {outdir}, {job_id}, ...; e
 argument of its own. Running a raw command instead is a development switch (WMS_ALLOW_ARBITRARY_COMMANDS).
 
 The registry is a JSON file (WMS_TRANSFORMATIONS_FILE; the SPD demo's by default), read at start-up:
-    {"transformations": [{"name": "spd-filter", "executable": "spd-filter", "args": ["{inputs}"],
+    {"images": {"spd-el9": "/cvmfs/spd.jinr.ru/images/el9"},
+     "transformations": [{"name": "spd-filter", "executable": "spd-filter", "args": ["{inputs}"],
                           "parameters": {"threshold": {"pattern": "^[0-9]+(\\.[0-9]+)?$", "default": "0.5"}},
-                          "resource_type": "cpu", "cores": 1, "memory_mb": 500}]}
+                          "resource_type": "cpu", "cores": 1, "memory_mb": 500,
+                          "image": "spd-el9", "network": false}]}
+An image is an unpacked root filesystem, a directory every worker node sees at that path (CVMFS or a shared
+filesystem, as HEP sites ship apptainer images); the pilot's sandbox runs the payload with it as ``/``. A task
+names an image only through a transformation (or by its registry name, behind the development switch): never a
+path. ``network: false`` runs the payload without a network.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ PARAM = re.compile(r"\{param:([a-z][a-z0-9_]{0,63})\}")
 UNSAFE_VALUE = re.compile(r"(^|/)\.\.(/|$)|[{}\x00-\x1f\x7f]")
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[2] / "examples" / "spd" / "transformations.json"
 
+ImageName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+ImagePath = Annotated[str, StringConstraints(min_length=2, max_length=1024, pattern=r"^/[^\x00]*$")]
 Executable = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^(/[^\x00]+|[A-Za-z0-9_.+-]+)$")]
 
 
@@ -57,6 +65,8 @@ class Transformation(BaseModel):
     resource_type: ResourceType = "cpu"
     cores: int = Field(1, ge=1, le=1024)
     memory_mb: int = Field(2000, ge=1, le=2**20)
+    image: ImageName | None = Field(None, description="an image of the registry's 'images' to run in")
+    network: bool = Field(True, description="false: the payload runs without a network")
 
     @field_validator("executable")
     @classmethod
@@ -76,6 +86,7 @@ class Transformation(BaseModel):
 class Registry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    images: dict[ImageName, ImagePath] = Field(default_factory=dict)
     transformations: list[Transformation]
 
     @model_validator(mode="after")
@@ -83,6 +94,12 @@ class Registry(BaseModel):
         names = [t.name for t in self.transformations]
         if len(names) != len(set(names)):
             raise ValueError("a transformation name is declared twice")
+        for t in self.transformations:
+            if t.image is not None and t.image not in self.images:
+                raise ValueError(f"{t.name}: image {t.image!r} is not declared in 'images'")
+        for name, path in self.images.items():
+            if ".." in path.split("/"):
+                raise ValueError(f"image {name}: a path may not contain '..'")
         return self
 
 
@@ -93,6 +110,7 @@ class BadParameters(ValueError):
 class Transformations:
     def __init__(self, registry: Registry) -> None:
         self.by_name = {t.name: t for t in registry.transformations}
+        self.images = dict(registry.images)
 
     @classmethod
     def load(cls, path: Path | None) -> Transformations:

@@ -7,10 +7,12 @@ from hypothesis import strategies as st
 from common.policies import (
     FINAL_CATEGORIES,
     LOSS_CATEGORIES,
+    MEMORY_CATEGORY,
     RESOURCE_TYPES,
     TASK_STATES_WHOSE_JOBS_PROCEED,
     RetryPolicy,
     job_state_for_task,
+    memory_for_attempt,
     pilot_types_serving,
     resource_types_served,
 )
@@ -71,3 +73,19 @@ def test_every_error_category_has_a_rule() -> None:
     categories = set(get_args(ErrorCategory))
     assert LOSS_CATEGORIES <= categories and FINAL_CATEGORIES <= categories
     assert not LOSS_CATEGORIES & FINAL_CATEGORIES
+
+
+@given(policies, st.integers(1, 20), st.integers(0, 5), st.sampled_from([None, "payload", "timeout", "lost"]))
+def test_a_memory_failure_is_retried_once_then_final(policy, attempt, lost, previous) -> None:
+    """PanDA's rule: a job that went over its memory gets one more attempt (with more memory); a second memory
+    failure in a row is final, whatever max_attempts allows."""
+    first = policy.decide(attempt + lost, lost, 100, MEMORY_CATEGORY, previous)
+    assert first.retry
+    assert not policy.decide(attempt + lost + 1, lost, 100, MEMORY_CATEGORY, MEMORY_CATEGORY).retry
+
+
+@given(st.integers(1, 2**20), st.floats(1, 16), st.sampled_from([None, "payload", "timeout", "memory"]))
+def test_the_attempt_after_a_memory_failure_gets_more_memory(task_memory, factor, last_error) -> None:
+    memory = memory_for_attempt(task_memory, last_error, factor)
+    assert memory == (int(task_memory * factor) if last_error == "memory" else task_memory)
+    assert memory >= task_memory

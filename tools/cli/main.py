@@ -191,10 +191,10 @@ def pilots(live: Annotated[bool, typer.Option("--live", help="live pilots only")
            limit: Annotated[int, typer.Option(min=1, max=1000)] = 100) -> None:
     """Pilots, newest first."""
     _show(state.api.get("/api/v1/pilots", live=live, limit=limit), lambda items: render.table(
-        "Pilots", ["id", "host", "type", "channel", "cores", "state", "job", "heartbeat"],
-        [[p["id"], p["host"], p["resource_type"], p["channel"], p["cores"], p["status"], p["current_job_id"],
-          _time(p["heartbeat_at"])] for p in items],
-        drop_order=["cores", "channel", "type"], wrap=("host",)))
+        "Pilots", ["id", "host", "type", "channel", "runtime", "cores", "state", "job", "heartbeat"],
+        [[p["id"], p["host"], p["resource_type"], p["channel"], p.get("runtime", ""), p["cores"], p["status"],
+          p["current_job_id"], _time(p["heartbeat_at"])] for p in items],
+        drop_order=["cores", "channel", "type", "runtime"], wrap=("host",)))
 
 
 def _time(stamp: str | None) -> str:
@@ -231,6 +231,7 @@ def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> Non
                          [[a["attempt"], a["pilot_id"], a["host"], a["outcome"], a["exit_code"],
                            f"{a['error_category'] or ''} {a['error_message'] or ''}".strip()]
                           for a in e["attempts"]], drop_order=["host", "exit"], wrap=("error",))
+            render.attempt_usage(e["attempts"])
         if not e["log_url"]:
             return
         tail, where = (e["log_tail"], "read by the task-manager") if e["log_tail"] else local_log_tail(e["log_url"])

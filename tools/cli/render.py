@@ -191,10 +191,37 @@ def report(r: dict) -> None:
     table("Outputs and run times", ["output files", "bytes", "events", "job mean s", "min s", "max s"],
           [[o.get("files", 0), human_bytes(o.get("bytes", 0)), o.get("events", 0), _seconds(run.get("mean_s")),
             _seconds(run.get("min_s")), _seconds(run.get("max_s"))]])
+    u = r.get("usage") or {}
+    if u.get("attempts"):
+        table("What the payloads used", ["attempts", "CPU s", "wall s", "CPU eff.", "max RSS MB", "max PSS MB",
+                                         "read MB", "written MB"],
+              [[u["attempts"], f"{u['cpu_s']:.1f}", f"{u['wall_s']:.1f}", _ratio(u.get("cpu_efficiency")),
+                _mb(u.get("max_rss_mb")), _mb(u.get("max_pss_mb")), _mb(u["read_mb"]), _mb(u["written_mb"])]],
+              drop_order=["max PSS MB", "read MB", "written MB"])
     if r["failures"]:
         table("Failures by error", ["category", "jobs", "files", "message"],
               [[g["error_category"] or "error", g["jobs"], g["files"], g["error_message"] or ""]
                for g in r["failures"]], wrap=("message",))
+
+
+def attempt_usage(attempts: list[dict]) -> None:
+    """What each measured attempt's payload used (job monitoring data from its pilot)."""
+    measured = [a for a in attempts if a.get("usage")]
+    if measured:
+        table("What each attempt used", ["#", "wall s", "CPU s", "max RSS MB", "max PSS MB", "read MB",
+                                         "written MB", "procs"],
+              [[a["attempt"], f"{a['usage']['wall_s']:.1f}", f"{a['usage']['cpu_s']:.1f}",
+                _mb(a["usage"]["max_rss_mb"]), _mb(a["usage"]["max_pss_mb"]), _mb(a["usage"]["read_mb"]),
+                _mb(a["usage"]["written_mb"]), a["usage"]["max_processes"]] for a in measured],
+              drop_order=["max PSS MB", "read MB", "procs"])
+
+
+def _mb(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 def _seconds(value: float | None) -> str:
