@@ -115,22 +115,26 @@ def descendants(root: int) -> set[int]:
     """``root`` and every process below it (through /proc parentage). Inside a PID namespace nothing can leave
     the tree: an orphan is adopted by the namespace's init, the root here."""
     children: dict[int, list[int]] = {}
+    live: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+                state, parent = f.read().rsplit(b")", 1)[1].split()[:2]
         except (OSError, ValueError, IndexError):
             continue
-        children.setdefault(parent, []).append(int(entry))
-    found, todo = set(), [root]
+        if state != b"Z":  # a zombie holds nothing: only its pid, until somebody reaps it
+            live.add(int(entry))
+        children.setdefault(int(parent), []).append(int(entry))
+    found: set[int] = set()
+    todo = [root]
     while todo:
         pid = todo.pop()
         if pid not in found:
             found.add(pid)
             todo.extend(children.get(pid, ()))
-    return found
+    return found & live
 
 
 def directory_bytes(path: str) -> int:

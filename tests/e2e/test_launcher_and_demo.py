@@ -110,6 +110,22 @@ def launch_env(settings, tmp_path: Path, ports: dict[str, str], **more: str) -> 
     }
 
 
+def pilot_environments(tmp_path) -> list[bytes]:
+    """The environments of the launch's pilot daemons and pilots (found by their work directory)."""
+    marker = f"WMS_PILOT_WORKDIR={tmp_path}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    environ = f.read()
+            except OSError:
+                continue
+            if marker in environ and b"bwrap" not in open(f"/proc/{entry}/cmdline", "rb").read():
+                found.append(environ)
+    return found
+
+
 async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
     ports = dict(zip(PORTS, map(str, free_ports(len(PORTS))), strict=True))
     env = launch_env(settings, tmp_path, ports, WMS_METRICS_INTERVAL_S="0.5")
@@ -145,6 +161,14 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         assert pilots_answer.returncode == 0, pilots_answer.stderr
         live = json.loads(pilots_answer.stdout)
         assert sorted(p["host"].rsplit("-", 1)[1] for p in live) == ["pilot0", "pilot1"]
+        assert {p["runtime"] for p in live} == {"sandbox"}
+        # pilot daemons and pilots hold only the pilots' settings: no service token, no database, no token at all
+        environments = pilot_environments(tmp_path)
+        assert len(environments) >= 4, environments  # two daemons, two pilots
+        for environ in environments:
+            assert not any(t.encode() in environ for t in (WFMS_TOKEN, OPERATOR_TOKEN, SERVICE_TOKEN, PILOT_TOKEN))
+            assert b"WMS_DATABASE_URL=" not in environ and b"WMS_API_TOKENS=" not in environ
+            assert b"WMS_PILOT_TOKEN_FILE=" in environ
         await check_prometheus(tmp_path, ports)
         again = await asyncio.to_thread(run_cli, env, "demo", "--slices", "2", "--run", "t1")
         assert again.returncode == 1 and "spd.raw.t1 exists already" in again.stderr, again.stderr

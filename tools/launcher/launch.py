@@ -39,6 +39,24 @@ READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 
 
+# what a pilot takes from the launch's environment: nothing of the services (tokens, database, broker)
+PILOT_INHERITS = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+                            "WMS_LOG_LEVEL", "WMS_PILOT_RUNTIME", "WMS_PILOT_PAYLOAD_USER",
+                            "WMS_PILOT_SANDBOX_PATHS", "WMS_PILOT_MEMORY_FACTOR", "WMS_PILOT_MAX_OUTPUT_MB",
+                            "WMS_PILOT_MAX_LOG_MB", "WMS_PILOT_CGROUPS"})
+
+
+def write_pilot_token(directory: Path) -> Path:
+    """The pilots' token in a file of mode 600 (WMS_PILOT_TOKEN_FILE): never in a pilot's environment."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "pilot-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.environ.get("WMS_PILOT_TOKEN", "dev-pilot-token"))
+    os.chmod(path, 0o600)
+    return path
+
+
 @dataclass
 class Child:
     name: str
@@ -55,8 +73,11 @@ class Launch:
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
-    def start(self, name: str, command: list[str], essential: bool = True, **env: str) -> Child:
-        process = subprocess.Popen(command, env={**self.env, **env}, stdout=subprocess.PIPE,
+    def start(self, name: str, command: list[str], essential: bool = True, inherit: bool = True, **env: str) -> Child:
+        """``inherit``: the child gets the launch's whole environment (the services); without it, only the
+        node's harmless variables and ``env`` (pilots: never the services' tokens or database URL)."""
+        base = self.env if inherit else {k: v for k, v in self.env.items() if k in PILOT_INHERITS}
+        process = subprocess.Popen(command, env={**base, **env}, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         assert process.stdout is not None
         pump(process.stdout, RotatingLog(self.logs / f"{name}.log", self.log_max_bytes, self.log_backups))
@@ -348,6 +369,7 @@ def launch_everything(args: argparse.Namespace, settings: Settings, base: Path,
             "WMS_PILOT_CHANNEL": args.channel, "WMS_PILOT_SERVER_URL": job_executors,
             "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace, "WMS_PILOT_CORES": str(args.pilot_cores),
             "WMS_PILOT_SLOTS": str(args.pilot_slots),
+            "WMS_PILOT_TOKEN_FILE": str(write_pilot_token(base / "secrets")),
         }
         if args.channel == "mq" and not launch.stopping:
             # MQ pilots get a broker login of their own (the pilot conversation only), never the services' one
@@ -360,7 +382,7 @@ def launch_everything(args: argparse.Namespace, settings: Settings, base: Path,
             if launch.stopping:
                 break
             launch.start(f"pilot{i}", [str(BIN / "wms-pilot-daemon"), "--backoff", "2", "--max-backoff", "10"],
-                         essential=False, **pilot_env, WMS_PILOT_RESOURCE_TYPE=kind,
+                         essential=False, inherit=False, **pilot_env, WMS_PILOT_RESOURCE_TYPE=kind,
                          WMS_PILOT_GPUS="1" if kind == "gpu" else "0",
                          WMS_PILOT_HOST=f"{socket.gethostname()}-pilot{i}",
                          WMS_PILOT_WORKDIR=str(base / "pilots" / f"pilot{i}"))
