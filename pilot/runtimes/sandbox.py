@@ -55,6 +55,25 @@ def _traversable(path: Path, user: tuple[int, int] | None) -> bool:
     return bool(st.st_mode & bit)
 
 
+def _parents(mounts: list[tuple[Path, list[str]]]) -> list[tuple[Path, list[str]]]:
+    """The directories bubblewrap would make on its own (mode 0700: closed to the payload user) for mount points
+    inside a tmpfs of the sandbox (its root, /tmp, a hidden directory), made explicitly with mode 0755 instead.
+    A directory inside a bound one exists already and is left alone."""
+    last: dict[Path, str] = {}  # what finally sits at each mount point (a tmpfs over a bound /root: the tmpfs)
+    for dest, op in sorted(mounts, key=lambda m: _depth(m[0])):
+        last[dest] = op[op.index("--tmpfs")] if "--tmpfs" in op else op[0]
+    parents: dict[Path, list[str]] = {}
+    for dest in last:
+        for ancestor in dest.parents:
+            if ancestor == Path("/") or ancestor in last or ancestor in parents:
+                continue
+            covering = next((a for a in ancestor.parents if a in last), Path("/"))
+            if covering != Path("/") and last[covering] != "--tmpfs":
+                continue  # inside a bound directory of the node or the image: it exists
+            parents[ancestor] = ["--perms", "0755", "--dir", str(ancestor)]
+    return list(parents.items())
+
+
 def _elf_interpreter(binary: Path) -> Path:
     """The dynamic loader a binary names (PT_INTERP), to run the node's setpriv inside an image."""
     data = binary.read_bytes()
@@ -106,13 +125,12 @@ class Sandbox:
             interpreter = _elf_interpreter(Path(self.setpriv)).resolve()
             mounts += [(HOST_TOOLS / "setpriv", ["--ro-bind", self.setpriv, str(HOST_TOOLS / "setpriv")]),
                        (HOST_TOOLS / "lib", ["--ro-bind", str(interpreter.parent), str(HOST_TOOLS / "lib")])]
-        mounts.append((SANDBOX_WORKDIR.parent, ["--perms", "0755", "--dir", str(SANDBOX_WORKDIR.parent)]))
         mounts.append((SANDBOX_WORKDIR, ["--bind", str(launch.workdir), str(SANDBOX_WORKDIR)]))
         if launch.inputs:
             mounts.append((SANDBOX_WORKDIR / "inputs", ["--tmpfs", str(SANDBOX_WORKDIR / "inputs")]))
             mounts += [(p, ["--ro-bind", str(source), str(p)])
                        for (source, _), p in zip(launch.inputs, inputs, strict=True)]
-        for _, mount in sorted(mounts, key=lambda m: _depth(m[0])):  # parents first (a stable sort)
+        for _, mount in sorted(mounts + _parents(mounts), key=lambda m: _depth(m[0])):  # parents first (stable)
             argv += mount
         argv += ["--proc", "/proc", "--dev", "/dev", "--chdir", str(SANDBOX_WORKDIR), "--"]
         argv += self._as_payload_user(launch.image is not None) + [launch.command, *args]

@@ -17,7 +17,9 @@ from pilot.runtimes import Launch, Runtime, RuntimeUnavailable
 from pilot.runtimes.plain import Plain
 from pilot.runtimes.sandbox import Sandbox, SandboxSettings
 
-SENTINEL = ("import os, sys; "
+# The pilot's own package imported (read through the paths the payloads' software comes from), an input read, an
+# output written: what every job does.
+SENTINEL = ("import os, sys, pilot.runtimes; "
             "open(os.path.join(os.environ['WMS_OUTPUT_DIR'], 'sentinel'), 'w').write(open(sys.argv[1]).read())")
 SENTINEL_TEXT = "the runtime works\n"
 
@@ -67,6 +69,8 @@ async def prove(runtime: Runtime, workdir: Path, cgroups: Cgroups) -> None:
     private.mkdir(mode=0o700, exist_ok=True)
     source = private / f"sentinel-{os.getpid()}.in"
     source.write_text(SENTINEL_TEXT)
+    (attempt / "inputs").mkdir()
+    (attempt / "inputs" / "sentinel.in").symlink_to(source)  # as stage-in links an input (plain reads it there)
     owner = runtime.owner()
     if owner is not None:
         for path in (attempt, attempt / "outputs"):

@@ -5,6 +5,7 @@ and the pilot survives to run the next job, whose usage figures reach the API.""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 
@@ -155,3 +156,6 @@ async def test_hostile_payloads_are_contained(settings, db, tmp_path) -> None:
         report = (await stack.task_manager.get(f"/api/v1/tasks/{last}/report", headers=WFMS)).json()
         assert report["usage"]["attempts"] == 1 and report["usage"]["cpu_s"] > 0
         assert report["usage"]["cpu_efficiency"] is not None
+        metrics = (await stack.task_manager.get(f"{stack.job_executor_url}/metrics")).text
+        assert re.search(r'wms_job_cpu_efficiency_count\{task_type="unscramble"\} [1-9]', metrics), metrics
+        assert re.search(r'wms_job_max_rss_megabytes_count\{task_type="unscramble"\} [1-9]', metrics)

@@ -130,6 +130,10 @@ async def test_monitor_drills_down_on_real_data(settings, db, tmp_path) -> None:
         assert '<td class="num">2</td>' in by_state["failed"]
         good = await dump_dom(f"{base}#/task/{ok}?{token}")
         assert "Outputs: 6 files" in good and good.count("<tr>", good.index('id="task-outputs"')) >= 6
+        # what the payloads used: the task's totals and each attempt's CPU and memory, measured by the pilot
+        usage_row = re.search(r'<table id="task-usage">.*?<tbody><tr>(.*?)</tr>', good, re.S)
+        assert usage_row is not None and re.match(r'<td class="num">[1-9]\d*</td>', usage_row.group(1)), good
+        assert re.search(r'class="num usage-cpu">\d+\.\d</td><td class="num usage-rss">\d+\.\d</td>', good)
         assert 'data-series="files done"' in good and "no failed attempt" in good
         # the cumulative line climbs from 0 at the task's creation to all six files at its end (the plot's top)
         assert re.search(r'points="42\.0,138\.0 [^"]*,14\.0" data-series="files done"', good), good
@@ -141,6 +145,7 @@ async def test_monitor_drills_down_on_real_data(settings, db, tmp_path) -> None:
         kinds = rows(pilot_page, "data-kind")
         assert re.search(r'class="num alive">1</td><td class="num">100</td><td class="num">300</td>', kinds["cpu/rest"])
         assert len(rows(pilot_page, "data-pilot-id")) == 1 and "wn0" in pilot_page
+        assert '<td class="pilot-runtime">sandbox</td>' in pilot_page
 
         for view, name in ((f"#/tasks?{token}", "monitor-tasks"), (f"#/task/{bad}?{token}", "monitor-task"),
                            (f"#/tasks?state=cancelled&{token}", "monitor-cancelled"),

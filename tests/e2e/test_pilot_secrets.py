@@ -70,3 +70,18 @@ async def test_a_broken_runtime_fails_the_pilot_not_jobs(settings, db, tmp_path)
         async with db.connect() as conn:
             assert (await conn.execute(sa.select(sa.func.count()).select_from(pilots))).scalar() == 0
         assert (await stack.task(task_id)).status in ("registered", "running")  # no job was taken, none failed
+
+
+async def test_a_plain_pilot_runs_jobs_and_says_it_contains_nothing(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.plain", 2)
+        task_id = await stack.submit(input_dataset="raw.plain", output_dataset="out.plain", payload={
+            "command": sys.executable, "args": ["-c", "import os, sys, shutil; [shutil.copy(f, os.environ["
+                                                "'WMS_OUTPUT_DIR']) for f in sys.argv[1:]]", "{inputs}"]},
+            split={"by": "files", "size": 1})
+        stack.start_pilot("rest", WMS_PILOT_RUNTIME="plain")
+        await wait_for(lambda: stack.ended(task_id), timeout=60)
+        assert (await stack.task(task_id)).status == "done"
+        async with db.connect() as conn:
+            assert (await conn.execute(sa.select(pilots.c.runtime))).scalars().all() == ["plain"]
+        assert "payloads run PLAINLY" in (tmp_path / "pilot0.log").read_text()
