@@ -74,4 +74,4 @@ class PilotSettings(BaseSettings):
     # How often the payload is measured (CPU, memory, I/O, processes), and how often running jobs' latest
     # figures travel with a heartbeat.
     usage_interval_s: float = Field(5.0, gt=0)
-    usage_report_s: float = Field(60.0, gt=0)
+    usage_report_s: float = Field(60.0, ge=0)  # 0: with every heartbeat

@@ -249,12 +249,12 @@ class Exchanges:
         attempt ended), latest ones of the beats that carry some."""
         accepted = {(o.job_id, o.attempt) for o in outcomes if o.status == 200 and o.detail != "repeat"}
         ended = {(r.job_id, r.attempt) for r in request.reports if r.state != "running"}
-        figures = [(r.job_id, r.attempt, r.usage) for r in request.reports
-                   if r.usage is not None and (r.job_id, r.attempt) in accepted]
-        figures += [(b.job_id, b.attempt, b.usage) for b in request.running if b.usage is not None]
-        for row in await hot.record_usage(conn, pilot_id, figures):
+        figures = {(r.job_id, r.attempt): r.usage for r in request.reports
+                   if r.usage is not None and (r.job_id, r.attempt) in accepted}
+        figures.update({(b.job_id, b.attempt): b.usage for b in request.running if b.usage is not None})
+        for row in await hot.record_usage(conn, pilot_id, [(*key, usage) for key, usage in figures.items()]):
             if (row.job_id, row.attempt) in ended:
-                usage = next(f[2] for f in figures if (f[0], f[1]) == (row.job_id, row.attempt))
+                usage = figures[(row.job_id, row.attempt)]
                 errors.attempt_used(row.task_type, row.cores, usage.wall_s, usage.cpu_s, usage.max_rss_mb)
 
     # --- heartbeats and claims --------------------------------------------------------------------------------

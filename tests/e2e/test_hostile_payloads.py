@@ -159,3 +159,23 @@ async def test_hostile_payloads_are_contained(settings, db, tmp_path) -> None:
         metrics = (await stack.task_manager.get(f"{stack.job_executor_url}/metrics")).text
         assert re.search(r'wms_job_cpu_efficiency_count\{task_type="unscramble"\} [1-9]', metrics), metrics
         assert re.search(r'wms_job_max_rss_megabytes_count\{task_type="unscramble"\} [1-9]', metrics)
+
+
+async def test_a_running_jobs_figures_arrive_with_its_heartbeats(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.beating", 1)
+        task_id = await stack.submit(input_dataset="raw.beating", output_dataset="out.beating", payload={
+            "command": sys.executable, "args": ["-c", "import time; x = bytearray(30 << 20); time.sleep(5)"]},
+            split={"by": "files", "size": 1})
+        stack.start_pilot("rest", WMS_PILOT_USAGE_REPORT_S="0")
+
+        async def measured_while_running() -> sa.Row | None:
+            async with db.connect() as conn:
+                return (await conn.execute(
+                    sa.select(job_attempts.c.max_rss_mb, jobs.c.status).join(jobs, jobs.c.id == job_attempts.c.job_id)
+                    .where(jobs.c.task_id == task_id, jobs.c.status == "running",
+                           job_attempts.c.max_rss_mb.is_not(None)))).first()
+
+        row = await wait_for(measured_while_running, timeout=30)
+        assert row.max_rss_mb >= 30  # the bytearray, measured while it sleeps
+        await wait_for(lambda: stack.ended(task_id), timeout=60)
