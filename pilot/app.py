@@ -136,6 +136,7 @@ class Pilot:
         self.cgroups = cgroups.detect(f"spd-wms-pilot-{os.getpid()}", settings.cgroups)
         self.workdir = Path(settings.workdir)
         self.private = self.workdir / ".pilot"  # the pilot's own files (payload logs): never in a sandbox
+        self.memory_mb = settings.memory_mb or 0  # what it offers (set at registration)
 
     async def prepare(self) -> None:
         """Make the work area and prove the runtime on this node (RuntimeUnavailable if it does not work)."""
@@ -194,6 +195,7 @@ class Pilot:
 
     async def _registered_run(self) -> int:
         registration = identify(self.settings, self.runtime.name)
+        self.memory_mb = registration.memory_mb
         try:
             session = await self._retrying("register", lambda: self.channel.register(registration),
                                            interruptible=True)
@@ -395,7 +397,9 @@ class Pilot:
             launch = Launch(job.command, job.args, payload_environment(self.settings.payload_env, job), workdir,
                             inputs, job.job_id, Path(job.container_image) if job.container_image else None,
                             job.network)
-            limits = Limits(job.wall_time_s, int(job.memory_mb * self.settings.memory_factor) * MB,
+            # never more than the pilot has: a job retried with more memory than that fails again, with the reason
+            memory_mb = min(int(job.memory_mb * self.settings.memory_factor), self.memory_mb)
+            limits = Limits(job.wall_time_s, memory_mb * MB,
                             self.settings.max_output_mb * MB, self.settings.max_log_mb * MB,
                             self.settings.max_processes)
             log.info("payload starting", extra={**ids, "command": job.command, "runtime": self.runtime.name})

@@ -179,3 +179,17 @@ async def test_a_running_jobs_figures_arrive_with_its_heartbeats(settings, db, t
         row = await wait_for(measured_while_running, timeout=30)
         assert row.max_rss_mb >= 30  # the bytearray, measured while it sleeps
         await wait_for(lambda: stack.ended(task_id), timeout=60)
+
+
+async def test_a_memory_retry_never_gets_more_than_the_pilot_has(settings, db, tmp_path) -> None:
+    async with wms_stack(settings, db, tmp_path) as stack:
+        await stack.make_dataset("raw.capped", 1)
+        task_id = await stack.submit(input_dataset="raw.capped", output_dataset="out.capped", memory_mb=100,
+                                     payload={"command": sys.executable, "args": ["-c", MEMORY_HOG]},
+                                     split={"by": "files", "size": 1})
+        stack.start_pilot("rest", WMS_PILOT_MEMORY_MB="150")
+        await wait_for(lambda: stack.ended(task_id), timeout=60)
+        tried = await attempts(db, task_id)
+        assert [a.error_category for a in tried] == ["memory", "memory"]
+        # 100 MB x 2 (the site factor) capped at the pilot's 150; the retry's 200 x 2 capped likewise
+        assert all("memory limit 150 MB" in a.error_message for a in tried), [a.error_message for a in tried]
