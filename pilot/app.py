@@ -577,7 +577,8 @@ def load_settings(argv: list[str]) -> PilotSettings:
     credentials.scrub_environment(argv)
     handed = credentials.take_handed_over_secrets()
     settings = PilotSettings()
-    secrets = {name.removeprefix("WMS_PILOT_").lower(): value for name, value in handed.items()}
+    # an empty variable means unset, as for every other setting (compose passes WMS_PILOT_TOKEN empty by default)
+    secrets = {name.removeprefix("WMS_PILOT_").lower(): value for name, value in handed.items() if value}
     if settings.token_file:
         secrets["token"] = credentials.read_token_file(Path(settings.token_file))
     settings = settings.model_copy(update=secrets)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -62,12 +63,14 @@ async def prove(runtime: Runtime, workdir: Path, cgroups: Cgroups) -> None:
     """Run the sentinel; RuntimeUnavailable says what went wrong."""
     from pilot.payload import Limits, run_payload  # the runner needs the runtime package: imported late
 
-    attempt = workdir / f"sentinel-{os.getpid()}"
+    # unique: pilots in containers share a work area and often a pid
+    name = f"sentinel-{os.getpid()}-{secrets.token_hex(6)}"
+    attempt = workdir / name
     private = workdir / ".pilot"
-    shutil.rmtree(attempt, ignore_errors=True)
     (attempt / "outputs").mkdir(parents=True)
     private.mkdir(mode=0o700, exist_ok=True)
-    source = private / f"sentinel-{os.getpid()}.in"
+    source = private / f"{name}.in"
+    log_path = private / f"{name}.log"
     source.write_text(SENTINEL_TEXT)
     (attempt / "inputs").mkdir()
     (attempt / "inputs" / "sentinel.in").symlink_to(source)  # as stage-in links an input (plain reads it there)
@@ -78,11 +81,11 @@ async def prove(runtime: Runtime, workdir: Path, cgroups: Cgroups) -> None:
     try:
         result = await run_payload(runtime, Launch(sys.executable, ["-c", SENTINEL, "{inputs}"], {}, attempt,
                                                    [(source, "sentinel.in")], 0),
-                                   private / "sentinel.log", Limits(60, 1 << 30, 1 << 20, 1 << 20),
+                                   log_path, Limits(60, 1 << 30, 1 << 20, 1 << 20),
                                    asyncio.Event(), cgroups)
         produced = attempt / "outputs" / "sentinel"
         if result.exit_code != 0 or not produced.is_file() or produced.read_text() != SENTINEL_TEXT:
-            log_text = (private / "sentinel.log").read_text(errors="replace")[-2000:]
+            log_text = log_path.read_text(errors="replace")[-2000:]
             raise RuntimeUnavailable(f"the {runtime.name} runtime cannot run a payload on this node (exit "
                                      f"{result.exit_code}): {log_text.strip() or 'no output'}")
     except OSError as exc:
@@ -90,4 +93,4 @@ async def prove(runtime: Runtime, workdir: Path, cgroups: Cgroups) -> None:
     finally:
         shutil.rmtree(attempt, ignore_errors=True)
         source.unlink(missing_ok=True)
-        (private / "sentinel.log").unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)

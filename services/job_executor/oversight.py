@@ -16,12 +16,10 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
-from stat import S_ISREG
 
 from common.background import Loop
 from common.broker import Topology
-from common.checksums import adler32_of
+from common.checksums import adler32_of_file
 from common.db import ready_jobs, retention
 from common.db.models import Record
 from common.db.session import Database
@@ -31,6 +29,7 @@ from common.outbox import add_event
 from common.policies import job_state_for_task
 from common.settings import Settings
 from common.states import AttemptOutcome, JobState, TaskState
+from common.storage import UnsafeStoragePath, open_beneath
 from services.job_executor import errors, queries
 from services.job_executor.dispatch import log_dataset
 from services.job_executor.retries import retry_or_fail, retry_policy
@@ -50,27 +49,25 @@ CLOSE_RETRY_S = 5.0
 
 
 def verify_on_storage(rows: list[Record], storage_root: str) -> dict[int, str]:
-    """File id -> why it is refused, for staged files under a local storage root whose size or adler32 differs
-    from what the pilot reported (or that are missing, or not regular files). Files elsewhere (another storage,
-    or a storage root this process does not see) are left to the DSM. Blocking: run it in a worker thread."""
-    root = os.path.realpath(storage_root)
-    if not os.path.isdir(root):
+    """File id -> why it is refused, for staged files under a local storage root: never skipped, each opened
+    beneath the root without following a link anywhere in its path (common.storage), and refused unless it is a
+    regular single-link file whose size and adler32 are what the pilot reported. Files of another storage (not
+    file://) are left to the DSM, as is everything when this process does not see the storage root. Blocking:
+    run it in a worker thread."""
+    if not os.path.isdir(storage_root):
         return {}
     refused: dict[int, str] = {}
     for r in rows:
         if not r.url.startswith("file://"):
             continue
-        path = os.path.realpath(r.url.removeprefix("file://"))
-        if os.path.commonpath([root, path]) != root:
-            continue
         try:
-            info = os.stat(path)
-            if not S_ISREG(info.st_mode):
-                refused[r.id] = f"{r.url} is not a regular file"
-            elif info.st_size != r.size:
-                refused[r.id] = f"{r.url} has {info.st_size} bytes on storage, the pilot reported {r.size}"
-            elif (checksum := adler32_of(Path(path))) != r.adler32:
-                refused[r.id] = f"{r.url} has adler32 {checksum} on storage, the pilot reported {r.adler32}"
+            with open_beneath(r.url, storage_root) as (fd, info):
+                if info.st_size != r.size:
+                    refused[r.id] = f"{r.url} has {info.st_size} bytes on storage, the pilot reported {r.size}"
+                elif (checksum := adler32_of_file(fd)) != r.adler32:
+                    refused[r.id] = f"{r.url} has adler32 {checksum} on storage, the pilot reported {r.adler32}"
+        except UnsafeStoragePath as exc:
+            refused[r.id] = f"{r.url} refused on storage: {exc}"
         except OSError as exc:
             refused[r.id] = f"{r.url} cannot be read on storage: {exc.strerror}"
     return refused

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
-import stat
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,6 +16,7 @@ from common.db.session import Transaction
 from common.job_listing import JobView
 from common.policies import pilot_types_serving
 from common.states import JobState, RowNotFound, TaskState
+from common.storage import UnsafeStoragePath, read_beneath
 from services.task_manager import queries
 from services.task_manager.schemas import (
     AttemptView,
@@ -99,30 +98,16 @@ def read_log_tail(url: str | None, storage_root: str) -> str | None:
 
 
 def read_storage_file(url: str | None, storage_root: str, max_bytes: int, from_end: bool = False) -> bytes | None:
-    """At most ``max_bytes`` of a file a pilot staged: only a regular file under the storage root (a URL comes
-    from a pilot, so /proc/self/environ, /dev/zero or a FIFO are never opened or read); the first bytes, or with
-    ``from_end`` the last ones. None if it is not such a file or cannot be read. Blocking."""
-    if not url or not url.startswith("file://"):
-        return None
-    root = os.path.realpath(storage_root)
-    path = os.path.realpath(url.removeprefix("file://"))
-    if os.path.commonpath([root, path]) != root:
+    """At most ``max_bytes`` of a file a pilot staged: only a regular single-link file under the storage root,
+    reached without following a link anywhere in its path (common.storage: a URL comes from a pilot, which may
+    swap a directory for a link to /proc/self while we read); the first bytes, or with ``from_end`` the last ones.
+    None if it is not such a file or cannot be read: a file error, never a database one. Blocking."""
+    if not url:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        return read_beneath(url, storage_root, max_bytes, from_end)
+    except (UnsafeStoragePath, OSError):
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return None
-        if from_end:
-            os.lseek(fd, max(0, info.st_size - max_bytes), os.SEEK_SET)
-        return os.read(fd, max_bytes)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 EXPLAIN_REJECTED_MAX = 5
