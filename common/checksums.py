@@ -3,6 +3,7 @@ adler32, starting value 1, read in 1 MiB blocks). Used by pilots when they stage
 verifies what a pilot staged."""
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +13,15 @@ BLOCK = 1 << 20
 
 def adler32_of(path: Path, on_block: Callable[[int], None] | None = None) -> str:
     """``on_block(n)`` is called after each block read (a throttle, for instance)."""
-    value = 1
     with path.open("rb") as f:
-        while block := f.read(BLOCK):
-            value = zlib.adler32(block, value)
-            if on_block is not None:
-                on_block(len(block))
+        return adler32_of_file(f.fileno(), on_block)
+
+
+def adler32_of_file(fd: int, on_block: Callable[[int], None] | None = None) -> str:
+    """adler32 of an open file, read from where it stands to its end."""
+    value = 1
+    while block := os.read(fd, BLOCK):
+        value = zlib.adler32(block, value)
+        if on_block is not None:
+            on_block(len(block))
     return f"{value & 0xFFFFFFFF:08x}"

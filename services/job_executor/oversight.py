@@ -67,7 +67,7 @@ def verify_on_storage(rows: list[Record], storage_root: str) -> dict[int, str]:
                 elif (checksum := adler32_of_file(fd)) != r.adler32:
                     refused[r.id] = f"{r.url} has adler32 {checksum} on storage, the pilot reported {r.adler32}"
         except UnsafeStoragePath as exc:
-            refused[r.id] = f"{r.url} refused on storage: {exc}"
+            refused[r.id] = f"{r.url} cannot be read on storage: {exc}"
         except OSError as exc:
             refused[r.id] = f"{r.url} cannot be read on storage: {exc.strerror}"
     return refused

@@ -1,6 +1,8 @@
 """Pure helpers of the wms CLI: ages for `wms purge`, the local log tail of `wms explain`."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import typer
 
@@ -28,3 +30,12 @@ def test_a_log_on_this_machine_is_read_from_its_end(tmp_path) -> None:
         None, "not readable from this machine: No such file or directory")
     tail, where = local_log_tail("root://eos.example.org//spd/log.txt")
     assert tail is None and "not a file on shared storage" in where
+
+
+def test_the_local_log_fallback_is_bounded_and_never_blocks(tmp_path) -> None:
+    """Issue 21 finding 1: /dev/zero read without bound (MemoryError), a FIFO hung the CLI."""
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+    for url in ("file:///dev/zero", f"file://{fifo}"):
+        tail, where = local_log_tail(url)
+        assert tail is None and "not a regular file" in where, (url, where)

@@ -14,6 +14,7 @@ import typer
 import yaml
 from rich.live import Live
 
+from common.storage import UnsafeStoragePath, read_regular_tail
 from tools.cli import dsm, render
 from tools.cli.client import Api, CliError, CliSettings
 
@@ -207,12 +208,11 @@ def local_log_tail(url: str) -> tuple[str | None, str]:
     or shared storage is read directly, with the caller's own permissions."""
     if not url.startswith("file://"):
         return None, "not a file on shared storage: fetch it with the storage's own tools"
-    path = Path(url.removeprefix("file://"))
+    path = url.removeprefix("file://")
     try:
-        with path.open("rb") as log:
-            size = log.seek(0, 2)
-            log.seek(max(0, size - LOG_TAIL_BYTES))
-            return log.read().decode(errors="replace"), f"read from {path}"
+        return read_regular_tail(path, LOG_TAIL_BYTES).decode(errors="replace"), f"read from {path}"
+    except UnsafeStoragePath as exc:
+        return None, f"not read: {exc}"
     except OSError as exc:
         return None, f"not readable from this machine: {exc.strerror}"
 

@@ -1,0 +1,91 @@
+"""Reading a file under the storage root safely, for every reader of what pilots staged (explain, the monitor,
+the quality plots, output verification).
+
+A path that a pilot reported is resolved component by component from a descriptor of the storage root, each
+directory opened with O_NOFOLLOW | O_DIRECTORY and the file itself with O_NOFOLLOW | O_NONBLOCK, so a symlink
+anywhere in the path (swapped in while we look: realpath-then-open guards only the last component) is refused,
+never followed; the opened file must be a regular file with one link. Reads are bounded.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class UnsafeStoragePath(Exception):
+    """Not a regular, single-link file under the storage root (a link on the way, a FIFO, a device, outside)."""
+
+
+def relative_to_root(url: str, storage_root: str) -> list[str]:
+    """The components of a file:// URL's path below ``storage_root``; UnsafeStoragePath if it is not below it."""
+    if not url.startswith("file://"):
+        raise UnsafeStoragePath(f"{url!r} is not a file:// URL")
+    root = os.path.normpath(storage_root)
+    path = url.removeprefix("file://")
+    if not path.startswith(root.rstrip("/") + "/"):
+        raise UnsafeStoragePath(f"{url!r} is not under the storage root")
+    parts = path[len(root.rstrip("/")) + 1:].split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        raise UnsafeStoragePath(f"{url!r} has an empty, '.' or '..' component")
+    return parts
+
+
+@contextmanager
+def open_beneath(url: str, storage_root: str) -> Iterator[tuple[int, os.stat_result]]:
+    """A read-only descriptor (and its stat) of the regular single-link file ``url`` names under the root."""
+    parts = relative_to_root(url, storage_root)
+    try:
+        current = os.open(storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeStoragePath(f"storage root not readable: {exc.strerror}") from exc
+    try:
+        for part in parts[:-1]:
+            try:
+                following = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+            except OSError as exc:
+                raise UnsafeStoragePath(f"{part!r}: not a directory of the storage ({exc.strerror})") from exc
+            os.close(current)
+            current = following
+        try:
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=current)
+        except OSError as exc:
+            raise UnsafeStoragePath(f"{parts[-1]!r}: not readable ({exc.strerror})") from exc
+    finally:
+        os.close(current)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeStoragePath(f"{parts[-1]!r} is not a regular file")
+        if info.st_nlink != 1:
+            raise UnsafeStoragePath(f"{parts[-1]!r} is a hard link ({info.st_nlink} links)")
+        yield fd, info
+    finally:
+        os.close(fd)
+
+
+def read_regular_tail(path: str, max_bytes: int) -> bytes:
+    """The last ``max_bytes`` of a regular file at ``path`` (its own last component not a link), never blocking on a
+    FIFO nor reading a device without end: for a client that has no storage root to check against. Blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeStoragePath(f"{path} is not a regular file")
+        os.lseek(fd, max(0, info.st_size - max_bytes), os.SEEK_SET)
+        return os.read(fd, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def read_beneath(url: str, storage_root: str, max_bytes: int, from_end: bool = False) -> bytes:
+    """At most ``max_bytes`` of the file (the first, or with ``from_end`` the last ones). Blocking."""
+    with open_beneath(url, storage_root) as (fd, info):
+        if from_end:
+            os.lseek(fd, max(0, info.st_size - max_bytes), os.SEEK_SET)
+        chunks, left = [], max_bytes
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
