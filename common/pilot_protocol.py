@@ -106,8 +106,8 @@ class JobSpec(BaseModel):
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_id: int | None = None
-    attempt: int | None = None
+    job_id: int | None = Field(None, strict=True)
+    attempt: int | None = Field(None, strict=True)
 
 
 class HeartbeatReply(BaseModel):
@@ -165,7 +165,7 @@ class ExchangeRequest(BaseModel):
     request_id: uuid.UUID | None = Field(
         None, description="the same for every retry of one exchange: a retried exchange gets the jobs the first "
         "one claimed instead of more")
-    wait_s: float = Field(0.0, ge=0, le=30, description="if no job is ready, wait up to this long for one "
+    wait_s: float = Field(0.0, ge=0, le=30, strict=True, description="if no job is ready, wait up to this long for one "
                           "(long poll)")
 
 

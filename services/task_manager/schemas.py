@@ -48,7 +48,7 @@ class Payload(BaseModel):
     container_image: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")] | None = Field(
         None, description="the name of an image of the site's registry (GET /api/v1/transformations lists them); "
         "never a path")
-    network: bool = Field(True, description="false: the payload runs without a network")
+    network: bool = Field(True, strict=True, description="false: the payload runs without a network")
 
     @model_validator(mode="after")
     def _runnable_here(self) -> Payload:
@@ -75,7 +75,7 @@ class SplitRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     by: Literal["files", "bytes", "events"]
-    size: int = Field(ge=1, le=2**62)
+    size: int = Field(ge=1, le=2**62, strict=True)
 
 
 class TaskDescription(BaseModel):
@@ -94,11 +94,12 @@ class TaskDescription(BaseModel):
         None, description="a raw command: refused (422) unless the site runs with WMS_ALLOW_ARBITRARY_COMMANDS=1, "
         "a development switch")
     resource_type: ResourceType | None = Field(None, description="default: the transformation's, else cpu")
-    cores: int | None = Field(None, ge=1, le=1024, description="default: the transformation's, else 1")
-    memory_mb: int | None = Field(None, ge=1, le=2**20, description="default: the transformation's, else 2000")
+    cores: int | None = Field(None, ge=1, le=1024, strict=True, description="default: the transformation's, else 1")
+    memory_mb: int | None = Field(None, ge=1, le=2**20, strict=True,
+                                  description="default: the transformation's, else 2000")
     split: SplitRule
-    max_attempts: int = Field(3, ge=1, le=100)
-    priority: int = Field(10, ge=1, le=1000)
+    max_attempts: int = Field(3, ge=1, le=100, strict=True)
+    priority: int = Field(10, ge=1, le=1000, strict=True)
     wfms_request_id: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -119,7 +120,7 @@ class TaskDescription(BaseModel):
 class PriorityChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    priority: int = Field(ge=1, le=1000)
+    priority: int = Field(ge=1, le=1000, strict=True)
 
 
 class FileProgress(BaseModel):
@@ -283,9 +284,10 @@ class PurgeRequest(BaseModel):
     and ended pilots and pilot submissions, that ended more than ``older_than_s`` seconds ago."""
 
     model_config = ConfigDict(extra="forbid")
-    older_than_s: float = Field(ge=0, le=100 * 365 * 86400, description="age of the ended work to remove, seconds")
-    dry_run: bool = Field(False, description="only count what would go")
-    pilots: bool = Field(True, description="ended pilots and pilot submissions too")
+    older_than_s: float = Field(ge=0, le=100 * 365 * 86400, strict=True,
+                                description="age of the ended work to remove, seconds")
+    dry_run: bool = Field(False, strict=True, description="only count what would go")
+    pilots: bool = Field(True, strict=True, description="ended pilots and pilot submissions too")
 
 
 class PurgeResult(BaseModel):

@@ -12,6 +12,9 @@ The registry is a JSON file (WMS_TRANSFORMATIONS_FILE; the SPD demo's by default
                           "parameters": {"threshold": {"pattern": "^[0-9]+(\\.[0-9]+)?$", "default": "0.5"}},
                           "resource_type": "cpu", "cores": 1, "memory_mb": 500,
                           "image": "spd-el9", "network": false}]}
+A parameter's value may not start with '-' (the program would take it for an option: `run=--help`) unless the
+parameter declares ``"option": true``; where the program supports it, a template passes values after ``--``
+(``["--run", "{param:run}", "--", "{inputs}"]``) so that even an input named like an option stays an operand.
 An image is an unpacked root filesystem, a directory every worker node sees at that path (CVMFS or a shared
 filesystem, as HEP sites ship apptainer images); the pilot's sandbox runs the payload with it as ``/``. A task
 names an image only through a transformation (or by its registry name, behind the development switch): never a
@@ -43,6 +46,8 @@ class Parameter(BaseModel):
 
     pattern: str = Field(r"^[A-Za-z0-9_.,:=+-]{1,256}$", description="what a value must match (a full match)")
     default: str | None = None
+    option: bool = Field(False, description="true: a value may start with '-' (it is meant to be an option of the "
+                         "program); otherwise such a value is refused, so '--help' or '-rf' can never become one")
 
     @field_validator("pattern")
     @classmethod
@@ -138,5 +143,8 @@ def resolve_args(transformation: Transformation, given: dict[str, str]) -> list[
         if UNSAFE_VALUE.search(value) or not re.fullmatch(declared.pattern, value):
             raise BadParameters(f"parameter {name!r} = {value!r} does not match {declared.pattern} "
                                 "(and may hold no '..' segment, brace or control character)")
+        if value.startswith("-") and not declared.option:
+            raise BadParameters(f"parameter {name!r} = {value!r} starts with '-': the program would read it as an "
+                                "option (a parameter that is one says \"option\": true in the registry)")
         values[name] = value
     return [PARAM.sub(lambda m: values[m.group(1)], arg) for arg in transformation.args]

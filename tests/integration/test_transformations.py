@@ -18,6 +18,8 @@ REGISTRY = {"transformations": [
      "resource_type": "cpu", "cores": 2, "memory_mb": 700},
     {"name": "calib", "executable": "/opt/spd/bin/calib", "args": ["--db", "{param:tag}", "{inputs}"],
      "parameters": {"tag": {}}, "resource_type": "gpu", "cores": 4, "memory_mb": 8000},
+    {"name": "flags", "executable": "/opt/spd/bin/flags", "args": ["{param:mode}", "--", "{inputs}"],
+     "parameters": {"mode": {"pattern": "^--(fast|slow)$", "option": True}}},
 ]}
 
 
@@ -78,6 +80,9 @@ async def test_a_transformation_is_resolved_at_submission_with_its_defaults(site
     ({"name": "calib", "parameters": {"tag": "../../etc/passwd"}}, "does not match"),
     ({"name": "calib", "parameters": {"tag": ".."}}, "'..' segment"),
     ({"name": "calib", "parameters": {"tag": "{inputs}"}}, "brace"),
+    # issue 21 finding 4: a value that the program would read as an option (spd-quality's run=--help)
+    ({"name": "calib", "parameters": {"tag": "--help"}}, "starts with '-'"),
+    ({"name": "calib", "parameters": {"tag": "-rf"}}, "starts with '-'"),
 ])
 async def test_a_transformation_that_does_not_fit_is_refused_with_the_reason(site, db, transformation,
                                                                             reason) -> None:
@@ -85,6 +90,13 @@ async def test_a_transformation_that_does_not_fit_is_refused_with_the_reason(sit
     assert response.status_code == 422, response.text
     assert reason in json.dumps(response.json()["detail"])
     assert await _count(db) == 0
+
+
+async def test_a_parameter_declared_as_an_option_may_start_with_a_dash(site, db) -> None:
+    response = await site.post("/api/v1/tasks", json=described({"name": "flags", "parameters": {"mode": "--fast"}}),
+                               headers=WFMS)
+    assert response.status_code == 201, response.text
+    assert response.json()["payload"]["args"] == ["--fast", "--", "{inputs}"]
 
 
 async def test_a_task_names_exactly_one_of_transformation_and_payload(site) -> None:
@@ -99,8 +111,8 @@ async def test_a_task_names_exactly_one_of_transformation_and_payload(site) -> N
 async def test_the_registry_is_listed_for_clients(site) -> None:
     response = await site.get("/api/v1/transformations", headers=WFMS)
     assert response.status_code == 200
-    assert [t["name"] for t in response.json()] == ["calib", "spd-filter"]
-    assert response.json()[1]["parameters"]["threshold"]["default"] == "0.5"
+    assert [t["name"] for t in response.json()] == ["calib", "flags", "spd-filter"]
+    assert response.json()[2]["parameters"]["threshold"]["default"] == "0.5"
     assert (await site.get("/api/v1/transformations")).status_code == 401
 
 
