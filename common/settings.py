@@ -4,12 +4,14 @@ Defaults work on a single machine with PostgreSQL and RabbitMQ on 127.0.0.1.
 """
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["wfms", "operator", "pilot", "service"]
+TOKEN_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 # Well-known development tokens: fine on a laptop, never in production (a warning is logged when they are used).
 DEV_TOKENS: dict[str, Role] = {
@@ -49,8 +51,10 @@ class Settings(BaseSettings):
     # An outbox row whose publication failed is retried after 2^n seconds, capped; the rows behind it go on.
     outbox_retry_max_s: float = Field(60.0, gt=0)
 
-    # Bearer token -> role. JSON in the environment: WMS_API_TOKENS='{"secret": "wfms"}'.
-    api_tokens: dict[str, Role] = Field(default_factory=lambda: dict(DEV_TOKENS))
+    # Bearer token -> role. JSON in the environment: WMS_API_TOKENS='{"secret": "wfms:cms-wfms", "other": "operator"}'.
+    # token -> "role" or "role:name" (the name is who the token speaks for: the owner of the tasks it submits and
+    # the actor in the audit trail; without one, the role and the start of the token's sha256)
+    api_tokens: dict[str, str] = Field(default_factory=lambda: {t: str(r) for t, r in DEV_TOKENS.items()})
 
     # The token WMS services present to each other and to the DSM (role 'service').
     service_token: str = "dev-service-token"
@@ -131,9 +135,14 @@ class Settings(BaseSettings):
 
     @field_validator("api_tokens")
     @classmethod
-    def _tokens_not_empty(cls, tokens: dict[str, Role]) -> dict[str, Role]:
+    def _tokens_not_empty(cls, tokens: dict[str, str]) -> dict[str, str]:
         if any(not t.strip() for t in tokens):
             raise ValueError("empty bearer token")
+        for grant in tokens.values():
+            role, _, name = grant.partition(":")
+            if role not in get_args(Role) or (":" in grant and not TOKEN_NAME.fullmatch(name)):
+                raise ValueError(f"{grant!r} is not a role ({', '.join(get_args(Role))}) or role:name "
+                                 "(a name of letters, digits, '.', '_', '@', '-')")
         return tokens
 
     @property

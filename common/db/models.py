@@ -90,6 +90,9 @@ class Task(Base):
     # When the job-executor closed the output dataset in the DSM (after the task ended and its outputs were
     # registered there).
     output_closed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    # Who submitted it (the name of the submitting token, common.auth.Identity): a wfms client changes only its
+    # own tasks. Null for tasks submitted before owners existed (operators only).
+    owner: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
         sa.CheckConstraint(_in("status", TASK_MACHINE.states), name="status"),
@@ -404,6 +407,21 @@ class LoadSample(Base):
     busy: Mapped[int] = mapped_column(sa.Integer)
 
 
+class TaskCommand(Base):
+    """The audit trail of tasks: every command (submit, cancel, pause, resume, reprioritise), who gave it, when,
+    and what it did; written in the command's own transaction, removed with its task."""
+
+    __tablename__ = "task_command"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("task_dat.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
+    actor: Mapped[str] = mapped_column(sa.Text)
+    role: Mapped[str] = mapped_column(sa.Text)
+    command: Mapped[str] = mapped_column(sa.Text)
+    detail: Mapped[str | None] = mapped_column(sa.Text)
+
+
 metadata = Base.metadata
 # A row of any query (SQLAlchemy 2 types rows by their columns; the services pass them around untyped).
 Record: TypeAlias = sa.Row[*tuple[Any, ...]]
@@ -419,3 +437,4 @@ job_attempts = cast(sa.Table, JobAttempt.__table__)
 pilot_credentials = cast(sa.Table, PilotCredential.__table__)
 pilot_submissions = cast(sa.Table, PilotSubmission.__table__)
 load_samples = cast(sa.Table, LoadSample.__table__)
+task_commands = cast(sa.Table, TaskCommand.__table__)

@@ -5,6 +5,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
+from common.auth import Identity
 from common.observability import Conn
 from common.policies import MAX_ID
 from common.states import TaskState
@@ -33,6 +34,8 @@ def _lifecycle(request: Request) -> TaskLifecycle:
 
 Lifecycle = Annotated[TaskLifecycle, Depends(_lifecycle)]
 TaskId = Annotated[int, Path(ge=1, le=MAX_ID, description="task id")]
+Changer = Annotated[Identity, Depends(CHANGE_TASKS)]  # a wfms client on its own tasks, or an operator
+Operator = Annotated[Identity, Depends(OPERATE_TASKS)]
 After = Annotated[int | None, Query(ge=0, le=MAX_ID, description="cursor: the last id of the previous page")]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 # A command the task's state does not allow (e.g. resume a task that is not paused, change an ended task).
@@ -44,13 +47,13 @@ TASK_CONFLICT: dict[int | str, dict[str, Any]] = {
     "/tasks",
     response_model=TaskView,
     status_code=status.HTTP_201_CREATED,
-    dependencies=[Depends(SUBMIT_TASKS)],
     responses={200: {"model": TaskView, "description": "already registered under this wfms_request_id"},
                409: {"description": "the request id names another description, or the output dataset is closed "
                                     "in the DSM or written by another active task (the body says which)"}},
 )
-async def register_task(description: TaskDescription, lifecycle: Lifecycle, response: Response) -> TaskView:
-    row, created = await lifecycle.register(description)
+async def register_task(description: TaskDescription, lifecycle: Lifecycle, response: Response,
+                        caller: Annotated[Identity, Depends(SUBMIT_TASKS)]) -> TaskView:
+    row, created = await lifecycle.register(description, caller)
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/v1/tasks/{row.id}"
@@ -78,31 +81,28 @@ async def get_task(task_id: TaskId, conn: Conn) -> TaskView:
     return task_view(row, progress)
 
 
-@router.patch("/tasks/{task_id}", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)],
-              responses=TASK_CONFLICT)
-async def reprioritise_task(task_id: TaskId, change: PriorityChange, lifecycle: Lifecycle) -> TaskView:
-    row, _ = await lifecycle.reprioritise(task_id, change.priority)
+@router.patch("/tasks/{task_id}", response_model=TaskView, responses=TASK_CONFLICT)
+async def reprioritise_task(task_id: TaskId, change: PriorityChange, lifecycle: Lifecycle,
+                            caller: Changer) -> TaskView:
+    row, _ = await lifecycle.reprioritise(task_id, change.priority, caller)
     return task_view(row)
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=TaskView, dependencies=[Depends(CHANGE_TASKS)],
-             responses=TASK_CONFLICT)
-async def cancel_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
-    row, _ = await lifecycle.apply_command(task_id, "cancel")
+@router.post("/tasks/{task_id}/cancel", response_model=TaskView, responses=TASK_CONFLICT)
+async def cancel_task(task_id: TaskId, lifecycle: Lifecycle, caller: Changer) -> TaskView:
+    row, _ = await lifecycle.apply_command(task_id, "cancel", caller)
     return task_view(row)
 
 
-@router.post("/tasks/{task_id}/pause", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)],
-             responses=TASK_CONFLICT)
-async def pause_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
-    row, _ = await lifecycle.apply_command(task_id, "pause")
+@router.post("/tasks/{task_id}/pause", response_model=TaskView, responses=TASK_CONFLICT)
+async def pause_task(task_id: TaskId, lifecycle: Lifecycle, caller: Operator) -> TaskView:
+    row, _ = await lifecycle.apply_command(task_id, "pause", caller)
     return task_view(row)
 
 
-@router.post("/tasks/{task_id}/resume", response_model=TaskView, dependencies=[Depends(OPERATE_TASKS)],
-             responses=TASK_CONFLICT)
-async def resume_task(task_id: TaskId, lifecycle: Lifecycle) -> TaskView:
-    row, _ = await lifecycle.apply_command(task_id, "resume")
+@router.post("/tasks/{task_id}/resume", response_model=TaskView, responses=TASK_CONFLICT)
+async def resume_task(task_id: TaskId, lifecycle: Lifecycle, caller: Operator) -> TaskView:
+    row, _ = await lifecycle.apply_command(task_id, "resume", caller)
     return task_view(row)
 
 

@@ -18,6 +18,7 @@ from services.task_manager import credentials_api, monitor_api, operations_api
 from services.task_manager.api import router
 from services.task_manager.dead_letters import DeadLetterNotFound, UnknownQueue
 from services.task_manager.lifecycle import (
+    NotTaskOwner,
     OutputDatasetTaken,
     PayloadRefused,
     PayloadResolver,
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         map_error(app, conflict, 409, lambda exc: {"current_state": exc.current})
     map_error(app, RequestIdReused, 409, lambda exc: {"task_id": exc.task_id})
     map_error(app, PayloadRefused, 422)
+    map_error(app, NotTaskOwner, 403)
     map_error(app, OutputDatasetTaken, 409, lambda exc: {"output_dataset": exc.dataset, "task_id": exc.task_id})
     return app
 

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from common.auth import Identity
 from common.broker import Topology
 from common.db.models import Record
 from common.db.session import Database, Transaction
@@ -131,6 +132,18 @@ COMMANDS: dict[str, tuple[TaskState, TaskEventType, frozenset[str] | None]] = {
 }
 
 
+class NotTaskOwner(Exception):
+    """A wfms client may change only the tasks it submitted (403); operators may change any."""
+
+    def __init__(self, task_id: int, caller: Identity) -> None:
+        super().__init__(f"task {task_id} is not {caller.name}'s: a wfms client changes only its own tasks")
+
+
+def check_owner(task: Record, caller: Identity) -> None:
+    if caller.role != "operator" and task.owner != caller.name:
+        raise NotTaskOwner(task.id, caller)
+
+
 class TaskLifecycle:
     def __init__(self, engine: Database, topology: Topology, on_committed: Callable[[], None],
                  payloads: PayloadResolver, dsm: DsmClient | None = None) -> None:
@@ -144,11 +157,11 @@ class TaskLifecycle:
     async def _announce(self, conn: Transaction, event: TaskEventType, row: Record) -> None:
         await add_event(conn, self.exchange, event.value, wrap(event.value, TaskEvent.of(row)))
 
-    async def register(self, description: TaskDescription) -> tuple[Record, bool]:
-        """Register a task; (row, created). The same WFMS request id returns the existing task. A task whose
-        output dataset is another active task's output is refused (OutputDatasetTaken); so is one whose output
-        dataset is closed in the DSM, when the DSM can say so now (``output_dataset_closed``)."""
-        values = row_values(description, self.payloads.resolve(description))
+    async def register(self, description: TaskDescription, caller: Identity) -> tuple[Record, bool]:
+        """Register a task owned by ``caller``; (row, created). The same WFMS request id returns the existing
+        task. A task whose output dataset is another active task's output is refused (OutputDatasetTaken); so is
+        one whose output dataset is closed in the DSM, when the DSM can say so now (``output_dataset_closed``)."""
+        values = {**row_values(description, self.payloads.resolve(description)), "owner": caller.name}
         if description.wfms_request_id is not None:
             async with self.engine.connect() as conn:
                 existing = await queries.select_task_by_request_id(conn, description.wfms_request_id)
@@ -177,6 +190,7 @@ class TaskLifecycle:
                     raise RequestIdReused(description.wfms_request_id, existing.id)
                 return existing, False
             await self._announce(conn, TaskEventType.REGISTERED, row)
+            await queries.record_command(conn, row.id, caller, "submit", None)
         self.on_committed()
         return row, True
 
@@ -195,33 +209,41 @@ class TaskLifecycle:
         if found is not None and found.status == "closed":
             raise OutputDatasetTaken(dataset, "is closed in the DSM: it can take no more files")
 
-    async def apply_command(self, task_id: int, command: str) -> tuple[Record, bool]:
-        """cancel / pause / resume; (row, changed). Repeating a command already in effect changes nothing."""
+    async def apply_command(self, task_id: int, command: str, caller: Identity) -> tuple[Record, bool]:
+        """cancel / pause / resume by ``caller`` (its own task, or an operator); (row, changed). Repeating a
+        command already in effect changes nothing. Every command is written to the task's audit trail."""
         target, event, only_from = COMMANDS[command]
         async with self.engine.begin() as conn:
+            current = await queries.select_task_for_update(conn, task_id)
+            if current is None:
+                raise RowNotFound("task", task_id)
+            check_owner(current, caller)
             try:
                 row = await queries.move_task(conn, task_id, target, only_from)
             except IllegalTransition as exc:
                 if exc.current != target:
                     raise
-                current = await queries.select_task(conn, task_id)
-                assert current is not None
+                await queries.record_command(conn, task_id, caller, command, f"already {target}")
                 return current, False
             await self._announce(conn, event, row)
+            await queries.record_command(conn, task_id, caller, command, f"{current.status} -> {row.status}")
         self.on_committed()
         return row, True
 
-    async def reprioritise(self, task_id: int, priority: int) -> tuple[Record, bool]:
+    async def reprioritise(self, task_id: int, priority: int, caller: Identity) -> tuple[Record, bool]:
         async with self.engine.begin() as conn:
             current = await queries.select_task_for_update(conn, task_id)
             if current is None:
                 raise RowNotFound("task", task_id)
+            check_owner(current, caller)
             if current.status in TASK_MACHINE.terminal:
                 raise TaskEnded(task_id, current.status)
             if current.priority == priority:
+                await queries.record_command(conn, task_id, caller, "reprioritise", f"already {priority}")
                 return current, False
             row = await queries.update_priority(conn, task_id, priority)
             assert row is not None  # the row is locked and active
             await self._announce(conn, TaskEventType.REPRIORITISED, row)
+            await queries.record_command(conn, task_id, caller, "reprioritise", f"{current.priority} -> {priority}")
         self.on_committed()
         return row, True

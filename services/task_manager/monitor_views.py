@@ -13,7 +13,14 @@ from pydantic import BaseModel, Field
 from common.db.session import Transaction
 from common.states import PILOT_MACHINE, TaskState
 from services.task_manager import monitor_queries, operations, queries, reporting
-from services.task_manager.schemas import AttemptView, TaskView, ThroughputPoint, UsageTotals, task_view
+from services.task_manager.schemas import (
+    AttemptView,
+    CommandLine,
+    TaskView,
+    ThroughputPoint,
+    UsageTotals,
+    task_view,
+)
 
 ATTEMPTS_SHOWN = 50
 PROGRESS_BUCKETS = 120
@@ -85,6 +92,7 @@ class TaskPage(BaseModel):
     outputs: list[OutputLine]
     output_totals: dict[str, int]
     usage: UsageTotals
+    commands: list[CommandLine] = Field(description="the task's audit trail: who gave which command, when")
 
 
 class PilotCount(BaseModel):
@@ -170,6 +178,8 @@ async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskP
         output_totals={"files": int(totals.files), "bytes": int(totals.bytes), "events": int(totals.events),
                        "rejected": int(totals.rejected)},
         usage=reporting.usage_totals(await queries.usage_totals(conn, task_id), row.cores),
+        commands=[CommandLine.model_validate(c, from_attributes=True)
+                  for c in await queries.commands_of(conn, task_id)],
     )
 
 

@@ -20,6 +20,7 @@ from common.storage import UnsafeStoragePath, read_beneath
 from services.task_manager import queries
 from services.task_manager.schemas import (
     AttemptView,
+    CommandLine,
     Explanation,
     PilotView,
     QueueLine,
@@ -168,5 +169,7 @@ async def explain_job(conn: Transaction, job_id: int, storage_root: str,
         attempts=[AttemptView.model_validate(a, from_attributes=True) for a in attempts],
         log_url=log,
         log_tail=await asyncio.to_thread(read_log_tail, log, storage_root),
+        task_commands=[CommandLine.model_validate(c, from_attributes=True)
+                       for c in await queries.commands_of(conn, task.id)],
     )
 

@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import Record, files, job_attempts, jobs, pilot_credentials, pilots, tasks
+from common.auth import Identity
+from common.db.models import Record, files, job_attempts, jobs, pilot_credentials, pilots, task_commands, tasks
 from common.db.transitions import transition_one
 from common.states import PILOT_MACHINE, TASK_MACHINE, FileRole, FileState, JobState, TaskState
 
@@ -21,6 +22,20 @@ async def insert_task(conn: AsyncConnection, values: dict[str, Any]) -> Record |
     """Insert a task; None when a task with the same WFMS request id exists already."""
     stmt = insert(tasks).values(**values).on_conflict_do_nothing(index_elements=[tasks.c.wfms_request_id])
     return (await conn.execute(stmt.returning(*tasks.c))).first()
+
+
+async def record_command(conn: AsyncConnection, task_id: int, caller: Identity, command: str,
+                         detail: str | None) -> None:
+    """One line of the task's audit trail, in the command's own transaction."""
+    await conn.execute(sa.insert(task_commands).values(task_id=task_id, actor=caller.name, role=caller.role,
+                                                       command=command, detail=detail))
+
+
+async def commands_of(conn: AsyncConnection, task_id: int, limit: int = 100) -> list[Record]:
+    """The task's audit trail, oldest first (at most ``limit`` lines: the newest ones)."""
+    newest = (sa.select(task_commands).where(task_commands.c.task_id == task_id)
+              .order_by(task_commands.c.id.desc()).limit(limit).subquery())
+    return list((await conn.execute(sa.select(newest).order_by(newest.c.id))).all())
 
 
 async def lock_output_dataset(conn: AsyncConnection, dataset: str) -> None:

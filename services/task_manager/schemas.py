@@ -167,6 +167,8 @@ class TaskView(BaseModel):
     max_attempts: int
     priority: int
     wfms_request_id: str | None
+    owner: str | None = Field(None, description="who submitted it (its token's name): a wfms client changes only "
+                              "its own tasks")
     metadata: dict[str, Any]
     files_total: int | None
     files_assigned: int
@@ -367,6 +369,16 @@ class UsageTotals(BaseModel):
     written_mb: float
 
 
+class CommandLine(BaseModel):
+    """One line of a task's audit trail: who gave which command, when, and what it did."""
+
+    at: dt.datetime
+    actor: str
+    role: str
+    command: str
+    detail: str | None
+
+
 class Explanation(BaseModel):
     job: JobView
     task_status: TaskState
@@ -375,6 +387,7 @@ class Explanation(BaseModel):
     attempts: list[AttemptView]
     log_url: str | None
     log_tail: str | None = Field(description="the end of the last attempt's log, when the log is readable here")
+    task_commands: list[CommandLine] = Field(default_factory=list, description="its task's audit trail")
 
 
 class ThroughputPoint(BaseModel):

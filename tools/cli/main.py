@@ -232,6 +232,10 @@ def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> Non
                            f"{a['error_category'] or ''} {a['error_message'] or ''}".strip()]
                           for a in e["attempts"]], drop_order=["host", "exit"], wrap=("error",))
             render.attempt_usage(e["attempts"])
+        if e.get("task_commands"):
+            render.table("Commands on its task", ["when", "who", "command", "what it did"],
+                         [[_time(c["at"]), c["actor"], c["command"], c["detail"] or ""] for c in e["task_commands"]],
+                         drop_order=["what it did"], wrap=("who",))
         if not e["log_url"]:
             return
         tail, where = (e["log_tail"], "read by the task-manager") if e["log_tail"] else local_log_tail(e["log_url"])
