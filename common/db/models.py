@@ -195,7 +195,10 @@ class PilotCredential(Base):
     resource_type: Mapped[str] = mapped_column(sa.Text)
     max_cores: Mapped[int] = mapped_column(sa.Integer)
     max_gpus: Mapped[int] = mapped_column(sa.Integer)
-    host_pattern: Mapped[str] = mapped_column(sa.Text)
+    host_pattern: Mapped[str] = mapped_column(sa.Text)  # a label: the pilot says its host name itself
+    # the network its pilots' connections must come from (what the job-executor sees, not what the pilot says);
+    # null: any
+    network: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=_now())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 

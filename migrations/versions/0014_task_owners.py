@@ -1,4 +1,5 @@
-"""task owners and the audit trail: who submitted each task, and every command given on it
+"""task owners and the audit trail: who submitted each task, and every command given on it; the network a pilot
+credential's connections must come from
 
 Revision ID: 0014
 Revises: 0013
@@ -19,6 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column('task_dat', sa.Column('owner', sa.Text(), nullable=True))
+    op.add_column('pilot_credential', sa.Column('network', sa.Text(), nullable=True))
     op.create_table('task_command',
     sa.Column('id', sa.BigInteger(), sa.Identity(always=False), nullable=False),
     sa.Column('task_id', sa.BigInteger(), nullable=False),
@@ -37,4 +39,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f('ix_task_command_task_id'), table_name='task_command')
     op.drop_table('task_command')
+    op.drop_column('pilot_credential', 'network')
     op.drop_column('task_dat', 'owner')

@@ -77,8 +77,10 @@ Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
              responses={403: {"description": "the credential does not allow this resource type, these cores or "
                                              "GPUs, or this host"},
                         429: {"description": "too many registrations with this credential (Retry-After)"}})
-async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep, grant: Grant) -> PilotSession:
-    return await dispatcher.register(registration, channel="rest", grant=grant)
+async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep, grant: Grant,
+                         http: Request) -> PilotSession:
+    return await dispatcher.register(registration, channel="rest", grant=grant,
+                                     peer=http.client.host if http.client else None)
 
 
 @router.post("/pilots/{pilot_id}/exchange", response_model=ExchangeReply)

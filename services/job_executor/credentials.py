@@ -8,6 +8,7 @@ WMS_CREDENTIAL_CACHE_S, so a revocation takes effect within that time.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -33,15 +34,26 @@ class PilotGrant:
     max_cores: int | None = None
     max_gpus: int | None = None
     host_pattern: str = "*"
+    network: str | None = None  # CIDR the pilot's connections must come from
 
 
 class NotAPilotToken(Exception):
     """A valid token of another role (wfms, operator, service): 403, not 401."""
 
 
-def registration_refusal(grant: PilotGrant, registration: PilotRegistration) -> str | None:
-    """Why ``grant`` does not allow this registration, or None (pure)."""
+def registration_refusal(grant: PilotGrant, registration: PilotRegistration, peer: str | None = None) -> str | None:
+    """Why ``grant`` does not allow this registration from ``peer`` (the address the server sees; None over the
+    broker, which hides it), or None (pure)."""
     name = f"credential {grant.name!r}"
+    if grant.network is not None:
+        if peer is None:
+            return f"{name} is bound to network {grant.network}: register over REST (the broker hides the address)"
+        try:
+            inside = ipaddress.ip_address(peer) in ipaddress.ip_network(grant.network)
+        except ValueError:
+            inside = False
+        if not inside:
+            return f"{name} is for connections from {grant.network}, not {peer}"
     if grant.resource_type is not None and registration.resource_type != grant.resource_type:
         return f"{name} registers {grant.resource_type} pilots only, not {registration.resource_type}"
     if grant.max_cores is not None and registration.cores > grant.max_cores:
@@ -77,7 +89,7 @@ class PilotCredentials:
                                                    pilot_credentials.c.revoked_at.is_(None)))).first()
         grant = None if row is None else PilotGrant(
             key=digest, credential_id=row.id, name=row.name, resource_type=row.resource_type,
-            max_cores=row.max_cores, max_gpus=row.max_gpus, host_pattern=row.host_pattern)
+            max_cores=row.max_cores, max_gpus=row.max_gpus, host_pattern=row.host_pattern, network=row.network)
         if len(self._cache) >= CACHE_LIMIT:
             self._cache.clear()
         self._cache[digest] = (grant, now + self.ttl_s)

@@ -161,10 +161,11 @@ class Dispatcher:
         # Called with the task id when a job reached a terminal state: the task may be complete.
         self.on_job_ended = on_job_ended
 
-    async def register(self, registration: PilotRegistration, channel: str, grant: PilotGrant) -> PilotSession:
-        """``grant``: what the pilot's credential allows (checked here; registrations are rate-limited per
-        credential)."""
-        refusal = registration_refusal(grant, registration)
+    async def register(self, registration: PilotRegistration, channel: str, grant: PilotGrant,
+                       peer: str | None = None) -> PilotSession:
+        """``grant``: what the pilot's credential allows (checked here, with ``peer``, the address the pilot
+        connects from; registrations are rate-limited per credential)."""
+        refusal = registration_refusal(grant, registration, peer)
         if refusal is not None:
             raise CredentialMismatch(refusal)
         self.registrations.take(grant.key, time.monotonic())

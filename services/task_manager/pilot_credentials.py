@@ -3,11 +3,12 @@ binds the pilots that register with it to a resource type, core and GPU limits a
 job-executor enforces the binding at registration; a revoked token is refused within WMS_CREDENTIAL_CACHE_S)."""
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from common.auth import token_digest
 from common.db.models import Record
@@ -27,7 +28,21 @@ class CredentialRequest(BaseModel):
     max_cores: int = Field(ge=1, le=4096, strict=True)
     max_gpus: int = Field(0, ge=0, le=64, strict=True)
     host_pattern: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.*?\[\]-]{1,253}$")] = Field(
-        "*", description="a shell glob the pilot's host name must match, e.g. 'wn-gpu-*.spd.jinr.ru'")
+        "*", description="a shell glob the pilot's host name must match, e.g. 'wn-gpu-*.spd.jinr.ru' (a label: "
+        "the pilot reports its host name itself)")
+    network: Annotated[str, StringConstraints(max_length=64)] | None = Field(
+        None, description="a network (CIDR, e.g. '10.20.0.0/16') its pilots must connect from, as the job-executor "
+        "sees them; such a credential registers over REST only (the broker hides the pilot's address)")
+
+    @field_validator("network")
+    @classmethod
+    def _a_network(cls, network: str | None) -> str | None:
+        if network is None:
+            return None
+        try:
+            return str(ipaddress.ip_network(network, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not a network: {exc}") from exc
 
     @model_validator(mode="after")
     def _gpus_only_for_gpu(self) -> CredentialRequest:
@@ -43,6 +58,7 @@ class CredentialView(BaseModel):
     max_cores: int
     max_gpus: int
     host_pattern: str
+    network: str | None = None
     created_at: str
     revoked_at: str | None
 
@@ -53,7 +69,7 @@ class IssuedCredential(CredentialView):
 
 def view(row: Record) -> CredentialView:
     return CredentialView(id=row.id, name=row.name, resource_type=row.resource_type, max_cores=row.max_cores,
-                          max_gpus=row.max_gpus, host_pattern=row.host_pattern,
+                          max_gpus=row.max_gpus, host_pattern=row.host_pattern, network=row.network,
                           created_at=row.created_at.isoformat(),
                           revoked_at=row.revoked_at.isoformat() if row.revoked_at else None)
 

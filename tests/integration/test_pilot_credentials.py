@@ -67,6 +67,32 @@ async def test_a_credential_registers_only_what_it_is_bound_to(site, db, change,
         assert (await conn.execute(sa.select(sa.func.count()).select_from(pilots))).scalar_one() == 0
 
 
+async def test_a_credential_bound_to_a_network_registers_only_from_it(site, db) -> None:
+    """Issue 21 finding 9: the host glob is a label the pilot reports itself; a network is what the server sees."""
+    tm, je = site
+    assert (await tm.post("/api/v1/pilot-credentials", json={**CPU_NODE, "network": "not/a/net"},
+                          headers=OPERATOR)).status_code == 422
+    far = (await issue(tm, name="far-rack", network="10.99.0.0/16"))["token"]
+    refused = await je.post("/pilot/v1/pilots", json=REGISTRATION, headers={"Authorization": f"Bearer {far}"})
+    assert refused.status_code == 403 and "connections from 10.99.0.0/16" in refused.json()["detail"]
+    near = await issue(tm, name="this-rack", network="127.0.0.0/8")
+    assert near["network"] == "127.0.0.0/8"
+    accepted = await je.post("/pilot/v1/pilots", json=REGISTRATION,
+                             headers={"Authorization": f"Bearer {near['token']}"})
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_a_network_bound_credential_is_refused_over_the_broker() -> None:
+    from common.pilot_protocol import PilotRegistration
+    from services.job_executor.credentials import PilotGrant, registration_refusal
+
+    grant = PilotGrant(key="k", credential_id=1, name="rack", network="10.0.0.0/8")
+    registration = PilotRegistration.model_validate({**REGISTRATION})
+    assert "register over REST" in registration_refusal(grant, registration, None)
+    assert registration_refusal(grant, registration, "10.1.2.3") is None
+    assert "not 192.168.1.1" in registration_refusal(grant, registration, "192.168.1.1")
+
+
 async def test_a_gpu_credential_bounds_gpus_and_a_cpu_credential_allows_none(site) -> None:
     tm, je = site
     bad = await tm.post("/api/v1/pilot-credentials", json={**CPU_NODE, "max_gpus": 2}, headers=OPERATOR)

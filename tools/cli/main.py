@@ -280,12 +280,14 @@ def credentials_issue(
     resource_type: Annotated[str, typer.Option("--type", help="cpu or gpu: the pilots it may register")],
     max_cores: Annotated[int, typer.Option(min=1, help="the most cores one of its pilots may declare")],
     max_gpus: Annotated[int, typer.Option(min=0, help="the most GPUs (gpu credentials only)")] = 0,
-    hosts: Annotated[str, typer.Option(help="shell glob the pilot's host must match")] = "*",
+    hosts: Annotated[str, typer.Option(help="shell glob the pilot's host must match (a label: pilots report "
+                                            "their host name themselves)")] = "*",
+    network: Annotated[str | None, typer.Option(help="CIDR its pilots must connect from (REST only)")] = None,
 ) -> None:
-    """Issue a pilot credential; its token is printed once (give it to the pilots as WMS_PILOT_TOKEN)."""
+    """Issue a pilot credential; its token is printed once (give it to the pilots as WMS_PILOT_TOKEN_FILE)."""
     issued = state.api.post("/api/v1/pilot-credentials", {"name": name, "resource_type": resource_type,
                                                          "max_cores": max_cores, "max_gpus": max_gpus,
-                                                         "host_pattern": hosts})
+                                                         "host_pattern": hosts, "network": network})
     _show(issued, lambda c: render.console.print(
         f"credential {c['id']} ({c['name']}: {c['resource_type']}, <= {c['max_cores']} cores, <= {c['max_gpus']} "
         f"GPUs, hosts {c['host_pattern']})\ntoken (shown once): {c['token']}", markup=False, highlight=False))
