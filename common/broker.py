@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import functools
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -132,6 +133,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology, deliver
         )
 
 
+REASON_LOGGED = 500  # characters of a refusal's reason in the log (a validation error quotes its input)
 MessageHandler = Callable[[Envelope, object, AbstractIncomingMessage], Awaitable[None]]
 
 
@@ -140,6 +142,12 @@ class Consumer:
     queue: str  # namespaced
     handler: MessageHandler
     prefetch: int
+    max_bytes: int | None = None  # a larger message is dead-lettered unread (the pilots' channel)
+
+
+def message_digest(body: bytes) -> dict[str, object]:
+    """What the log says of a message it refuses: its size, sha256 and first bytes, never the whole of it."""
+    return {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest(), "head": repr(body[:64])}
 
 
 # 1 while this process's broker connection is up with its topology and consumers (its /readyz says the same)
@@ -349,15 +357,17 @@ class Broker:
         except aio_pika.exceptions.DeliveryError:
             log.warning("reply to a vanished requester dropped", extra={"reply_to": request.reply_to})
 
-    async def consume(self, queue_name: str, handler: MessageHandler, prefetch: int = 100) -> None:
+    async def consume(self, queue_name: str, handler: MessageHandler, prefetch: int = 100,
+                      max_bytes: int | None = None) -> None:
         """Consume ``queue_name`` (namespaced) with manual acks, now and after every reconnection.
 
         A message that does not decode, or that the handler finds can never be processed (it raises
         BadMessage), is rejected without requeue: dead-lettered at once. A handler that meets an outage
         (:func:`is_transient`) sends the message to the retry queue with a growing delay. Any other handler error
-        requeues it; the queue's delivery limit dead-letters it after repeated failures.
+        requeues it; the queue's delivery limit dead-letters it after repeated failures. A message larger than
+        ``max_bytes`` is dead-lettered without being decoded. A refused message is logged as a digest, never whole.
         """
-        consumer = Consumer(queue_name, handler, prefetch)
+        consumer = Consumer(queue_name, handler, prefetch, max_bytes)
         async with self._subscribing:
             self._consumers.append(consumer)
             if self._ready.is_set():
@@ -373,17 +383,24 @@ class Broker:
 
     async def _deliver(self, consumer: Consumer, message: AbstractIncomingMessage) -> None:
         queue_name = consumer.queue
+        if consumer.max_bytes is not None and len(message.body) > consumer.max_bytes:
+            log.error("dead-lettering oversized message", extra={
+                "queue": queue_name, "max_bytes": consumer.max_bytes, **message_digest(message.body)})
+            await _settle(message.reject(requeue=False))
+            return
         try:
             envelope, payload = decode(message.body)
         except BadMessage as exc:
-            log.error("dead-lettering bad message", extra={"queue": queue_name, "reason": str(exc)})
+            log.error("dead-lettering bad message", extra={
+                "queue": queue_name, "reason": str(exc)[:REASON_LOGGED], **message_digest(message.body)})
             await _settle(message.reject(requeue=False))
             return
         try:
             await consumer.handler(envelope, payload, message)
         except BadMessage as exc:
             log.error("dead-lettering unprocessable message",
-                      extra={"queue": queue_name, "message_id": str(envelope.message_id), "reason": str(exc)})
+                      extra={"queue": queue_name, "message_id": str(envelope.message_id),
+                             "reason": str(exc)[:REASON_LOGGED], **message_digest(message.body)})
             await _settle(message.reject(requeue=False))
             return
         except Exception as exc:

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
 
     # Larger request bodies are refused (413): the largest legitimate ones are 10,000-file registrations.
     max_request_bytes: int = Field(32 << 20, ge=1024)
+    # A message on the pilots' broker channel larger than this is dead-lettered unread (and logged as a digest).
+    pilot_max_message_bytes: int = Field(8 << 20, ge=1024)
 
     listen_host: str = "127.0.0.1"
     task_manager_port: int = Field(8081, ge=1, le=65535)

@@ -38,10 +38,14 @@ class PilotMqChannel:
 
     async def start(self) -> None:
         topology = self.broker.topology
+        # a pilot's message is bounded (WMS_PILOT_MAX_MESSAGE_BYTES): a larger one is dead-lettered unread and
+        # logged as a digest
+        limit = self.dispatcher.settings.pilot_max_message_bytes
         for queue in ("job-executor.claims.cpu", "job-executor.claims.gpu"):
-            await self.broker.consume(topology.queue(queue), self._on_request, prefetch=50)
+            await self.broker.consume(topology.queue(queue), self._on_request, prefetch=50, max_bytes=limit)
         # exchanges may wait for work (long poll): room for every pilot's request at once
-        await self.broker.consume(topology.queue("job-executor.pilot-events"), self._on_request, prefetch=1000)
+        await self.broker.consume(topology.queue("job-executor.pilot-events"), self._on_request, prefetch=1000,
+                                  max_bytes=limit)
 
     async def _on_request(self, envelope: Envelope, call: object, message: AbstractIncomingMessage) -> None:
         if not isinstance(call, PilotCall) or not message.reply_to:
