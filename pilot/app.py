@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import random
@@ -55,21 +54,12 @@ from pilot.channels.mq import MqChannel
 from pilot.channels.rest import RestChannel
 from pilot.config import PilotSettings
 from pilot.exit_codes import EXIT_DEAD, EXIT_FAILURE, EXIT_NO_WORK, EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME
+from pilot.outputs import ManifestError, OutputTooLarge, stage_outputs
 from pilot.payload import Limits, PayloadResult, run_payload
 from pilot.resources import identify
 from pilot.runtimes import Launch, RuntimeUnavailable
 from pilot.runtimes.select import make_runtime, prove
-from pilot.staging import (
-    StagingError,
-    Throttle,
-    UnsafeFile,
-    open_directory,
-    open_regular,
-    read_small,
-    remove_staged,
-    stage_in,
-    stage_out,
-)
+from pilot.staging import StagingError, Throttle, UnsafeFile, open_regular, remove_staged, stage_in, stage_out
 
 log = logging.getLogger("wms.pilot")
 CREDENTIAL_REFUSED = (401, 403)  # no use trying again with this credential
@@ -77,7 +67,6 @@ RETRY_FIRST_S = 0.5
 EXIT_CALL_TIMEOUT_S = 5.0
 DETAIL_LOG_MAX = 300
 UNANSWERED = 0  # the outcome of a report whose exchange never answered (the pilot gave up or was refused)
-MANIFEST_MAX_BYTES = 16 << 20
 MB = 1 << 20
 # how a payload that was ended is reported
 ENDED_AS: dict[str, ErrorCategory] = {"aborted": "cancelled", "timeout": "timeout", "memory": "memory",
@@ -87,14 +76,6 @@ T = TypeVar("T")
 
 class Stopped(Exception):
     """The pilot was asked to stop while waiting for an unavailable server."""
-
-
-class ManifestError(Exception):
-    pass
-
-
-class OutputTooLarge(Exception):
-    pass
 
 
 @dataclass
@@ -417,20 +398,17 @@ class Pilot:
                 result = None
             log_file = await asyncio.to_thread(self._stage_log, job, log_path, throttle)
             usage = result.usage if result is not None else None
-            if result is None or result.ended_by is not None or result.exit_code != 0:
-                category: ErrorCategory
-                category, message = (
-                    ("payload", "payload could not be started") if result is None
-                    else (ENDED_AS[result.ended_by], result.detail) if result.ended_by is not None
-                    else ("payload", f"exit code {result.exit_code}")
-                )
+            failure = payload_failure(result)
+            if failure is not None:
+                category, message = failure
                 await self._report(job, JobReport(attempt=job.attempt, state="failed", error_category=category,
                                                   error_message=message, log=log_file, usage=usage,
                                                   exit_code=None if result is None else result.exit_code),
                                    staged=[log_file] if log_file else [])
                 return
             try:
-                outputs = await asyncio.to_thread(self._stage_outputs, job, output_dir, workdir, throttle)
+                outputs = await asyncio.to_thread(stage_outputs, job, workdir, self.settings.max_output_mb * MB,
+                                                  throttle)
             except (StagingError, ManifestError, UnsafeFile, OutputTooLarge) as exc:
                 failed_as: ErrorCategory = (
                     "output_too_large" if isinstance(exc, OutputTooLarge)
@@ -468,39 +446,6 @@ class Pilot:
             log.exception("log could not be staged", extra={"job_id": job.job_id})
             return None
 
-    def _stage_outputs(self, job: JobSpec, output_dir: Path, workdir: Path, throttle: Throttle) -> list[StagedFile]:
-        """Every entry of the output directory, each a regular file of one link, or the attempt fails
-        (UnsafeFile, naming it) before anything is copied; their total within the output limit."""
-        events = read_manifest(workdir)
-        directory = open_directory(output_dir)
-        try:
-            opened: list[tuple[str, int]] = []
-            try:
-                total = 0
-                for name in sorted(os.listdir(directory)):
-                    fd = open_regular(name, directory)
-                    opened.append((name, fd))
-                    total += os.fstat(fd).st_size
-                if total > self.settings.max_output_mb * MB:
-                    raise OutputTooLarge(f"outputs of {total // MB} MB, over {self.settings.max_output_mb} MB")
-            except BaseException:
-                for _, fd in opened:
-                    os.close(fd)
-                raise
-            staged: list[StagedFile] = []
-            for i, (name, fd) in enumerate(opened):
-                try:
-                    lfn = f"{job.output_dataset}/{job.job_id}/{name}"
-                    staged.append(stage_out(fd, name, job.output_url_prefix, lfn, events.get(name), throttle))
-                except BaseException:
-                    for _, rest in opened[i + 1:]:
-                        os.close(rest)
-                    remove_staged(staged)
-                    raise
-            return staged
-        finally:
-            os.close(directory)
-
     async def _report(self, job: JobSpec, report: JobReport, staged: Sequence[StagedFile] = ()) -> bool:
         """Hand a report to the next exchange and wait for its outcome: True if accepted. What a refused attempt
         staged is removed: it will never be registered."""
@@ -520,47 +465,23 @@ class Pilot:
         return status == 200
 
 
+def payload_failure(result: PayloadResult | None) -> tuple[ErrorCategory, str] | None:
+    """How a payload failed (its error category and message), or None if it succeeded."""
+    if result is None:
+        return "payload", "payload could not be started"
+    if result.ended_by is not None:
+        return ENDED_AS[result.ended_by], result.detail
+    if result.exit_code != 0:
+        return "payload", f"exit code {result.exit_code}"
+    return None
+
+
 def payload_environment(allowed: list[str], job: JobSpec) -> dict[str, str]:
     """A clean environment: the allowed variables of the pilot's own (never its credentials or broker URL),
     the task's, and the job's coordinates (the runtime adds where its directories are). The task's variables
     were checked at submission."""
     inherited = {name: os.environ[name] for name in allowed if name in os.environ and not name.startswith("WMS_")}
     return {**inherited, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt)}
-
-
-def read_manifest(workdir: Path) -> dict[str, int]:
-    """The payload's optional outputs.json in its work directory: ``{"<output file name>": {"events": n}, ...}``
-    (read only if it is a regular file of its own, and not too large)."""
-    try:
-        data = _read_manifest_file(workdir)
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnsafeFile) as exc:
-        raise ManifestError(f"outputs.json: {exc}") from exc
-    try:
-        manifest = json.loads(data)
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-        events: dict[str, int] = {}
-        for name, entry in manifest.items():
-            if not isinstance(entry, dict):
-                raise ValueError(f"entry {name!r} is not an object")
-            if "events" in entry:
-                value = entry["events"]
-                if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ValueError(f"entry {name!r}: events must be a non-negative integer")
-                events[name] = value
-        return events
-    except ValueError as exc:
-        raise ManifestError(f"malformed outputs.json: {exc}") from exc
-
-
-def _read_manifest_file(workdir: Path) -> bytes:
-    directory = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        return read_small("outputs.json", directory, MANIFEST_MAX_BYTES)
-    finally:
-        os.close(directory)
 
 
 async def amain(settings: PilotSettings) -> int:

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "asyncpg", "alembic", "prometheus_client",
                    "typer", "rich", "yaml", "httpx")
 PILOT_MODULES = ("pilot.app", "pilot.daemon", "pilot.channels.rest", "pilot.channels.mq", "pilot.staging",
-                 "pilot.payload", "pilot.resources", "pilot.config")
+                 "pilot.payload", "pilot.resources", "pilot.config", "pilot.outputs", "pilot.usage", "pilot.cgroups",
+                 "pilot.credentials", "pilot.runtimes", "pilot.runtimes.sandbox", "pilot.runtimes.plain",
+                 "pilot.runtimes.select")
 
 # Imports every pilot module in a fresh interpreter where any server package fails to import, as if absent.
 PROBE = """

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pilot.app import ManifestError, read_manifest
+from pilot.outputs import ManifestError, read_manifest
 
 
 def test_missing_manifest_means_no_event_counts(tmp_path: Path) -> None:
