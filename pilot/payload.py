@@ -158,9 +158,11 @@ class _Payload:
         if self.group is not None:
             self.group.kill_all()
         if not self.reaped.done():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.kill()
+            # os.kill, never Popen.kill: Popen polls first, and a poll would reap the payload under the waiting
+            # thread's feet (an unreaped child keeps its pid, so this cannot hit another process)
+            for kill in (os.killpg, os.kill):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    kill(self.process.pid, signal.SIGKILL)
         if not self.runtime.contained:
             _signal_all(payload_processes(self.tag, None if self.reaped.done() else self.process.pid),
                         signal.SIGKILL)
@@ -181,9 +183,15 @@ class _Payload:
         await self.reaped
 
 
-def _wait4(pid: int, reaped: asyncio.Future[tuple[int, resource.struct_rusage]],
+def _wait4(pid: int, reaped: asyncio.Future[tuple[int | None, resource.struct_rusage]],
            loop: asyncio.AbstractEventLoop) -> None:
-    _, status, rusage = os.wait4(pid, 0)
+    """Reap the payload with its rusage (this thread alone reaps it: nothing may poll the Popen meanwhile)."""
+    status: int | None
+    try:
+        _, status, rusage = os.wait4(pid, 0)
+    except ChildProcessError:  # reaped elsewhere after all (Popen's own poll): its exit code is Popen's
+        status, rusage = None, resource.struct_rusage((0.0, 0.0) + (0,) * 14)
+
     def settle() -> None:
         if not reaped.done():
             reaped.set_result((status, rusage))
@@ -278,7 +286,8 @@ async def run_payload(runtime: Runtime, launch: Launch, log_path: Path, limits: 
     await payload.end(KILL_GRACE_S if ended_by in ("aborted", "timeout") else 0)
     status, rusage = payload.reaped.result()
     meter.ended = time.monotonic()
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped by us: Popen must not wait for it again
+    if status is not None:
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped by us: Popen must not wait for it again
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(pump, 10)
     log.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -47,7 +48,8 @@ def runtime(request, tmp_path: Path) -> tuple[Runtime, Path, Cgroups]:
     cgroups.remove()
 
 
-async def _start(runtime: tuple[Runtime, Path, Cgroups], script: str, abort: asyncio.Event, wall_time_s: float = 60):
+async def _start(runtime: tuple[Runtime, Path, Cgroups], script: str, abort: asyncio.Event, wall_time_s: float = 60,
+                 output_bytes: int = 1 << 30):
     rt, workdir, cgroups = runtime
     attempt = workdir / f"job-1-{secrets.token_hex(3)}"
     (attempt / "outputs").mkdir(parents=True)
@@ -56,7 +58,7 @@ async def _start(runtime: tuple[Runtime, Path, Cgroups], script: str, abort: asy
             os.chown(path, *rt.owner())
     launch = Launch("/bin/sh", ["-c", script], {"PATH": "/usr/bin:/bin"}, attempt, [], 1)
     return asyncio.create_task(run_payload(rt, launch, workdir / "payload.log", Limits(wall_time_s, 1 << 30,
-                                                                                       1 << 30, 1 << 20),
+                                                                                       output_bytes, 1 << 20),
                                            abort, cgroups, 0.5))
 
 
@@ -95,3 +97,24 @@ async def _present(name: str) -> bool:
 
 async def _absent(name: str) -> bool:
     return not escapees(name)
+
+
+async def test_an_abort_racing_the_payloads_own_end_never_hangs(runtime, monkeypatch) -> None:
+    """Found in CI under load: killing through Popen.kill polls first, and that poll reaped a payload that had just
+    exited under the reaping thread's feet, which then never reported it: the job hung. Nothing may poll the Popen
+    (recorded here: the race itself needs a loaded machine), and aborts landing right as payloads end never hang."""
+    polled: list[object] = []
+    monkeypatch.setattr(subprocess.Popen, "poll", lambda self: polled.append(self))
+    loop = asyncio.get_running_loop()
+    for i in range(40):
+        abort = asyncio.Event()
+        run = await _start(runtime, "sleep 0.05", abort)
+        loop.call_later(0.04 + (i % 5) * 0.01, abort.set)
+        result = await asyncio.wait_for(run, 15)
+        assert result.exit_code is not None
+    # a limit ends the payload at once (no grace): the kill lands while the sandbox's PID 1 dies
+    for _ in range(3):
+        run = await _start(runtime, 'head -c 3000000 /dev/zero > "$WMS_OUTPUT_DIR/big"; sleep 30', asyncio.Event(),
+                           output_bytes=1 << 20)
+        assert (await asyncio.wait_for(run, 15)).ended_by == "output_too_large"
+    assert polled == []
