@@ -3,7 +3,8 @@
 - which resource types a pilot serves (GPU pilots fall back to CPU work), and which pilots serve a job;
 - which task states let their jobs proceed, and the state a task's jobs must be in;
 - retries by error category: payload failures bounded by the task's max_attempts, losses to infrastructure by
-  their own budget, errors that a retry cannot mend not retried; a backoff that doubles per retry, capped.
+  their own budget, errors that a retry cannot mend not retried; a backoff that doubles per retry, capped;
+- fair share at dispatch: each job's place in the claim order (weighted fair queueing).
 """
 from __future__ import annotations
 
@@ -86,3 +87,19 @@ class RetryPolicy:
 def memory_for_attempt(task_memory_mb: int, last_error: str | None, retry_factor: float) -> int:
     """The memory an attempt may use: the task's, or more once an attempt of the job went over it."""
     return int(task_memory_mb * retry_factor) if last_error == MEMORY_CATEGORY else task_memory_mb
+
+
+def fair_start(task_virtual_time: float, current_virtual_time: float | None) -> float:
+    """Where a task's next jobs start in dispatch order: where it left off, but never behind the jobs now ready
+    (a task that sat out comes back at the current virtual time, without a hoard of credit)."""
+    return task_virtual_time if current_virtual_time is None else max(task_virtual_time, current_virtual_time)
+
+
+def fair_keys(start: float, priority: int, n: int) -> list[float]:
+    """Dispatch keys (virtual finish times) of a task's next ``n`` jobs from ``start``: claims take ready jobs in
+    key order, so while tasks have ready jobs each is served in proportion to its priority (3:1 gets three jobs for
+    one; at 1000:1 the low task's first job comes after about a thousand of the high one's, not after all of them).
+    The same stride idea as the task-executor's generation (services/task_executor/fairshare.py)."""
+    if priority < 1:
+        raise ValueError("priority must be positive")
+    return [start + (i + 1) / priority for i in range(n)]

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import jobs, tasks
+from common.policies import fair_keys
 
 
 def task_description(**overrides: Any) -> dict[str, Any]:
@@ -52,5 +53,8 @@ async def insert_task(conn: AsyncConnection, **overrides: Any) -> int:
 
 
 async def insert_jobs(conn: AsyncConnection, task_id: int, n: int, **overrides: Any) -> list[int]:
-    rows = [{"task_id": task_id, "resource_type": "cpu", "priority": 1, "n_files": 1, **overrides} for _ in range(n)]
+    # in the dispatch order registration would give a new task's first jobs (common.policies.fair_keys)
+    priority = overrides.get("priority", 1)
+    rows = [{"task_id": task_id, "resource_type": "cpu", "priority": 1, "n_files": 1,
+             "dispatch_key": fair_keys(0.0, priority, 1)[0], **overrides} for _ in range(n)]
     return list((await conn.execute(sa.insert(jobs).returning(jobs.c.id), rows)).scalars())

@@ -93,6 +93,8 @@ class Task(Base):
     # Who submitted it (the name of the submitting token, common.auth.Identity): a wfms client changes only its
     # own tasks. Null for tasks submitted before owners existed (operators only).
     owner: Mapped[str | None] = mapped_column(sa.Text)
+    # Where its next registered jobs start in the fair dispatch order (common.policies.fair_start).
+    dispatch_vt: Mapped[float] = mapped_column(sa.Float, server_default="0")
 
     __table_args__ = (
         sa.CheckConstraint(_in("status", TASK_MACHINE.states), name="status"),
@@ -238,16 +240,18 @@ class Job(Base):
     # Attempts lost to infrastructure (dead pilot, silent heartbeat): counted apart from payload failures, with
     # their own limit (WMS_MAX_LOST_ATTEMPTS); ``attempt - lost_attempts`` is what max_attempts bounds.
     lost_attempts: Mapped[int] = mapped_column(sa.Integer, server_default="0")
+    # Its place in the claim order: a virtual finish time (common.policies.fair_keys), set at registration.
+    dispatch_key: Mapped[float] = mapped_column(sa.Float, server_default="0")
 
     __table_args__ = (
         sa.CheckConstraint(_in("status", JOB_MACHINE.states), name="status"),
         sa.CheckConstraint(_in("resource_type", RESOURCE_TYPES), name="resource_type"),
         sa.Index("ix_job_dat_task_status", "task_id", "status"),
-        # Dispatch: the highest-priority ready job of a resource type.
+        # Dispatch: the ready jobs of a resource type in fair-share order (common.policies.fair_keys).
         sa.Index(
             "ix_job_dat_ready",
             "resource_type",
-            sa.text("priority DESC"),
+            "dispatch_key",
             "id",
             postgresql_where=sa.text(f"status = '{JobState.READY}'"),
         ),

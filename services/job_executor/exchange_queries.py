@@ -63,32 +63,32 @@ _HELD = sa.text(f"""
 # pending -> done, which names exactly the inputs.
 _CLAIM = sa.text(f"""
     WITH candidate AS (
-        SELECT j.id, j.priority, t.cores, t.memory_mb
+        SELECT j.id, j.dispatch_key, t.cores, t.memory_mb
           FROM job_dat j JOIN task_dat t ON t.id = j.task_id
          WHERE j.status = {READY} AND j.resource_type = :resource_type
            AND (j.not_before IS NULL OR j.not_before <= now())
            AND t.status IN ({_sql_list(TASK_STATES_WHOSE_JOBS_PROCEED)})
            AND t.cores <= :free_cores AND t.memory_mb <= :free_memory
-         ORDER BY j.priority DESC, j.id
+         ORDER BY j.dispatch_key, j.id
          LIMIT :limit
          FOR UPDATE OF j SKIP LOCKED),
     fitting AS (
         SELECT id FROM (SELECT id, sum(cores) OVER w AS cores, sum(memory_mb) OVER w AS memory_mb
-                          FROM candidate WINDOW w AS (ORDER BY priority DESC, id)) AS running_total
+                          FROM candidate WINDOW w AS (ORDER BY dispatch_key, id)) AS running_total
          WHERE cores <= :free_cores AND memory_mb <= :free_memory),
     claimed AS (
         UPDATE job_dat j
            SET status = {DISPATCHED}, pilot_id = :pilot, attempt = j.attempt + 1, started_at = now(),
                heartbeat_at = now(), finished_at = NULL, not_before = NULL, claim_request_id = :request_id
          WHERE j.id = ANY(ARRAY(SELECT id FROM fitting)) AND j.status IN ({_sources(JobState.DISPATCHED)})
-        RETURNING j.id, j.attempt, j.task_id, j.priority, j.error_category AS last_error),
+        RETURNING j.id, j.attempt, j.task_id, j.dispatch_key, j.error_category AS last_error),
     opened AS (
         INSERT INTO job_attempt (job_id, attempt, pilot_id) SELECT id, attempt, :pilot FROM claimed)
     SELECT c.id, c.attempt, c.task_id, c.last_error, f.lfn, f.url, f.size, f.adler32
       FROM claimed c LEFT JOIN LATERAL (
            SELECT id, role, lfn, url, size, adler32 FROM file_dat WHERE job_id = c.id OFFSET 0) AS f
            ON f.role = {INPUT}
-     ORDER BY c.priority DESC, c.id, f.id""")
+     ORDER BY c.dispatch_key, c.id, f.id""")
 
 _INPUTS = sa.text(f"""
     SELECT job_id, lfn, url, size, adler32

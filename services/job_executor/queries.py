@@ -69,7 +69,8 @@ async def jobs_held_by(conn: AsyncConnection, pilot_id: int) -> int:
 
 async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str, cores: int, memory_mb: int,
                     request_id: uuid.UUID | None = None) -> Record | None:
-    """Claim the highest-priority ready job of ``resource_type`` whose backoff is over and whose task may run.
+    """Claim the first ready job (fair-share order: common.policies.fair_keys) of ``resource_type`` whose backoff
+    is over and whose task may run.
 
     One statement; SKIP LOCKED so concurrent claims never wait for each other or take the same job.
     """
@@ -83,7 +84,7 @@ async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str, co
             sa.exists().where(tasks.c.id == jobs.c.task_id, tasks.c.status.in_(sorted(TASK_STATES_WHOSE_JOBS_PROCEED)),
                               tasks.c.cores <= cores, tasks.c.memory_mb <= memory_mb),
         )
-        .order_by(jobs.c.priority.desc(), jobs.c.id)
+        .order_by(jobs.c.dispatch_key, jobs.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
@@ -440,13 +441,27 @@ async def move_queued_jobs(conn: AsyncConnection, task_id: int, target: JobState
     await guarded_transition(conn, jobs, JOB_MACHINE, jobs.c.task_id == task_id, target, only_from=only_from)
 
 
+# A task's new priority: its queued jobs take it and new dispatch keys (common.policies.fair_keys) from the first
+# ready key of their type on, in their old order; the task's virtual time follows them.
+_REKEY = sa.text(f"""
+    WITH current AS (
+        SELECT coalesce((SELECT min(dispatch_key) FROM job_dat
+                          WHERE status = '{JobState.READY}' AND resource_type = t.resource_type), t.dispatch_vt) AS vt
+          FROM task_dat t WHERE t.id = :task),
+    ranked AS (
+        SELECT id, row_number() OVER (ORDER BY dispatch_key, id) AS rank FROM job_dat
+         WHERE task_id = :task AND status IN ('{JobState.READY}', '{JobState.HELD}')),
+    rekeyed AS (
+        UPDATE job_dat j SET priority = CAST(:priority AS integer),
+               dispatch_key = current.vt + ranked.rank::float8 / CAST(:priority AS integer)
+          FROM ranked, current WHERE j.id = ranked.id
+        RETURNING j.dispatch_key)
+    UPDATE task_dat SET dispatch_vt = (SELECT coalesce(max(dispatch_key), (SELECT vt FROM current)) FROM rekeyed)
+     WHERE id = :task""")
+
+
 async def set_queued_jobs_priority(conn: AsyncConnection, task_id: int, priority: int) -> None:
-    await conn.execute(
-        sa.update(jobs)
-        .where(jobs.c.task_id == task_id, jobs.c.status.in_([JobState.READY, JobState.HELD]),
-               jobs.c.priority != priority)
-        .values(priority=priority)
-    )
+    await conn.execute(_REKEY, {"task": task_id, "priority": priority})
 
 
 async def tasks_ready_to_end(conn: AsyncConnection) -> list[tuple[int, bool, bool]]:

@@ -10,8 +10,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, consumed_messages, files, jobs, tasks
+from common.states import JobState
 
-JOB_COLUMNS = ("id", "task_id", "status", "resource_type", "priority", "n_files", "n_bytes", "n_events", "queued_at")
+JOB_COLUMNS = ("id", "task_id", "status", "resource_type", "priority", "n_files", "n_bytes", "n_events", "queued_at",
+               "dispatch_key")
 FILE_COLUMNS = ("lfn", "dataset", "task_id", "job_id", "role", "url", "size", "adler32", "events", "status")
 
 
@@ -21,17 +23,24 @@ async def claim_message(conn: AsyncConnection, consumer: str, message_id: uuid.U
     return (await conn.execute(stmt)).rowcount == 1
 
 
-async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int) -> Record | None:
-    """Add the chunk's jobs to the task's registered count and return the task's state, in one statement.
+async def count_registered(conn: AsyncConnection, task_id: int, n_jobs: int, resource_type: str) -> Record | None:
+    """Add the chunk's jobs to the task's registered count and return the task's state, priority and where its
+    jobs start in the fair dispatch order (``start``: common.policies.fair_start of the task's virtual time and
+    the first ready job's key), advancing its virtual time past them, in one statement.
 
     The row lock this takes is held until commit: a pause or cancel cannot slip between reading the state and
     registering the jobs (it waits, then sees them), and registrations of one task never deadlock each other.
     """
+    current = (sa.select(sa.func.min(jobs.c.dispatch_key))
+               .where(jobs.c.status == JobState.READY, jobs.c.resource_type == resource_type).scalar_subquery())
+    start = sa.func.greatest(tasks.c.dispatch_vt, sa.func.coalesce(current, tasks.c.dispatch_vt))
     stmt = (
         sa.update(tasks)
         .where(tasks.c.id == task_id)
-        .values(jobs_registered=tasks.c.jobs_registered + n_jobs)
-        .returning(tasks.c.id, tasks.c.status)
+        .values(jobs_registered=tasks.c.jobs_registered + n_jobs,
+                dispatch_vt=start + sa.cast(n_jobs, sa.Float) / tasks.c.priority)
+        .returning(tasks.c.id, tasks.c.status, tasks.c.priority,
+                   (tasks.c.dispatch_vt - sa.cast(n_jobs, sa.Float) / tasks.c.priority).label("start"))
     )
     return (await conn.execute(stmt)).first()
 

@@ -12,7 +12,7 @@ from itertools import repeat
 from common.db import ready_jobs
 from common.db.session import Database, retry_transient
 from common.messages import BadMessage, Envelope, JobChunk
-from common.policies import job_state_for_task
+from common.policies import fair_keys, job_state_for_task
 from common.states import JOB_MACHINE, FileState, JobState
 from services.job_manager import queries
 
@@ -40,7 +40,7 @@ class ChunkRegistrar:
             if not await queries.claim_message(conn, CONSUMER, envelope.message_id):
                 return []
             n_jobs = len(chunk.files_per_job)
-            task = await queries.count_registered(conn, chunk.task_id, n_jobs)
+            task = await queries.count_registered(conn, chunk.task_id, n_jobs, chunk.resource_type)
             if task is None:
                 raise BadMessage(f"chunk for unknown task {chunk.task_id}")
             # where a chunk's jobs go, by the state of their task at registration
@@ -57,9 +57,10 @@ class ChunkRegistrar:
                 "job_dat",
                 queries.JOB_COLUMNS,
                 [
-                    (job_id, chunk.task_id, str(target), chunk.resource_type, chunk.priority, files.stop - files.start,
-                     sum(chunk.sizes[files]), _total_events(chunk.events[files]), queued_at)
-                    for job_id, files in zip(job_ids, chunk.job_slices(), strict=True)
+                    (job_id, chunk.task_id, str(target), chunk.resource_type, task.priority, files.stop - files.start,
+                     sum(chunk.sizes[files]), _total_events(chunk.events[files]), queued_at, key)
+                    for job_id, files, key in zip(job_ids, chunk.job_slices(),
+                                                  fair_keys(task.start, task.priority, n_jobs), strict=True)
                 ],
             )
             await queries.copy_rows(

@@ -135,11 +135,11 @@ async def explain_job(conn: Transaction, job_id: int, storage_root: str,
             wait = (job.not_before - now).total_seconds()
             reasons.append(f"retry backoff after attempt {job.attempt}: claimable in {wait:.0f} s")
         if status == JobState.READY:
-            ahead = await queries.ready_jobs_ahead(conn, job.id, job.resource_type, job.priority)
+            ahead = await queries.ready_jobs_ahead(conn, job.id, job.resource_type, job.dispatch_key)
             # GPU pilots also take CPU work; CPU pilots never take GPU work
             fitting = await queries.live_pilots_fitting(conn, pilot_types_serving(job.resource_type), task.cores,
                                                         task.memory_mb)
-            reasons.append(f"{ahead} ready {job.resource_type} jobs are ahead of it (priority, then age)")
+            reasons.append(f"{ahead} ready {job.resource_type} jobs are ahead of it (fair share by priority)")
             if fitting == 0:
                 reasons.append(f"no live pilot offers {job.resource_type} with >= {task.cores} cores and "
                                f">= {task.memory_mb} MB: it cannot run until such a pilot registers")

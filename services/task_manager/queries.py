@@ -260,11 +260,11 @@ async def database_now(conn: AsyncConnection) -> dt.datetime:
     return now
 
 
-async def ready_jobs_ahead(conn: AsyncConnection, job_id: int, resource_type: str, priority: int) -> int:
-    """Ready jobs of the type that are claimed before this one (higher priority, then older)."""
+async def ready_jobs_ahead(conn: AsyncConnection, job_id: int, resource_type: str, dispatch_key: float) -> int:
+    """Ready jobs of the type that are claimed before this one (fair-share order: dispatch key, then id)."""
     stmt = sa.select(sa.func.count()).where(
         jobs.c.status == JobState.READY, jobs.c.resource_type == resource_type,
-        sa.or_(jobs.c.priority > priority, sa.and_(jobs.c.priority == priority, jobs.c.id < job_id)))
+        sa.or_(jobs.c.dispatch_key < dispatch_key, sa.and_(jobs.c.dispatch_key == dispatch_key, jobs.c.id < job_id)))
     return int((await conn.execute(stmt)).scalar_one())
 
 

@@ -53,7 +53,7 @@ async def counts(db, task_id: int) -> tuple[int, int, dict[str, int]]:
 
 async def test_chunk_is_registered_once_and_made_ready(job_manager, broker, db) -> None:
     async with db.begin() as conn:
-        task_id = await insert_task(conn, status="running", jobs_total=50)
+        task_id = await insert_task(conn, status="running", jobs_total=50, priority=4)
     envelope = wrap(JOB_CHUNK, chunk(task_id, 0, 50))
     await publish(broker, envelope)
     await wait_for(lambda: _has_jobs(db, task_id, 50))
