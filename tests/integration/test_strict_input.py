@@ -4,13 +4,10 @@ integer, number and boolean in it (nested objects and arrays included) sends a b
 there: the 422 must name that very place (before, ``"memory_mb": true`` was stored as 1 MB and the task ran)."""
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-import pytest
-
-from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, running_app
-from tests.integration.test_authorization_matrix import SERVICES, _url
+from tests.conftest import OPERATOR_TOKEN, PILOT_TOKEN, SERVICE_TOKEN, WFMS_TOKEN
+from tests.integration.test_authorization_matrix import _url, service  # noqa: F401 (the fixture)
 
 TOKENS = {"operator": OPERATOR_TOKEN, "wfms": WFMS_TOKEN, "service": SERVICE_TOKEN, "pilot": PILOT_TOKEN}
 WRONG = {"integer": [True, "7"], "number": [True, "7.5"], "boolean": ["true", 1]}
@@ -45,15 +42,7 @@ def body_at(path: tuple, value: Any) -> Any:
     return value
 
 
-@pytest.fixture(params=SERVICES)
-async def service(request, settings, tmp_path):
-    create_app = importlib.import_module(f"services.{request.param}.app").create_app
-    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60})
-    async with running_app(create_app(tuned)) as client:
-        yield request.param, client
-
-
-async def test_every_number_and_bool_of_every_request_body_is_strict(service) -> None:
+async def test_every_number_and_bool_of_every_request_body_is_strict(service) -> None:  # noqa: F811
     name, client = service
     document = (await client.get("/openapi.json")).json()
     lax, checked, bodies = [], 0, 0
