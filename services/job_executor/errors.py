@@ -9,6 +9,8 @@ ATTEMPT_FAILURES = Counter("wms_attempt_failures_total", "Job attempts that ende
 REPORTS_REFUSED = Counter("wms_pilot_reports_refused_total",
                           "Pilot reports refused: 409 (not the current attempt: stale, fenced) or 422 (invalid)",
                           ["status"])
+for _status in ("409", "422"):  # exposed at 0 from the start: a dashboard's rate() needs the series to exist
+    REPORTS_REFUSED.labels(_status)
 
 
 def attempts_failed(category: str, n: int = 1) -> None:

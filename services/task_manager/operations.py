@@ -15,7 +15,7 @@ from common.db import retention
 from common.db.session import Transaction
 from common.job_listing import JobView
 from common.policies import pilot_types_serving
-from common.states import JobState, RowNotFound, TaskState
+from common.states import TASK_MACHINE, JobState, RowNotFound, TaskState
 from common.storage import UnsafeStoragePath, read_beneath
 from services.task_manager import queries
 from services.task_manager.schemas import (
@@ -155,6 +155,8 @@ async def explain_job(conn: Transaction, job_id: int, storage_root: str,
         reasons.append(f"cancelled with its task ({task.status})")
     else:
         reasons.append("finished")
+    if task.error and task.status in TASK_MACHINE.terminal:
+        reasons.append(f"its task {task.id} {task.status}: {task.error}")  # e.g. another job's output refused
     for f in await queries.rejected_outputs(conn, job_id, EXPLAIN_REJECTED_MAX):
         reasons.append(f"the DSM refused its output {f.lfn}: {f.error}")
     unregistered = await queries.output_waiting_for_dsm(conn, job_id)
