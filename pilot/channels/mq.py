@@ -1,6 +1,5 @@
 """RabbitMQ channel of the pilot: requests on the pilots exchange (registration and exchanges, protocol 2), answers
-through RabbitMQ's direct reply-to (``amq.rabbitmq.reply-to``: the broker delivers a reply to the channel that
-sent the request, under a name it makes itself and no client can list), matched by correlation id.
+on an exclusive reply queue matched by correlation id.
 
 The connection is the pilot's own and is rebuilt on demand: any failure (broker down, connection or channel
 lost, no answer in time) drops it and is reported as an outage; the next call connects again, with a new reply
@@ -22,7 +21,6 @@ from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistrat
 from pilot.channels import ChannelRefused, ChannelUnavailable
 
 CLOSE_TIMEOUT_S = 5.0
-DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class MqChannel:
@@ -52,8 +50,8 @@ class MqChannel:
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchange = await channel.get_exchange(self.exchange_name, ensure=False)
-                replies = await channel.get_queue(DIRECT_REPLY_TO, ensure=False)  # a pseudo-queue: consumed, no ack
-                await replies.consume(self._on_reply, no_ack=True)
+                self._replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+                await self._replies.consume(self._on_reply, no_ack=True)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT_S)
@@ -92,7 +90,7 @@ class MqChannel:
             message = aio_pika.Message(
                 body=envelope.model_dump_json().encode(), content_type="application/json", type=op,
                 message_id=str(envelope.message_id), correlation_id=correlation_id,
-                reply_to=DIRECT_REPLY_TO, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                reply_to=self._replies.name, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             await asyncio.wait_for(self._exchange.publish(message, routing_key=op, mandatory=True), self.timeout_s)
             reply = await asyncio.wait_for(future, self.timeout_s + wait_s)

@@ -27,10 +27,7 @@ from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefus
 from services.job_executor.exchange import Exchanges
 
 log = logging.getLogger("wms.job_executor.mq")
-# A pilot asks for RabbitMQ's direct reply-to; the broker turns it into a name of its own for the pilot's channel
-# (no queue anybody could list or consume): a reply_to naming anything else (another pilot's queue, a service's)
-# is never answered.
-REPLY_QUEUE_PREFIX = "amq.rabbitmq.reply-to."
+REPLY_QUEUE_PREFIX = "amq.gen-"  # the broker names a pilot's exclusive reply queue
 SERVICE = "job-executor"
 
 
@@ -54,8 +51,8 @@ class PilotMqChannel:
         if not isinstance(call, PilotCall) or not message.reply_to:
             raise BadMessage(f"not a pilot request with reply_to: {envelope.type}")
         if not message.reply_to.startswith(REPLY_QUEUE_PREFIX):
-            # a pilot may have only its own channel answered: never another pilot's queue, never a service's
-            raise BadMessage(f"reply_to {message.reply_to!r} is not the requester's direct reply-to")
+            # a pilot may have only its own server-named reply queue answered: never a service's queue
+            raise BadMessage(f"reply_to {message.reply_to!r} is not a pilot's reply queue")
         with observe_message(SERVICE, envelope.type):
             reply = await self._answer(envelope.type, call)
         await self.broker.reply(message, wrap("pilot.reply", reply))

@@ -44,28 +44,3 @@ async def test_junk_on_the_pilots_channel_is_dead_lettered_and_logged_as_a_diges
         assert len(str(record.__dict__)) < LOGGED_MAX, record.getMessage()
     oversized = next(r for r in refused if "oversized" in r.getMessage())
     assert oversized.bytes == len(huge) and len(oversized.sha256) == 64
-
-
-async def test_a_reply_is_never_sent_to_another_pilots_queue(settings, amqp, tmp_path) -> None:
-    """A pilot that set reply_to to another pilot's reply queue had the reply delivered there. Replies now go only
-    to the requester's own channel (direct reply-to); a request naming any other queue is dead-lettered."""
-    from common.messages import PilotCall, wrap
-    from services.job_executor.app import create_app
-    from tests.conftest import PILOT_TOKEN
-
-    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60})
-    async with running_app(create_app(tuned)):
-        victim = await amqp.channel()
-        victims_queue = await victim.declare_queue("", exclusive=True)  # as a pilot's old-style reply queue
-        attacker = await amqp.channel()
-        request = wrap("pilot.register", PilotCall(credential=PILOT_TOKEN, registration={
-            "host": "evil", "resource_type": "cpu", "cores": 1, "memory_mb": 100, "version": "x"}))
-        await (await attacker.get_exchange(f"{settings.broker_namespace}.pilots", ensure=False)).publish(
-            aio_pika.Message(body=request.model_dump_json().encode(), type="pilot.register", correlation_id="c",
-                             reply_to=victims_queue.name), routing_key="pilot.register")
-        dead = await attacker.get_queue(f"{settings.broker_namespace}.job-executor.pilot-events.dlq")
-        refused = await get_message(dead, timeout=15)
-        assert refused.reply_to == victims_queue.name
-        assert await victims_queue.get(fail=False) is None  # nothing was delivered to the other pilot
-        await victim.close()
-        await attacker.close()
