@@ -32,6 +32,26 @@ def relative_to_root(url: str, storage_root: str) -> list[str]:
     return parts
 
 
+def unsafe_kind(st: os.stat_result) -> str | None:
+    """Why a file may not be read as what a payload produced, or None for a regular file with one link (the pilot's
+    staging and the services' readers share this one rule)."""
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_nlink != 1:
+        return f"a hard link ({st.st_nlink} links)"
+    return None
+
+
 @contextmanager
 def open_beneath(url: str, storage_root: str) -> Iterator[tuple[int, os.stat_result]]:
     """A read-only descriptor (and its stat) of the regular single-link file ``url`` names under the root."""
@@ -56,10 +76,9 @@ def open_beneath(url: str, storage_root: str) -> Iterator[tuple[int, os.stat_res
         os.close(current)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeStoragePath(f"{parts[-1]!r} is not a regular file")
-        if info.st_nlink != 1:
-            raise UnsafeStoragePath(f"{parts[-1]!r} is a hard link ({info.st_nlink} links)")
+        why = unsafe_kind(info)
+        if why is not None:
+            raise UnsafeStoragePath(f"{parts[-1]!r} is {why}")
         yield fd, info
     finally:
         os.close(fd)

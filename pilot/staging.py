@@ -8,7 +8,6 @@ storage from a farm of pilots staging at once.
 from __future__ import annotations
 
 import os
-import stat
 import time
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from common.checksums import BLOCK, adler32_of
 from common.pilot_protocol import InputFile, StagedFile
+from common.storage import unsafe_kind
 
 
 class StagingError(Exception):
@@ -27,36 +27,17 @@ class UnsafeFile(Exception):
     directory (category 'manifest'; nothing of it is copied)."""
 
 
-def _kind(st: os.stat_result) -> str | None:
-    """Why a file may not be staged, or None for a regular file with one link."""
-    if stat.S_ISLNK(st.st_mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(st.st_mode):
-        return "a directory"
-    if stat.S_ISFIFO(st.st_mode):
-        return "a FIFO"
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        return "a device"
-    if stat.S_ISSOCK(st.st_mode):
-        return "a socket"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_nlink != 1:
-        return f"a hard link ({st.st_nlink} links)"
-    return None
-
-
 def open_regular(name: str, dir_fd: int | None = None) -> int:
     """A read-only descriptor of ``name`` (in the directory ``dir_fd``), only if it is a regular file with one
     link: never following a link, never blocking on a FIFO, and checked again on the opened file (a swap between
     the look and the open is caught)."""
     looked = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    why = _kind(looked)
+    why = unsafe_kind(looked)
     if why is not None:
         raise UnsafeFile(f"{os.path.basename(name)} is {why}")
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     opened = os.fstat(fd)
-    why = _kind(opened)
+    why = unsafe_kind(opened)
     if why is not None or (opened.st_dev, opened.st_ino) != (looked.st_dev, looked.st_ino):
         os.close(fd)
         raise UnsafeFile(f"{os.path.basename(name)} is {why or 'replaced while being opened'}")
