@@ -10,6 +10,8 @@ single-job clients.
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from typing import Annotated, Literal
 
@@ -21,6 +23,31 @@ from common.policies import ResourceType
 # 'manifest': the payload's outputs.json could not be read (not JSON, or not {name: {"events": n}}), or it left
 # something in its output directory that is not a regular file of its own (a link, a FIFO, a device).
 # 'memory': the payload went over its memory limit; 'output_too_large': over the output volume or log size limit.
+REPLY_DIGEST_CHARS = 24
+
+
+def reply_queue_prefix(namespace: str, credential: str | None) -> str:
+    """The names of the reply queues of the pilots holding ``credential`` (over RabbitMQ) start with this: the job-
+    executor answers a request only on a queue named after the credential the request carries, so a pilot cannot
+    have an answer sent to the reply queue of a pilot of another credential. The digest (domain-separated sha256
+    of a 256-bit token) reveals nothing of the token."""
+    digest = hashlib.sha256(b"wms-pilot-reply-queue\0" + (credential or "").encode()).hexdigest()
+    return f"{namespace}.reply.{digest[:REPLY_DIGEST_CHARS]}."
+
+
+def new_reply_queue_name(namespace: str, credential: str | None) -> str:
+    return reply_queue_prefix(namespace, credential) + uuid.uuid4().hex
+
+
+def is_reply_queue_of(name: str, namespace: str, credential: str | None) -> bool:
+    return re.fullmatch(re.escape(reply_queue_prefix(namespace, credential)) + "[0-9a-f]{32}", name) is not None
+
+
+def reply_queue_pattern(namespace: str) -> str:
+    """Every pilot's reply queue, as a regular expression (the pilots' broker permissions)."""
+    return rf"^{re.escape(namespace)}\.reply\.[0-9a-f]{{{REPLY_DIGEST_CHARS}}}\.[0-9a-f]{{32}}$"
+
+
 ErrorCategory = Literal["stage-in", "payload", "timeout", "stage-out", "manifest", "lost", "cancelled", "pilot",
                         "memory", "output_too_large"]
 PayloadRuntimeName = Literal["sandbox", "plain"]

@@ -1,5 +1,6 @@
 """RabbitMQ channel of the pilot: requests on the pilots exchange (registration and exchanges, protocol 2), answers
-on an exclusive reply queue matched by correlation id.
+on an exclusive reply queue matched by correlation id. The reply queue is named after the pilot's credential
+(common.pilot_protocol.reply_queue_prefix): the only name the job-executor answers for it.
 
 The connection is the pilot's own and is rebuilt on demand: any failure (broker down, connection or channel
 lost, no answer in time) drops it and is reported as an outage; the next call connects again, with a new reply
@@ -17,7 +18,13 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from common.messages import BadMessage, PilotCall, PilotReply, decode, wrap
-from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistration, PilotSession
+from common.pilot_protocol import (
+    ExchangeReply,
+    ExchangeRequest,
+    PilotRegistration,
+    PilotSession,
+    new_reply_queue_name,
+)
 from pilot.channels import ChannelRefused, ChannelUnavailable
 
 CLOSE_TIMEOUT_S = 5.0
@@ -32,7 +39,7 @@ class MqChannel:
         if not self.urls:
             raise ValueError("no broker URL")
         self._next_url = 0
-        self.exchange_name, self.timeout_s = f"{namespace}.pilots", timeout_s
+        self.namespace, self.exchange_name, self.timeout_s = namespace, f"{namespace}.pilots", timeout_s
         self.token = token  # the pilot's credential: every request carries it, as over REST
         self.pilot_id: int | None = None
         self._session: str | None = None
@@ -50,7 +57,8 @@ class MqChannel:
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 self._exchange = await channel.get_exchange(self.exchange_name, ensure=False)
-                self._replies = await channel.declare_queue("", exclusive=True, auto_delete=True)
+                self._replies = await channel.declare_queue(new_reply_queue_name(self.namespace, self.token),
+                                                            exclusive=True, auto_delete=True)
                 await self._replies.consume(self._on_reply, no_ack=True)
             except BaseException:
                 with contextlib.suppress(Exception):

@@ -21,13 +21,13 @@ from common.broker import Broker
 from common.failures import is_transient
 from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
 from common.observability import observe_message
+from common.pilot_protocol import is_reply_queue_of
 from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status
 from services.job_executor.credentials import NotAPilotToken, PilotCredentials
 from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused, TooManyRegistrations
 from services.job_executor.exchange import Exchanges
 
 log = logging.getLogger("wms.job_executor.mq")
-REPLY_QUEUE_PREFIX = "amq.gen-"  # the broker names a pilot's exclusive reply queue
 SERVICE = "job-executor"
 
 
@@ -50,9 +50,10 @@ class PilotMqChannel:
     async def _on_request(self, envelope: Envelope, call: object, message: AbstractIncomingMessage) -> None:
         if not isinstance(call, PilotCall) or not message.reply_to:
             raise BadMessage(f"not a pilot request with reply_to: {envelope.type}")
-        if not message.reply_to.startswith(REPLY_QUEUE_PREFIX):
-            # a pilot may have only its own server-named reply queue answered: never a service's queue
-            raise BadMessage(f"reply_to {message.reply_to!r} is not a pilot's reply queue")
+        if not is_reply_queue_of(message.reply_to, self.broker.topology.namespace, call.credential):
+            # answers go only to a reply queue of the request's own credential: never a service's queue, nor a
+            # pilot's of another credential
+            raise BadMessage(f"reply_to {message.reply_to[:200]!r} is not a reply queue of the request's credential")
         with observe_message(SERVICE, envelope.type):
             reply = await self._answer(envelope.type, call)
         await self.broker.reply(message, wrap("pilot.reply", reply))

@@ -16,7 +16,7 @@ import aiormq
 import pytest
 
 from common.messages import PilotCall, PilotReply, decode, wrap
-from common.pilot_protocol import PilotRegistration
+from common.pilot_protocol import PilotRegistration, new_reply_queue_name
 from tests.faults.conftest import SCRIPTS, free_port_pair, private_server
 from tests.faults.harness import fault_run
 
@@ -85,11 +85,15 @@ async def test_a_pilots_broker_login_reaches_only_the_pilot_conversation(postgre
         async def declare_exchange(channel):
             await channel.declare_exchange(f"{ns}.mine", aio_pika.ExchangeType.FANOUT)
 
+        async def server_named_queue(channel):  # a reply queue must be named after a credential
+            await channel.declare_queue("", exclusive=True)
+
         async def read_claims(channel):
             queue = await channel.get_queue(f"{ns}.job-executor.claims.cpu", ensure=False)
             await queue.get(fail=False)
 
-        for attempt in (to_a_service_queue, bind, delete, declare_queue, declare_exchange, read_claims):
+        for attempt in (to_a_service_queue, bind, delete, declare_queue, declare_exchange, server_named_queue,
+                        read_claims):
             assert "ACCESS_REFUSED" in await _refused(pilot_url, attempt), attempt.__name__
 
         # the service queues are all still there (a passive declare with the services' login)
@@ -111,7 +115,7 @@ async def _forged_registration(pilot_url: str, ns: str, credential: str | None) 
     connection = await aio_pika.connect(pilot_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        replies = await channel.declare_queue("", exclusive=True)
+        replies = await channel.declare_queue(new_reply_queue_name(ns, credential), exclusive=True)
         call = PilotCall(credential=credential, registration=PilotRegistration(
             host="forger", resource_type="gpu", cores=64, memory_mb=1000, gpus=8, version="x"))
         exchange = await channel.get_exchange(f"{ns}.pilots", ensure=False)
@@ -155,7 +159,7 @@ async def test_the_compose_broker_definitions_load_at_boot(tmp_path) -> None:
             pilot = await aio_pika.connect(pilot_url)
             try:
                 channel = await pilot.channel(publisher_confirms=True)
-                await channel.declare_queue("", exclusive=True)
+                await channel.declare_queue(new_reply_queue_name("wms", "wmsp_any"), exclusive=True)
                 exchange = await channel.get_exchange("wms.pilots", ensure=False)
                 await exchange.publish(aio_pika.Message(b"{}"), routing_key="pilot.register")
             finally:

@@ -1,9 +1,10 @@
 """``wms-broker-setup``: creates the pilots' broker user with permissions limited to the pilot conversation.
 
 A pilot (or the payload it runs) holding this login may only publish to the pilots' request exchange
-(``<namespace>.pilots``) and declare, read and delete its own server-named reply queue (``amq.gen-*``, exclusive
-to its connection): it cannot publish to the task or job exchanges, nor to the default exchange (so to no
-service queue), nor bind, declare or delete anything else. The services keep their own login.
+(``<namespace>.pilots``) and declare, read and delete its reply queues (``<namespace>.reply.<digest>.<id>``,
+exclusive to its connection, named after its credential: common.pilot_protocol.reply_queue_prefix): it cannot
+publish to the task or job exchanges, nor to the default exchange (so to no service queue), nor bind, declare or
+delete anything else. The services keep their own login.
 
 The users are written as RabbitMQ definitions (password hashes, never plain text on a command line):
   --apply           import them now through rabbitmqctl (``--rabbitmqctl`` names the command, e.g. to reach a
@@ -30,13 +31,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from common.pilot_protocol import reply_queue_pattern
+
 VHOST = "/"
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 
 def pilot_permissions(namespace: str) -> dict[str, str]:
     """configure / write / read patterns (regular expressions over resource names) of the pilots' user."""
-    reply_queue = r"^amq\.gen-.*$"
+    reply_queue = reply_queue_pattern(namespace)
     return {"configure": reply_queue, "write": f"^{re.escape(namespace)}\\.pilots$", "read": reply_queue}
 
 
