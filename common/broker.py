@@ -2,7 +2,8 @@
 connection that comes back by itself.
 
 Every queue is a durable quorum queue with a delivery limit and a dead-letter queue, so a poison message ends
-in ``<queue>.dlq`` instead of a retry loop. A handler that fails because a dependency is down (database, DSM,
+in ``<queue>.dlq`` instead of a retry loop; a dead-letter queue is bounded (WMS_DEAD_LETTER_MAX_MESSAGES and
+_BYTES: beyond, the oldest are dropped). A handler that fails because a dependency is down (database, DSM,
 broker: :func:`common.failures.is_transient`) is not a poison: its message goes to ``<queue>.parked`` with a
 per-message TTL (growing with each retry) and comes back to the queue when it expires, without spending the
 delivery limit. Each queue is declared here and nowhere else (redeclaring with other arguments kills the
@@ -98,22 +99,47 @@ class Topology:
                                             self.retry_queue(self.queue(q.name)))]
 
 
-async def declare_topology(channel: AbstractChannel, topology: Topology, delivery_limit: int) -> None:
+def dead_letter_bounds(settings: Settings) -> dict[str, int | str]:
+    """The arguments (and, for wms-broker-setup's policy, the same values) that bound a dead-letter queue.
+    drop-head: once full, the oldest dead letter is dropped for each new one. (reject-publish would keep the
+    first ones, but a quorum queue does not apply it to dead letters, which reach it without a publisher:
+    measured on RabbitMQ 3.10, the queue grew past its bound.)"""
+    return {"max-length": settings.dead_letter_max_messages, "max-length-bytes": settings.dead_letter_max_bytes,
+            "overflow": "drop-head"}
+
+
+DEAD_LETTER_LIMIT = Gauge("wms_queue_max_messages", "How many messages a queue may hold (its length bound)",
+                          ["queue"])
+
+
+async def declare_topology(connection: aio_pika.abc.AbstractConnection, topology: Topology,
+                           settings: Settings) -> None:
+    channel = await connection.channel()
     dlx = await channel.declare_exchange(topology.dead_letter_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     for name in EXCHANGES:
         await channel.declare_exchange(topology.exchange(name), aio_pika.ExchangeType.TOPIC, durable=True)
+    bounds = {f"x-{key}": value for key, value in dead_letter_bounds(settings).items()}
     for spec in QUEUES:
         queue_name = topology.queue(spec.name)
-        dlq = await channel.declare_queue(
-            topology.dead_letter_queue(spec.name), durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        dlq_name = topology.dead_letter_queue(spec.name)
+        try:
+            dlq = await channel.declare_queue(dlq_name, durable=True, arguments={"x-queue-type": "quorum", **bounds})
+        except aio_pika.exceptions.ChannelPreconditionFailed:
+            # declared before with other bounds (or none, by an older version): RabbitMQ cannot change a queue's
+            # arguments; a policy can bound it (wms-broker-setup --apply sets one)
+            log.warning("dead-letter queue without this bound", extra={
+                "queue": dlq_name, "bound": bounds, "remedy": "wms-broker-setup --apply (a policy) or delete the "
+                "empty queue"})
+            channel = await connection.channel()
+            dlq = await channel.declare_queue(dlq_name, passive=True)
+        DEAD_LETTER_LIMIT.labels(queue=dlq_name).set(settings.dead_letter_max_messages)
         await dlq.bind(dlx, routing_key=queue_name)
         queue = await channel.declare_queue(
             queue_name,
             durable=True,
             arguments={
                 "x-queue-type": "quorum",
-                "x-delivery-limit": delivery_limit,
+                "x-delivery-limit": settings.delivery_limit,
                 "x-dead-letter-exchange": topology.dead_letter_exchange,
                 "x-dead-letter-routing-key": queue_name,
             },
@@ -131,6 +157,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology, deliver
             arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": "",
                        "x-dead-letter-routing-key": queue_name},
         )
+    await channel.close()
 
 
 REASON_LOGGED = 500  # characters of a refusal's reason in the log (a validation error quotes its input)
@@ -229,9 +256,9 @@ class Broker:
                 connection = await aio_pika.connect(url, timeout=CONNECT_TIMEOUT_S)
                 connection.close_callbacks.add(self._on_closed)
                 # on_return_raises: an unroutable (mandatory) message is an error, not a silent drop.
+                await declare_topology(connection, self.topology, self.settings)
                 publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 publish.close_callbacks.add(self._on_closed)
-                await declare_topology(publish, self.topology, self.settings.delivery_limit)
                 async with self._subscribing:
                     self._connection, self._publish_channel, self._exchanges = connection, publish, {}
                     for consumer in self._consumers:

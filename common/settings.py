@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(10.0, gt=0)
     # A message redelivered more often than this is poison and goes to its dead-letter queue.
     delivery_limit: int = Field(5, ge=1)
+    # A dead-letter queue keeps at most this many messages and bytes: beyond, the oldest are dropped; the
+    # WmsDeadLetterQueueFilling alert fires at 80 % of the count (WmsDeadLetters at the first one).
+    dead_letter_max_messages: int = Field(100_000, ge=1, strict=True)
+    dead_letter_max_bytes: int = Field(1 << 30, ge=1 << 20, strict=True)
     # The broker connection is re-established after a loss with this backoff (doubling up to the cap).
     broker_reconnect_max_s: float = Field(5.0, gt=0)
     # A handler that failed because the database, the DSM or the broker was unavailable is retried after this

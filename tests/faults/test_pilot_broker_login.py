@@ -4,6 +4,7 @@ declare or delete, or read a service queue; a forged pilot request without a val
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from common.messages import PilotCall, PilotReply, decode, wrap
 from common.pilot_protocol import PilotRegistration, new_reply_queue_name
 from tests.faults.conftest import SCRIPTS, free_port_pair, private_server
 from tests.faults.harness import fault_run
+from tools.broker_setup.setup import dead_letter_policy
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
@@ -52,6 +54,12 @@ async def test_a_pilots_broker_login_reaches_only_the_pilot_conversation(postgre
         assert setup.returncode == 0, setup.stderr
         pilot_url = setup.stdout.strip()
         assert pilot_url.startswith(f"amqp://{ns}-pilot:")
+        policies = await asyncio.to_thread(subprocess.run, [*ctl.split(), "list_policies", "--formatter", "json"],
+                                           capture_output=True, text=True, timeout=120)
+        bound = next(p for p in json.loads(policies.stdout) if p["name"] == f"{ns}-dead-letter-bound")
+        definition = bound["definition"]
+        assert (json.loads(definition) if isinstance(definition, str) else definition) \
+            == dead_letter_policy(ns)["definition"]
 
         # the whole conversation works with it: MQ pilots run a task to the end
         await run.start_services()

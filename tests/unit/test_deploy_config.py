@@ -48,7 +48,7 @@ def test_monitoring_profile_mounts_files_that_exist() -> None:
 
 
 def test_the_broker_users_of_compose_match_the_setup_tool() -> None:
-    from tools.broker_setup.setup import pilot_permissions
+    from tools.broker_setup.setup import dead_letter_policy, pilot_permissions
 
     rabbitmq = SERVICES["rabbitmq"]
     assert "./deploy/rabbitmq/rabbitmq.conf:/etc/rabbitmq/conf.d/20-wms.conf:ro" in rabbitmq["volumes"]
@@ -59,6 +59,7 @@ def test_the_broker_users_of_compose_match_the_setup_tool() -> None:
     dev = json.loads((ROOT / "deploy/rabbitmq/definitions.dev.json").read_text())
     permissions = {p["user"]: p for p in dev["permissions"]}
     assert {k: permissions["wms-pilot"][k] for k in ("configure", "write", "read")} == pilot_permissions("wms")
+    assert dev["policies"] == [dead_letter_policy("wms")]  # the dead-letter queues' bound, as the services declare
     assert SERVICES["pilot"]["environment"]["WMS_PILOT_AMQP_URL"].startswith("amqp://wms-pilot:")
     assert "guest" not in json.dumps(COMPOSE)  # nobody uses the broker's default login
 

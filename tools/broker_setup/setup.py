@@ -7,6 +7,8 @@ publish to the task or job exchanges, nor to the default exchange (so to no serv
 delete anything else. The services keep their own login.
 
 The users are written as RabbitMQ definitions (password hashes, never plain text on a command line):
+With them goes the policy that bounds the namespace's dead-letter queues (what the services declare, also for
+queues an older version declared without a bound).
   --apply           import them now through rabbitmqctl (``--rabbitmqctl`` names the command, e.g. to reach a
                     node of another name); additive: other users and objects are left alone
   --definitions F   write them to F, with the services' user, for a node that loads definitions at boot (compose:
@@ -31,7 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from common.broker import dead_letter_bounds
 from common.pilot_protocol import reply_queue_pattern
+from common.settings import Settings
 
 VHOST = "/"
 NAME = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
@@ -62,7 +66,15 @@ def definitions(namespace: str, pilot_user: str, pilot_password: str,
     if service is not None:
         users.append(user(service[0], service[1], ["administrator"]))
         permissions.append({"user": service[0], "vhost": VHOST, "configure": ".*", "write": ".*", "read": ".*"})
-    return {"users": users, "vhosts": [{"name": VHOST}], "permissions": permissions}
+    return {"users": users, "vhosts": [{"name": VHOST}], "permissions": permissions,
+            "policies": [dead_letter_policy(namespace)]}
+
+
+def dead_letter_policy(namespace: str) -> dict[str, Any]:
+    """Bounds the namespace's dead-letter queues as the services declare them (WMS_DEAD_LETTER_MAX_MESSAGES and
+    _BYTES): also those an older version declared without a bound (a queue's arguments cannot change)."""
+    return {"vhost": VHOST, "name": f"{namespace}-dead-letter-bound", "pattern": f"^{re.escape(namespace)}\\..*\\.dlq$",
+            "apply-to": "queues", "priority": 0, "definition": dead_letter_bounds(Settings())}
 
 
 def rabbitmqctl(command: str, *args: str, stdin: str | None = None) -> None:
@@ -109,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rabbitmqctl(args.rabbitmqctl, "import_definitions", "--format", "json",  # no file: standard input
                     stdin=json.dumps(definitions(args.namespace, pilot_user, pilot_password)))
-        print(f"broker user {pilot_user} set up: publish to {args.namespace}.pilots, own reply queue only",
-              file=sys.stderr)
+        print(f"broker user {pilot_user} set up: publish to {args.namespace}.pilots, own reply queue only; "
+              f"policy {args.namespace}-dead-letter-bound set", file=sys.stderr)
     print(f"amqp://{pilot_user}:{quote(pilot_password, safe='')}@{args.amqp_host}/")
     return 0
 
