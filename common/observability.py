@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from common.db.session import Transaction
 from common.failures import BrokerUnavailable
 from common.jsonlog import configure_logging
-from common.settings import Settings
+from common.settings import Settings, refuse_well_known_secrets
 
 HTTP_REQUESTS = Counter(
     "wms_http_requests_total", "HTTP requests by route and status", ["service", "method", "route", "status"]
@@ -170,13 +170,7 @@ def add_health_routes(app: FastAPI, extra_checks: Callable[[], dict[str, str]]) 
 def run_service(app: FastAPI, service: str, settings: Settings, port: int) -> None:
     """Serve ``app`` with JSON logs until SIGINT/SIGTERM (uvicorn shuts down gracefully)."""
     configure_logging(service, settings.log_level)
-    if settings.uses_dev_tokens:
-        if not settings.dev_mode:
-            logging.getLogger("wms").error(
-                "refusing to start with the development tokens: set WMS_API_TOKENS and WMS_SERVICE_TOKEN (see "
-                "docs/security.md), or WMS_DEV_MODE=1 on a development machine")
-            raise SystemExit(2)
-        logging.getLogger("wms").warning("development mode: the development tokens are live (WMS_DEV_MODE=1)")
+    refuse_well_known_secrets(settings)
     uvicorn.run(app, host=settings.listen_host, port=port, log_config=None, access_log=False)
 
 

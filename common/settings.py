@@ -4,8 +4,11 @@ Defaults work on a single machine with PostgreSQL and RabbitMQ on 127.0.0.1.
 """
 from __future__ import annotations
 
+import ipaddress
+import logging
 import re
 from typing import Literal, get_args
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +23,10 @@ DEV_TOKENS: dict[str, Role] = {
     "dev-service-token": "service",
     "dev-pilot-token": "pilot",
 }
+# Passwords anybody can read in this repository (compose's development defaults, RabbitMQ's guest): refused at
+# start-up unless WMS_DEV_MODE=1, but guest at a loopback address (a single machine's own broker, which RabbitMQ
+# itself allows guest only from).
+WELL_KNOWN_PASSWORDS = frozenset({"dev-db-password", "dev-broker-password", "dev-pilot-broker-password", "guest"})
 
 
 class Settings(BaseSettings):
@@ -154,4 +161,45 @@ class Settings(BaseSettings):
     @property
     def uses_dev_tokens(self) -> bool:
         return any(t in DEV_TOKENS for t in self.api_tokens) or self.service_token in DEV_TOKENS
+
+    @property
+    def well_known_secrets(self) -> list[str]:
+        """What of this configuration anybody could know: development tokens, well-known passwords (named, never
+        quoted)."""
+        found = ["the development tokens (WMS_API_TOKENS, WMS_SERVICE_TOKEN)"] if self.uses_dev_tokens else []
+        if _well_known_password(self.database_url):
+            found.append("a well-known database password (WMS_DATABASE_URL)")
+        if any(_well_known_password(url.strip()) for url in self.amqp_url.split(",") if url.strip()):
+            found.append("a well-known broker password (WMS_AMQP_URL)")
+        return found
+
+
+def _well_known_password(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        password, host = unquote(parts.password or ""), parts.hostname or ""
+    except ValueError:
+        return False
+    if password not in WELL_KNOWN_PASSWORDS:
+        return False
+    if password == "guest":
+        try:
+            return not (host == "localhost" or ipaddress.ip_address(host).is_loopback)
+        except ValueError:
+            return True
+    return True
+
+
+def refuse_well_known_secrets(settings: Settings) -> None:
+    """At a process's start: exit 2 if it would run with secrets anybody knows, unless development mode says so
+    (then a warning)."""
+    found = settings.well_known_secrets
+    if not found:
+        return
+    log = logging.getLogger("wms")
+    if not settings.dev_mode:
+        log.error("refusing to start with well-known secrets: %s. Set real ones (scripts/make-secrets for compose, "
+                  "docs/security.md), or WMS_DEV_MODE=1 on a development machine", "; ".join(found))
+        raise SystemExit(2)
+    log.warning("development mode (WMS_DEV_MODE=1): well-known secrets are live: %s", "; ".join(found))
 

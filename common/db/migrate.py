@@ -13,7 +13,7 @@ from alembic.config import Config
 from sqlalchemy.engine import make_url
 
 import migrations
-from common.settings import Settings
+from common.settings import Settings, refuse_well_known_secrets
 
 log = logging.getLogger("wms.migrate")
 
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("revision", nargs="?", default="head", help="alembic revision to upgrade to")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    url = Settings().database_url
+    settings = Settings()
+    refuse_well_known_secrets(settings)
+    url = settings.database_url
     try:
         if asyncio.run(ensure_database(url)):
             log.info("created database %s", make_url(url).database)

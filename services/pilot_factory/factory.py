@@ -168,7 +168,8 @@ class Factory:
         env: dict[str, Any] = {
             "WMS_PILOT_CHANNEL": queue.channel,
             "WMS_PILOT_SERVER_URL": settings.factory_pilot_server_urls,
-            "WMS_PILOT_AMQP_URL": settings.factory_pilot_amqp_url,
+            # the pilots' broker login, only to pilots that use the broker
+            **({"WMS_PILOT_AMQP_URL": settings.factory_pilot_amqp_url} if queue.channel == "mq" else {}),
             "WMS_PILOT_BROKER_NAMESPACE": settings.broker_namespace,
             "WMS_PILOT_TOKEN": settings.factory_pilot_token,
             "WMS_PILOT_RESOURCE_TYPE": queue.resource_type,

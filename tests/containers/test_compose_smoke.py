@@ -68,12 +68,17 @@ async def test_demo_chain_through_the_containers(postgres_server_url, amqp_url, 
         "WMS_DEV_MODE": "1",  # the development tokens, as a first `docker compose up` on a laptop uses them
         **{f"SMOKE_{name}_PORT": str(port) for name, port in ports.items()},
     }
-    # Host networking cannot publish ports, and a v1 override cannot remove the base file's `ports`: the test
-    # runs the merged configuration (base + override, as `config` prints it) without them.
-    merged = yaml.safe_load(run([*compose, "-f", "docker-compose.yml", "-f", str(OVERRIDE), "config"], env).stdout)
-    for service in merged["services"].values():
+    # Host networking cannot publish ports nor join networks, and a v1 override cannot remove the base file's
+    # `ports` and `networks`: the test takes the base configuration (as `config` prints it) without them, then
+    # merges the override into it (test_compose_networks.py tests the networks).
+    base = yaml.safe_load(run([*compose, "-f", "docker-compose.yml", "config"], env).stdout)
+    for service in base["services"].values():
         service.pop("ports", None)
-    (tmp_path / "compose.smoke.yml").write_text(yaml.safe_dump(merged))
+        service.pop("networks", None)
+    base.pop("networks", None)
+    (tmp_path / "compose.base.yml").write_text(yaml.safe_dump(base))
+    merged = run([*compose, "-f", str(tmp_path / "compose.base.yml"), "-f", str(OVERRIDE), "config"], env).stdout
+    (tmp_path / "compose.smoke.yml").write_text(merged)
     stack = [*compose, "-p", project, "-f", str(tmp_path / "compose.smoke.yml")]
     try:
         run([ROOT / "scripts" / "wheelhouse"], env)

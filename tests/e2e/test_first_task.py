@@ -9,10 +9,13 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
 
+import aio_pika
+import asyncpg
 import pytest
 
 from tests.conftest import free_ports
@@ -53,6 +56,16 @@ async def test_fresh_machine_private_servers_and_the_readme_first_task() -> None
         pg_port = int(re.search(r"private PostgreSQL on 127\.0\.0\.1:(\d+)", said).group(1))  # type: ignore[union-attr]
         mq_port = int(re.search(r"private RabbitMQ on 127\.0\.0\.1:(\d+)", said).group(1))  # type: ignore[union-attr]
         assert answers("127.0.0.1", pg_port) and answers("127.0.0.1", mq_port)
+        # issue 21, finding 7: the private servers trusted every local connection (a payload on this machine
+        # could connect as the database's superuser, or as the broker's guest administrator). Now each asks for a
+        # generated password, kept mode 600 beside the data and never printed.
+        with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+            await asyncpg.connect(host="127.0.0.1", port=pg_port, user="postgres", database="postgres")
+        with pytest.raises(aio_pika.exceptions.ProbableAuthenticationError):
+            await aio_pika.connect(f"amqp://guest:guest@127.0.0.1:{mq_port}/")
+        for name in ("postgres.password", "rabbitmq.password"):
+            secret = base / "secrets" / name
+            assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.read_text().strip() not in said
         assert "development mode" in said and "/monitor#token=dev-operator-token" in said
         assert f"  DSM               http://127.0.0.1:{ports['WMS_DSM_PORT']}/dsm/v1" in said
 

@@ -168,6 +168,7 @@ async def test_launch_demo_and_ctrl_c(settings, db, tmp_path) -> None:
         for environ in environments:
             assert not any(t.encode() in environ for t in (WFMS_TOKEN, OPERATOR_TOKEN, SERVICE_TOKEN, PILOT_TOKEN))
             assert b"WMS_DATABASE_URL=" not in environ and b"WMS_API_TOKENS=" not in environ
+            assert b"WMS_AMQP_URL=" not in environ and b"guest:guest" not in environ  # only the pilots' login
             assert b"WMS_PILOT_TOKEN_FILE=" in environ
         await check_prometheus(tmp_path, ports)
         again = await asyncio.to_thread(run_cli, env, "demo", "--slices", "2", "--run", "t1")

@@ -91,3 +91,56 @@ def test_make_secrets_writes_a_private_env_file_and_matching_broker_definitions(
     again = subprocess.run([ROOT / "scripts" / "make-secrets"], env={**os.environ, "WMS_SECRETS_DIR": str(tmp_path)},
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr  # never overwrites secrets
+
+
+def _interpolate(value: str, variables: dict[str, str]) -> str:
+    """compose's ${VAR:-default} (the only form the file uses), from ``variables`` (a shell, or .env)."""
+    import re
+
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: variables.get(m[1]) or (m[2] or ""), value)
+
+
+def _service_settings(variables: dict[str, str]):
+    from common.settings import Settings
+
+    environment = {k: _interpolate(str(v), variables) for k, v in SERVICES["task-manager"]["environment"].items()}
+    return Settings(**{k.removeprefix("WMS_").lower(): v for k, v in environment.items()
+                       if k.startswith("WMS_") and v and k != "WMS_API_TOKENS"},
+                    **({"api_tokens": json.loads(variables["WMS_API_TOKENS"])} if "WMS_API_TOKENS" in variables
+                       else {}))
+
+
+def test_compose_without_secrets_holds_only_well_known_ones_which_the_services_refuse(tmp_path) -> None:
+    """Issue 21, finding 7: PostgreSQL trusted every connection and the broker's password defaulted to a
+    well-known one whatever WMS_DEV_MODE said. Now PostgreSQL asks for a password (scram) from .env, and without
+    .env every secret compose hands the services is one they refuse outside development mode."""
+    import os
+    import subprocess
+
+    postgres = SERVICES["postgres"]["environment"]
+    assert "trust" not in json.dumps(SERVICES["postgres"]) and postgres["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert postgres["POSTGRES_PASSWORD"] == "${WMS_DB_PASSWORD:-dev-db-password}"
+    assert "${WMS_DB_PASSWORD:-dev-db-password}@postgres" in SERVICES["migrate"]["environment"]["WMS_DATABASE_URL"]
+
+    well_known = _service_settings({}).well_known_secrets  # no .env, no shell variables
+    assert [w.split(" (")[0] for w in well_known] == ["the development tokens", "a well-known database password",
+                                                     "a well-known broker password"]
+    done = subprocess.run([ROOT / "scripts" / "make-secrets"], env={**os.environ, "WMS_SECRETS_DIR": str(tmp_path)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    values = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
+    assert _service_settings(values).well_known_secrets == []
+
+
+def test_pilots_have_a_network_of_their_own_with_the_job_executor_only() -> None:
+    """The pilot containers run payloads: their network holds the job-executor and nothing else (PostgreSQL,
+    RabbitMQ, the DSM and the other services are out of their reach: tests/containers/test_compose_networks.py
+    proves it with connections); the MQ override adds RabbitMQ, never PostgreSQL or the DSM."""
+    assert set(COMPOSE["networks"]) == {"services", "pilots"}
+    on_pilots = {name for name, s in SERVICES.items() if "pilots" in s.get("networks", [])}
+    assert on_pilots == {"pilot", "job-executor"}
+    assert SERVICES["pilot"]["networks"] == ["pilots"]
+    assert all(s.get("networks") for s in SERVICES.values())  # nobody falls back to the default network
+    mq = yaml.safe_load((ROOT / "deploy/compose/mq-pilots.yml").read_text())["services"]
+    assert set(mq) == {"rabbitmq", "pilot"} and mq["rabbitmq"]["networks"] == ["services", "pilots"]
+    assert mq["pilot"]["environment"]["WMS_PILOT_CHANNEL"] == "mq"

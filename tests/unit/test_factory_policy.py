@@ -50,3 +50,18 @@ def test_queue_files_are_validated(tmp_path) -> None:
             load_queues(str(bad))
     with pytest.raises(ValueError, match="nowhere"):
         load_queues(str(tmp_path / "nowhere.json"))
+
+
+def test_only_mq_pilots_are_given_the_broker_login() -> None:
+    """Issue 21, finding 7: every pilot the factory submitted carried a broker URL (by default guest's), whatever
+    its channel. A REST pilot gets none; an MQ pilot gets the pilots' broker login."""
+    from services.pilot_factory.factory import Factory
+    from services.pilot_factory.queues import SiteQueue
+    from services.pilot_factory.settings import FactorySettings
+
+    settings = FactorySettings(factory_pilot_amqp_url="amqp://wms-pilot:p@broker:5672/")
+    factory = Factory(None, settings, [], {})  # type: ignore[arg-type]  # pilot_job needs neither
+    rest = factory.pilot_job(SiteQueue(name="rest", batch_system="local", channel="rest"), "p1").env
+    mq = factory.pilot_job(SiteQueue(name="mq", batch_system="local", channel="mq"), "p2").env
+    assert "WMS_PILOT_AMQP_URL" not in rest and rest["WMS_PILOT_CHANNEL"] == "rest"
+    assert mq["WMS_PILOT_AMQP_URL"] == "amqp://wms-pilot:p@broker:5672/"

@@ -139,9 +139,10 @@ class PilotBrokerUser:
                                "--rabbitmqctl", self.rabbitmqctl],
                               env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            print(f"wms-launch: WARNING: no broker user of their own for the MQ pilots ({done.stderr.strip()}); "
-                  "they use the services' broker login", file=sys.stderr, flush=True)
-            return settings.amqp_url
+            # never the services' login instead: a payload could do anything on the broker with it
+            raise LaunchFailed(f"no broker user of their own for the MQ pilots ({done.stderr.strip()[-500:]}): run "
+                               "wms-broker-setup --apply as the broker's administrator and set WMS_PILOT_AMQP_URL to "
+                               "the URL it prints, or use --channel rest")
         self.namespace = settings.broker_namespace
         print(f"wms-launch: MQ pilots use broker user {self.namespace}-pilot (the pilot conversation only)",
               flush=True)
@@ -225,7 +226,7 @@ def start_factory(launch: Launch, slurm: SlurmCluster, args: argparse.Namespace,
     return launch.start("pilot-factory", [str(BIN / "wms-pilot-factory")], SLURM_CONF=conf,
                         WMS_FACTORY_QUEUES_FILE=str(queues), WMS_FACTORY_LOG_DIR=str(logs / "batch"),
                         WMS_FACTORY_PILOT_SERVER_URLS=job_executors,
-                        WMS_FACTORY_PILOT_AMQP_URL=pilot_env.get("WMS_PILOT_AMQP_URL", settings.amqp_url),
+                        WMS_FACTORY_PILOT_AMQP_URL=pilot_env.get("WMS_PILOT_AMQP_URL", ""),
                         WMS_FACTORY_PILOT_TOKEN=os.environ.get("WMS_PILOT_TOKEN", "dev-pilot-token"),
                         WMS_FACTORY_INTERVAL_S="2")
 
@@ -276,7 +277,8 @@ def start_missing_servers(settings: Settings, base: Path, started: list[private.
         server, url = private.private_postgres(SCRIPTS, base, settings.database_url)
         started.append(server)
         os.environ["WMS_DATABASE_URL"] = url
-        print(f"wms-launch: private PostgreSQL on 127.0.0.1:{server.port} (WMS_DATABASE_URL={url})", flush=True)
+        print(f"wms-launch: private PostgreSQL on 127.0.0.1:{server.port} (WMS_DATABASE_URL="
+              f"{make_url(url).render_as_string(hide_password=True)}; the password in {base / 'secrets'})", flush=True)
     brokers = [urlsplit(u.strip()) for u in settings.amqp_url.split(",") if u.strip()]
     if not any(private.answers(b.hostname or "127.0.0.1", b.port or 5672) for b in brokers):
         where = ", ".join(f"{b.hostname}:{b.port or 5672}" for b in brokers)
@@ -285,7 +287,8 @@ def start_missing_servers(settings: Settings, base: Path, started: list[private.
         server, url = private.private_rabbitmq(SCRIPTS, base)
         started.append(server)
         os.environ["WMS_AMQP_URL"] = url
-        print(f"wms-launch: private RabbitMQ on 127.0.0.1:{server.port} (WMS_AMQP_URL={url})", flush=True)
+        print(f"wms-launch: private RabbitMQ on 127.0.0.1:{server.port} (user {private.SERVICES_BROKER_USER}, "
+              f"no guest; the password in {base / 'secrets'})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +376,7 @@ def launch_everything(args: argparse.Namespace, settings: Settings, base: Path,
         }
         if args.channel == "mq" and not launch.stopping:
             # MQ pilots get a broker login of their own (the pilot conversation only), never the services' one
-            pilot_env["WMS_PILOT_AMQP_URL"] = pilot_broker.set_up(settings, env)
+            pilot_env["WMS_PILOT_AMQP_URL"] = os.environ.get("WMS_PILOT_AMQP_URL") or pilot_broker.set_up(settings, env)
         kinds = ["cpu"] * args.pilots * (not args.slurm) + ["gpu"] * args.gpu_pilots
         if slurm is not None and not launch.stopping:
             launch.wait_ready(start_factory(launch, slurm, args, settings, job_executors, pilot_env, logs, base),

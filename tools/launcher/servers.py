@@ -1,16 +1,26 @@
 """PostgreSQL and RabbitMQ of the launch's own, for a machine where none answers at the configured URLs (a laptop,
 a fresh VM): an initdb cluster and a RabbitMQ node with their data beside the storage (<base>/postgres,
 <base>/rabbitmq), on free loopback ports (the same ones again next time, so the data is found again), stopped with
-the rest. The scripts/private-postgres and scripts/private-rabbitmq scripts do the work."""
+the rest. The scripts/private-postgres and scripts/private-rabbitmq scripts do the work.
+
+Neither trusts anybody: the PostgreSQL cluster asks for a generated password (scram) on every connection, and
+the RabbitMQ node has a services' user with a generated password instead of guest (removed). The passwords are
+kept in <base>/secrets (mode 600) for the next launch, whose servers find their data again."""
 from __future__ import annotations
 
+import json
+import os
 import random
+import secrets
 import socket
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
+
+from tools.broker_setup.setup import VHOST, user
 
 CONNECT_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 180
@@ -70,11 +80,12 @@ class PrivateServer:
     port: int
     stop_command: str
     running: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # for the script's start
 
     def start(self) -> str:
         try:
             done = subprocess.run([self.script, "start", str(self.directory), str(self.port)], capture_output=True,
-                                  text=True, timeout=START_TIMEOUT_S)
+                                  text=True, timeout=START_TIMEOUT_S, env={**os.environ, **self.env})
         except KeyboardInterrupt:
             self.stop()  # whatever came up of it goes again
             raise
@@ -93,20 +104,58 @@ class PrivateServer:
         self.running = False
 
 
+SERVICES_BROKER_USER = "wms"
+
+
+def kept_secret(path: Path) -> str:
+    """A generated password kept in ``path`` (mode 600) from one launch to the next."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 def private_postgres(scripts: Path, base: Path, database_url: str) -> tuple[PrivateServer, str]:
-    """A cluster in <base>/postgres and the configured database URL pointed at it (same database name; trust
-    authentication as postgres on 127.0.0.1)."""
+    """A cluster in <base>/postgres that asks for a generated password, and the configured database URL pointed at
+    it (same database name, as postgres with that password on 127.0.0.1)."""
     directory = base / "postgres"
     port = choose_port(directory.with_name("postgres.port"), POSTGRES_PORTS)
-    server = PrivateServer("PostgreSQL", scripts / "private-postgres", directory, port, "stop")
+    password_file = base / "secrets" / "postgres.password"
+    password = kept_secret(password_file)
+    server = PrivateServer("PostgreSQL", scripts / "private-postgres", directory, port, "stop",
+                           env={"PRIVATE_POSTGRES_PASSWORD_FILE": str(password_file)})
     server.start()
-    url = make_url(database_url).set(host="127.0.0.1", port=port, username="postgres", password=None)
+    url = make_url(database_url).set(host="127.0.0.1", port=port, username="postgres", password=password)
     return server, url.render_as_string(hide_password=False)
 
 
 def private_rabbitmq(scripts: Path, base: Path) -> tuple[PrivateServer, str]:
-    """A node with its data in <base>/rabbitmq (kept between launches) and its AMQP URL."""
+    """A node with its data in <base>/rabbitmq (kept between launches) and the AMQP URL of its services' user
+    (administrator, generated password); guest is removed."""
     directory = base / "rabbitmq"
     port = choose_port(directory.with_name("rabbitmq.port"), RABBITMQ_PORTS, also_free=20000)
     server = PrivateServer("RabbitMQ", scripts / "private-rabbitmq", directory, port, "halt")
-    return server, server.start()
+    server.start()
+    password = kept_secret(base / "secrets" / "rabbitmq.password")
+    users = {"users": [user(SERVICES_BROKER_USER, password, ["administrator"])], "vhosts": [{"name": VHOST}],
+             "permissions": [{"user": SERVICES_BROKER_USER, "vhost": VHOST, "configure": ".*", "write": ".*",
+                              "read": ".*"}]}
+    ctl = [str(scripts / "private-rabbitmq"), "ctl", str(directory), str(port)]
+    imported = subprocess.run([*ctl, "import_definitions", "--format", "json"], input=json.dumps(users),
+                              capture_output=True, text=True, timeout=START_TIMEOUT_S)
+    if imported.returncode != 0:
+        server.stop()
+        raise ServerFailed(f"the private RabbitMQ's services user could not be made: {imported.stderr[-1000:]}")
+    listed = subprocess.run([*ctl, "list_users", "--formatter", "json"], capture_output=True, text=True,
+                            timeout=START_TIMEOUT_S)
+    removed = listed
+    if listed.returncode == 0 and "guest" in {u["user"] for u in json.loads(listed.stdout)}:
+        removed = subprocess.run([*ctl, "delete_user", "guest"], capture_output=True, text=True,
+                                 timeout=START_TIMEOUT_S)
+    if removed.returncode != 0:
+        server.stop()
+        raise ServerFailed(f"the private RabbitMQ's guest user could not be removed: {removed.stderr[-1000:]}")
+    return server, f"amqp://{SERVICES_BROKER_USER}:{quote(password, safe='')}@127.0.0.1:{port}/"
