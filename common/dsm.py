@@ -5,11 +5,17 @@ registration of files (outputs, logs) in a dataset, and closing a dataset.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import aiohttp
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from common.retry_after import retry_wait_s
 
 LFN_PATTERN = r"^[A-Za-z0-9_.:/+=-]{1,1024}$"
 # Dataset names: dot-separated words (no empty, '.' or '..' part: a name is also a path on storage).
@@ -85,8 +91,13 @@ def _is_outage(status: int) -> bool:
 class DsmClient:
     """One aiohttp session per process; every call raises DsmError on a non-2xx answer."""
 
-    def __init__(self, base_url: str, token: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, token: str, timeout_s: float = 30.0, retry_s: float = 0.0,
+                 on_wait: Callable[[str], object] | None = None) -> None:
+        """``retry_s``: how long a 503 or 429 is waited out (honouring Retry-After) before DsmUnavailable is
+        raised; 0 (the services: their messages and loops retry) raises at once. ``on_wait`` hears what is
+        waited for."""
         self.base_url = base_url.rstrip("/") + "/dsm/v1"
+        self.retry_s, self.on_wait = retry_s, on_wait
         self._session = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {token}"}, timeout=aiohttp.ClientTimeout(total=timeout_s)
         )
@@ -95,12 +106,22 @@ class DsmClient:
         await self._session.close()
 
     async def _call(self, method: str, path: str, **kw: Any) -> bytes:
-        try:
-            async with self._session.request(method, self.base_url + path, **kw) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise DsmUnavailable(0, f"{type(exc).__name__}: {exc}") from exc
+        deadline = time.monotonic() + self.retry_s
+        attempt = 0
+        while True:
+            try:
+                async with self._session.request(method, self.base_url + path, **kw) as response:
+                    body = await response.read()
+                    status, retry_after = response.status, response.headers.get("Retry-After")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise DsmUnavailable(0, f"{type(exc).__name__}: {exc}") from exc
+            attempt += 1
+            wait = retry_wait_s(retry_after, attempt, random.random())
+            if status not in (429, 503) or time.monotonic() + wait > deadline:
+                break
+            if self.on_wait is not None:
+                self.on_wait(f"the DSM answered {status} to {method} {path}; retrying in {wait:.0f} s")
+            await asyncio.sleep(wait)
         if status >= 300:
             try:
                 detail = json.loads(body).get("detail")

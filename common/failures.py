@@ -62,3 +62,4 @@ def is_transient(exc: BaseException) -> bool:
 def backoff_s(retries: int, base_s: float, max_s: float) -> float:
     """Delay before retry number ``retries`` (1-based): base x 2^(retries-1), capped at ``max_s``."""
     return min(base_s * 2.0 ** max(retries - 1, 0), max_s)
+

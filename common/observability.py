@@ -129,8 +129,12 @@ async def _read_connection(request: Request) -> AsyncIterator[Transaction]:
 Conn = Annotated[Transaction, Depends(_read_connection)]
 
 
+RETRY_AFTER_S = 2  # what a 503 tells clients to wait before asking again (Retry-After)
+
+
 def error_response(status: int, detail: str, **extra: object) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail, **extra})
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse(status_code=status, content={"detail": detail, **extra}, headers=headers)
 
 
 def add_health_routes(app: FastAPI, extra_checks: Callable[[], dict[str, str]]) -> None:

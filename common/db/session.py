@@ -4,11 +4,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from prometheus_client import Gauge
 from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from common.settings import Settings
@@ -32,9 +32,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # No overflow: under load, connections opened beyond the pool and closed at check-in each cost a connect,
         # asyncpg's type introspection and a backend start; requests wait for a pooled one instead.
         max_overflow=0,
-        # No ping at every checkout (a round trip per request on the dispatch path): a connection that died
-        # with its server fails its first statement, which invalidates the whole pool, and the caller sees a
-        # 503 its client retries.
+        # No ping at every checkout (a round trip per request on the dispatch path): a connection the server
+        # closed (a restart) is known closed to asyncpg already, and _discard_closed replaces it at checkout
+        # without a round trip; one that dies unnoticed fails its first statement (a 503 its client retries).
         pool_pre_ping=False,
         # A checkout waits at most this long for a free connection (then the caller sees an outage, not a hang).
         pool_timeout=settings.db_connect_timeout_s + settings.db_statement_timeout_s,
@@ -51,9 +51,19 @@ def create_engine(settings: Settings) -> AsyncEngine:
         },
     )
     POOL_SIZE.inc(settings.db_pool_size)
+    event.listen(engine.sync_engine, "checkout", _discard_closed)
     event.listen(engine.sync_engine, "checkout", lambda *_: POOL_IN_USE.inc())
     event.listen(engine.sync_engine, "checkin", lambda *_: POOL_IN_USE.dec())
     return engine
+
+
+def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection whose server closed it (PostgreSQL restarted, an idle session was terminated) is not
+    handed out: the pool drops it and checks out another, opening a fresh one if need be (issue 22: after a
+    restart the first requests on such connections failed with 503 although the database was back)."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 T = TypeVar("T")

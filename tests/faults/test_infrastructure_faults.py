@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 
 import aiohttp
+import httpx
 import pytest
 from aiohttp import web
 
@@ -143,3 +144,39 @@ async def test_dsm_errors_are_retried_and_a_conflict_fails_only_its_task(postgre
                    lost="none (the refused task's outputs stay on storage, marked rejected)")
         finally:
             await runner.cleanup()
+
+
+async def test_no_request_fails_once_postgresql_is_back(private_postgres, amqp_url, tmp_path) -> None:
+    """Issue 22, finding 1: after a PostgreSQL restart every service said ready, yet the DSM answered 503
+    "database unavailable" ~30 s later (a pooled connection the restart had closed: InterfaceError) and the demo
+    gave up. Now: pools full of connections, a restart, and once the server is back every request succeeds, on
+    every service, the task-manager's and the DSM's writes included."""
+    from tests.conftest import OPERATOR_TOKEN, SERVICE_TOKEN
+
+    server_url, directory, port = private_postgres
+    async with fault_run(server_url, amqp_url, tmp_path) as run:
+        await run.start_services()
+        d = run.deployment
+        requests = [(d.url("wms-task-manager"), "/api/v1/tasks", OPERATOR_TOKEN),
+                    (d.url("wms-task-manager"), "/api/v1/pilots", OPERATOR_TOKEN),
+                    (d.url("wms-dsm"), "/dsm/v1/datasets", SERVICE_TOKEN)]
+
+        async def burst(client: httpx.AsyncClient, n: int) -> list[int]:
+            """``n`` concurrent reads of each kind (enough to open every pooled connection)."""
+            answers = await asyncio.gather(*(
+                client.get(base + path, headers={"Authorization": f"Bearer {token}"})
+                for base, path, token in requests for _ in range(n)))
+            return [a.status_code for a in answers]
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            assert set(await burst(client, 15)) == {200}
+            # restart returns once the server accepts connections (pg_ctl -w); nobody has asked /readyz since
+            await asyncio.to_thread(subprocess.run, [SCRIPTS / "private-postgres", "restart", directory, str(port)],
+                                    check=True, capture_output=True, timeout=120)
+            await asyncio.sleep(0.5)
+            codes = await burst(client, 15) + await burst(client, 15)
+            assert set((await run.readiness()).values()) == {200}
+        assert [c for c in codes if c != 200] == []
+        await run.make_dataset("raw.after", 8)  # DSM writes
+        task_id = await run.submit("raw.after", "out.after")  # a task-manager write (201)
+        assert task_id > 0

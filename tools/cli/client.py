@@ -1,10 +1,15 @@
 """The task-manager API as the CLI uses it: synchronous, every failure turned into one clear CliError."""
 from __future__ import annotations
 
+import random
+import sys
+import time
 from typing import Any
 
 import httpx
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common.retry_after import retry_wait_s
 
 EXIT_API_ERROR = 1  # the API refused (4xx) or failed (5xx)
 EXIT_UNREACHABLE = 3  # the task-manager cannot be reached
@@ -22,6 +27,8 @@ class CliSettings(BaseSettings):
     # Writing to the DSM (the demo registers its raw data, as a DAQ would) takes the service role.
     dsm_token: str = "dev-service-token"
     timeout_s: float = 30.0
+    # A 503 or 429 (the database or broker restarting, a busy service) is waited out this long, then reported.
+    retry_s: float = 120.0
 
 
 class CliError(Exception):
@@ -42,19 +49,33 @@ def _reason(response: httpx.Response) -> str:
     return f"{detail}" + (f" ({', '.join(f'{k}: {v}' for k, v in extra.items())})" if extra else "")
 
 
+RETRIED_STATUSES = (429, 503)  # "later": nothing was done, asking again is safe
+
+
 class Api:
-    def __init__(self, base_url: str, token: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, token: str, timeout_s: float = 30.0, retry_s: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
+        self.retry_s = retry_s
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s,
                                   headers={"Authorization": f"Bearer {token}"})
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise CliError(f"cannot reach {self.base_url}: {exc or type(exc).__name__} "
-                           "(is the WMS running? set WMS_CLI_URL)", EXIT_UNREACHABLE) from exc
+        deadline = time.monotonic() + self.retry_s
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise CliError(f"cannot reach {self.base_url}: {exc or type(exc).__name__} "
+                               "(is the WMS running? set WMS_CLI_URL)", EXIT_UNREACHABLE) from exc
+            attempt += 1
+            wait = retry_wait_s(response.headers.get("Retry-After"), attempt, random.random())
+            if response.status_code not in RETRIED_STATUSES or time.monotonic() + wait > deadline:
+                break
+            say_waiting(f"{self.base_url} answered {response.status_code} ({_reason(response)}); retrying in "
+                        f"{wait:.0f} s")
+            time.sleep(wait)
         if response.status_code >= 400:
             raise CliError(f"{method} {path}: HTTP {response.status_code}: {_reason(response)}")
         return response.json() if response.content else None
@@ -70,3 +91,8 @@ class Api:
 
     def close(self) -> None:
         self._http.close()
+
+
+def say_waiting(message: str) -> None:
+    """What the CLI is waiting for (a 503 being waited out), on stderr."""
+    print(f"wms: {message}", file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ from common.dsm import DsmClient, DsmError, DsmFile
 from common.settings import Settings
 from examples.spd.generate import write_slices
 from tools.cli import render
-from tools.cli.client import EXIT_UNREACHABLE, Api, CliError, CliSettings
+from tools.cli.client import EXIT_UNREACHABLE, Api, CliError, CliSettings, say_waiting
 
 ENDED = {"done", "finished", "failed", "cancelled"}
 DSM_BATCH = 5000
@@ -25,7 +25,7 @@ DSM_BATCH = 5000
 
 async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: int) -> None:
     """Write the raw slices and register them in a new, then closed, DSM dataset (the project's DSM client)."""
-    dsm = DsmClient(cli.dsm_url, cli.dsm_token, cli.timeout_s)
+    dsm = DsmClient(cli.dsm_url, cli.dsm_token, cli.timeout_s, cli.retry_s, say_waiting)
     try:
         if await dsm.dataset(name) is not None:
             raise CliError(f"dataset {name} exists already: choose another --run")

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from common.checksums import adler32_of
 from common.dsm import Dataset, DsmClient, DsmError, DsmFile
 from tools.cli import render
-from tools.cli.client import EXIT_UNREACHABLE, CliError, CliSettings
+from tools.cli.client import EXIT_UNREACHABLE, CliError, CliSettings, say_waiting
 
 EXIT_USAGE = 2
 BATCH = 5000
@@ -46,7 +46,8 @@ def _run(call: Callable[[DsmClient], Awaitable[T]]) -> T:
     settings = CliSettings()
 
     async def go() -> T:
-        client = DsmClient(settings.dsm_url, settings.dsm_token, settings.timeout_s)
+        client = DsmClient(settings.dsm_url, settings.dsm_token, settings.timeout_s, settings.retry_s,
+                           say_waiting)
         try:
             return await call(client)
         except DsmError as exc:

@@ -49,7 +49,7 @@ def options(
                                                       "the terminal, dropping the least useful columns)")] = False,
 ) -> None:
     settings = CliSettings()
-    state.api = Api(url or settings.url, token or settings.token, settings.timeout_s)
+    state.api = Api(url or settings.url, token or settings.token, settings.timeout_s, settings.retry_s)
     state.json = dsm.output.json = json_output
     render.options.wide = wide
 
