@@ -138,7 +138,11 @@ class Exchanges:
         async with self.engine.begin() as conn:
             pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
             outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
-            abort = await self._beat(conn, pilot_id, request.running)
+            # a job this exchange's own report ended is not beaten (nor aborted): the pilot sent its last beat
+            # with its final report
+            ended = {(o.job_id, o.attempt) for o in outcomes if o.status == 200} & {
+                (r.job_id, r.attempt) for r in request.reports if r.state in ("finished", "failed")}
+            abort = await self._beat(conn, pilot_id, [b for b in request.running if (b.job_id, b.attempt) not in ended])
             await self._record_usage(conn, pilot_id, request, outcomes)
             specs = await self._claim(conn, pilot, request.want, request.request_id)
             await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat

@@ -142,3 +142,24 @@ async def test_a_wake_up_that_finds_nothing_keeps_the_claim_waiting(job_executor
     (job_id,) = await make_jobs(db, 1)
     reply = await asyncio.wait_for(waiting, 5)
     assert [j["job_id"] for j in reply["jobs"]] == [job_id]
+
+
+async def test_a_job_reported_ended_in_an_exchange_gets_no_abort_order_there(job_executor, db) -> None:
+    """Issue 22, finding 3: every successful job logged "abort requested ... no longer this pilot's" in the same
+    millisecond as "job finished" (104 of 104 jobs): the pilot's exchange carried the job's final report and its
+    beat, and the beat, applied after the report, found the job no longer held. A job ended by a report of the
+    same exchange is not aborted; a job that really is no longer the pilot's still is."""
+    await make_jobs(db, 3)
+    pilot_id, auth = await register(job_executor, slots=3)
+    a, b, c = (await exchange(job_executor, pilot_id, auth, want=3))["jobs"]
+    await exchange(job_executor, pilot_id, auth,
+                   reports=[{"job_id": s["job_id"], "attempt": 1, "state": "running"} for s in (a, b, c)])
+    async with db.begin() as conn:  # c is cancelled meanwhile: no longer this pilot's
+        await conn.execute(sa.update(jobs).where(jobs.c.id == c["job_id"]).values(status="cancelled"))
+    reply = await exchange(job_executor, pilot_id, auth, reports=[
+        {"job_id": a["job_id"], "attempt": 1, "state": "finished", "exit_code": 0, "outputs": [output_of(a)]},
+        {"job_id": b["job_id"], "attempt": 1, "state": "failed", "exit_code": 3, "error_category": "payload",
+         "error_message": "boom"},
+    ], running=[{"job_id": s["job_id"], "attempt": 1} for s in (a, b, c)])
+    assert [r["status"] for r in reply["reports"]] == [200, 200]
+    assert [(o["job_id"], o["attempt"]) for o in reply["abort"]] == [(c["job_id"], 1)]
