@@ -91,8 +91,19 @@ async def job_counts_by_state(conn: AsyncConnection, task_id: int) -> dict[str, 
     return {status: (int(n), int(f)) for status, n, f in (await conn.execute(stmt)).all()}
 
 
-async def recent_throughput(conn: AsyncConnection, task_id: int) -> tuple[int, float | None]:
-    """(input files of jobs finished within the rate window, seconds covered by that window so far)."""
+async def recent_throughput(conn: AsyncConnection, task_id: int, started_at: dt.datetime | None,
+                            ended_at: dt.datetime | None) -> tuple[int, float | None]:
+    """(input files of jobs finished within the rate window, seconds covered by that window so far); for a task
+    that has ended, (all its files finished, its active span: from its start, or its first job's, to its end),
+    which no longer moves with the clock."""
+    if ended_at is not None:
+        ended = sa.select(
+            sa.func.coalesce(sa.func.sum(jobs.c.n_files).filter(jobs.c.status == JobState.FINISHED), 0),
+            sa.func.min(jobs.c.started_at),
+        ).where(jobs.c.task_id == task_id)
+        files_done, first_start = (await conn.execute(ended)).one()
+        start = started_at or first_start
+        return int(files_done), ((ended_at - start).total_seconds() if start is not None else None)
     stmt = sa.select(
         sa.func.coalesce(sa.func.sum(jobs.c.n_files), 0),
         sa.func.extract("epoch", sa.func.now() - sa.func.min(jobs.c.finished_at)),

@@ -27,7 +27,8 @@ async def _task(conn: Transaction, task_id: int) -> Record:
 
 async def _figures(conn: Transaction, task: Record) -> ProgressFigures:
     by_state = await queries.job_counts_by_state(conn, task.id)
-    recent_done, span = await queries.recent_throughput(conn, task.id) if by_state else (0, None)
+    recent_done, span = (await queries.recent_throughput(conn, task.id, task.started_at, task.finished_at)
+                         if by_state else (0, None))
     return compute_progress(task.files_total, task.files_assigned, by_state, recent_done, span)
 
 

@@ -100,3 +100,19 @@ async def test_files_lists_outputs_by_cursor_and_logs_separately(task_manager, d
     assert [f["lfn"] for f in logs["items"]] == ["job.log"]
     bad = await task_manager.get(f"/api/v1/tasks/{task_id}/files", params={"role": "input"}, headers=AUTH)
     assert bad.status_code == 422
+
+
+async def test_the_rate_of_an_ended_task_is_taken_over_its_active_span(task_manager, db) -> None:
+    """Issue 22, finding 2: the files/s of a task that had ended kept falling with the clock (0.1505, then 0.1468
+    ten seconds later). Now an ended task's rate is taken over its active span, from its start to its end: 20
+    files over 200 s are 0.1 files/s, today and tomorrow, and no ETA is given for an ended task."""
+    async with db.begin() as conn:
+        task_id = await insert_task(conn, status="done", files_total=20, files_assigned=20, jobs_total=2,
+                                    output_dataset="spd.out", started_at=ago(500), finished_at=ago(300))
+        await insert_jobs(conn, task_id, 1, status="finished", n_files=10, attempt=1, started_at=ago(500),
+                          finished_at=ago(400))
+        await insert_jobs(conn, task_id, 1, status="finished", n_files=10, attempt=1, started_at=ago(450),
+                          finished_at=ago(300))
+    progress = (await task_manager.get(f"/api/v1/tasks/{task_id}", headers=AUTH)).json()["progress"]
+    assert progress["rate_files_per_s"] == pytest.approx(0.1, rel=0.01)
+    assert progress["eta_s"] in (None, 0)
