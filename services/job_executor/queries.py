@@ -309,7 +309,7 @@ async def declare_dead_pilots(conn: AsyncConnection, timeout_s: float) -> list[i
             pilots.c.status.in_(sorted(PILOT_MACHINE.sources_of(PilotState.DEAD))),
             pilots.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s),
         )
-        .values(status=PilotState.DEAD, ended_at=sa.func.now())
+        .values(status=PilotState.DEAD, ended_at=sa.func.now(), current_job_id=None)
         .returning(pilots.c.id)
     )
     return [r.id for r in (await conn.execute(stmt)).all()]

@@ -62,7 +62,7 @@ async def end_pilots_of_batch_job(conn: AsyncConnection, batch_system: str, batc
     await conn.execute(sa.update(pilots).where(*where).values(batch_state=batch_state))
     dead = await conn.execute(
         sa.update(pilots).where(*where, pilots.c.status.in_(sorted(PILOT_MACHINE.sources_of(PilotState.DEAD))))
-        .values(status=PilotState.DEAD, ended_at=sa.func.now()).returning(pilots.c.id))
+        .values(status=PilotState.DEAD, ended_at=sa.func.now(), current_job_id=None).returning(pilots.c.id))
     return [r.id for r in dead.all()]
 
 

@@ -119,3 +119,22 @@ async def test_housekeeping_purges_old_consumed_ids_and_ended_pilots_only(job_ex
         left = set((await conn.execute(sa.select(pilots.c.id))).scalars())
         consumed = (await conn.execute(sa.select(sa.func.count()).select_from(consumed_messages))).scalar()
     assert left == {live, ended_recently} and consumed == 1
+
+
+async def test_a_dead_pilot_no_longer_shows_the_job_it_lost(job_executor, db) -> None:  # noqa: F811
+    """Issue 22, finding 7: dead pilots kept showing the job they held after it was retried and finished
+    elsewhere. The job moves on when its pilot is declared dead (lost, ready for another pilot): so does the
+    pilot's current job (the attempt history keeps who ran what)."""
+    await make_jobs(db)
+    pilot_id, auth = await register(job_executor)
+    claimed = (await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)).json()
+    async with db.connect() as conn:
+        assert (await conn.execute(sa.select(pilots.c.current_job_id).where(pilots.c.id == pilot_id))).scalar() \
+            == claimed["job_id"]
+    await _expire_heartbeats(db)
+    oversight = job_executor.app.state.oversight
+    oversight.heard_since = time.monotonic() - 3600  # no recent outage
+    assert await oversight.sweep_lost_jobs() == 1
+    async with db.connect() as conn:
+        pilot = (await conn.execute(sa.select(pilots).where(pilots.c.id == pilot_id))).one()
+    assert pilot.status == "dead" and pilot.current_job_id is None
