@@ -43,7 +43,10 @@ def answers(host: str, port: int) -> bool:
 
 
 def _free(port: int) -> bool:
+    """Nothing listens there (a connection of a stopped server in TIME_WAIT does not count: PostgreSQL and
+    RabbitMQ bind with SO_REUSEADDR, and so does this check)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
