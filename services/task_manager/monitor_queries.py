@@ -11,9 +11,7 @@ from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, files, job_attempts, jobs, load_samples, pilots, tasks
-from common.states import JOBS_IN_FLIGHT, PILOT_MACHINE, AttemptOutcome, FileRole, FileState, JobState
-
-GROUP_JOBS_SHOWN = 20  # job ids listed per failure group
+from common.states import JOBS_IN_FLIGHT, PILOT_MACHINE, FileRole, FileState, JobState
 
 
 def _task_filter(stmt: sa.Select[Any], states: Sequence[str], search: str | None, since: dt.datetime | None,
@@ -74,23 +72,6 @@ async def files_ended_over_time(conn: AsyncConnection, task_id: int, bucket_s: i
                    jobs.c.status.in_([JobState.FINISHED, JobState.FAILED, JobState.CANCELLED]),
                    jobs.c.finished_at.is_not(None))
             .group_by(bucket).order_by(bucket))
-    return list((await conn.execute(stmt)).all())
-
-
-async def failed_attempt_groups(conn: AsyncConnection, task_id: int, limit: int = 30) -> list[Record]:
-    """Failed and lost attempts of the task's jobs grouped by error category and message: attempts, jobs, the
-    jobs that failed for good, and the first job ids."""
-    failed = job_attempts.c.outcome.in_([AttemptOutcome.FAILED, AttemptOutcome.LOST])
-    stmt = (sa.select(job_attempts.c.error_category, job_attempts.c.error_message,
-                      sa.func.count().label("attempts"),
-                      sa.func.count(sa.distinct(jobs.c.id)).label("jobs"),
-                      sa.func.count(sa.distinct(jobs.c.id)).filter(jobs.c.status == JobState.FAILED)
-                      .label("jobs_failed"),
-                      sa.func.array_agg(sa.distinct(jobs.c.id))[1:GROUP_JOBS_SHOWN].label("job_ids"))
-            .select_from(jobs.join(job_attempts, job_attempts.c.job_id == jobs.c.id))
-            .where(jobs.c.task_id == task_id, failed)
-            .group_by(job_attempts.c.error_category, job_attempts.c.error_message)
-            .order_by(sa.desc("attempts")).limit(limit))
     return list((await conn.execute(stmt)).all())
 
 

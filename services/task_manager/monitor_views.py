@@ -16,6 +16,7 @@ from services.task_manager import monitor_queries, operations, queries, reportin
 from services.task_manager.schemas import (
     AttemptView,
     CommandLine,
+    FailureGroup,
     TaskView,
     ThroughputPoint,
     UsageTotals,
@@ -58,15 +59,6 @@ class FilesOverTime(BaseModel):
     ended_otherwise: int = Field(description="input files of jobs that failed or were cancelled")
 
 
-class FailureGroupView(BaseModel):
-    error_category: str | None
-    error_message: str | None
-    attempts: int
-    jobs: int
-    jobs_failed: int = Field(description="of these jobs, those that failed for good")
-    job_ids: list[int] = Field(description=f"the first {monitor_queries.GROUP_JOBS_SHOWN} jobs")
-
-
 class TaskAttempt(AttemptView):
     job_id: int
 
@@ -84,7 +76,7 @@ class TaskPage(BaseModel):
     task: TaskView
     files_over_time: list[FilesOverTime] = Field(description="input files ended per bucket, from the task's "
                                                  "creation to its end (or now), in up to PROGRESS_BUCKETS buckets")
-    failures: list[FailureGroupView]
+    failures: list[FailureGroup]
     attempts: list[TaskAttempt]
     log_url: str | None
     log_job_id: int | None
@@ -164,10 +156,7 @@ async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskP
         files_over_time=[FilesOverTime(at=b.bucket + dt.timedelta(seconds=bucket_s), done=int(b.done),
                                        ended_otherwise=int(b.ended_otherwise))
                          for b in await monitor_queries.files_ended_over_time(conn, task_id, bucket_s)],
-        failures=[FailureGroupView(error_category=g.error_category, error_message=g.error_message,
-                                   attempts=g.attempts, jobs=g.jobs, jobs_failed=g.jobs_failed,
-                                   job_ids=sorted(g.job_ids or []))
-                  for g in await monitor_queries.failed_attempt_groups(conn, task_id)],
+        failures=await reporting.failure_groups(conn, task_id),
         attempts=[TaskAttempt.model_validate(a, from_attributes=True)
                   for a in await monitor_queries.recent_attempts(conn, task_id, ATTEMPTS_SHOWN)],
         log_url=log.url if log else None,

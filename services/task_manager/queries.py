@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import aggregate_order_by, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.auth import Identity
 from common.db.models import Record, files, job_attempts, jobs, pilot_credentials, pilots, task_commands, tasks
 from common.db.transitions import transition_one
-from common.states import PILOT_MACHINE, TASK_MACHINE, FileRole, FileState, JobState, TaskState
+from common.states import PILOT_MACHINE, TASK_MACHINE, AttemptOutcome, FileRole, FileState, JobState, TaskState
 
 RATE_WINDOW_S = 600
 OUTPUT_LOCK_SPACE = 0x5BD1  # advisory lock key space of "registering a task that writes this output dataset"
@@ -142,19 +142,26 @@ async def usage_totals(conn: AsyncConnection, task_id: int) -> Record:
     return (await conn.execute(stmt)).one()
 
 
+GROUP_JOBS_SHOWN = 20  # job ids listed per failure group
+
+
 async def failure_groups(conn: AsyncConnection, task_id: int, limit: int = 50) -> list[Record]:
-    stmt = (
-        sa.select(
-            jobs.c.error_category,
-            jobs.c.error_message,
-            sa.func.count().label("jobs"),
-            sa.func.sum(jobs.c.n_files).label("files"),
-        )
-        .where(jobs.c.task_id == task_id, jobs.c.status == JobState.FAILED)
-        .group_by(jobs.c.error_category, jobs.c.error_message)
-        .order_by(sa.desc("jobs"))
-        .limit(limit)
-    )
+    """Failed and lost attempts of the task's jobs grouped by error category and message (the report and the
+    monitor's task page both show these): attempts, the jobs they hit, those of these jobs that failed for good
+    and their input files, and the first job ids."""
+    a = job_attempts.c
+    per_job = (sa.select(a.error_category, a.error_message, jobs.c.id.label("job_id"), jobs.c.n_files,
+                         (jobs.c.status == JobState.FAILED).label("failed"), sa.func.count().label("attempts"))
+               .select_from(jobs.join(job_attempts, a.job_id == jobs.c.id))
+               .where(jobs.c.task_id == task_id, a.outcome.in_([AttemptOutcome.FAILED, AttemptOutcome.LOST]))
+               .group_by(a.error_category, a.error_message, jobs.c.id).subquery())
+    p = per_job.c
+    stmt = (sa.select(p.error_category, p.error_message, sa.func.sum(p.attempts).label("attempts"),
+                      sa.func.count().label("jobs"), sa.func.count().filter(p.failed).label("jobs_failed"),
+                      sa.func.coalesce(sa.func.sum(p.n_files).filter(p.failed), 0).label("files"),
+                      sa.func.array_agg(aggregate_order_by(p.job_id, p.job_id))[1:GROUP_JOBS_SHOWN].label("job_ids"))
+            .group_by(p.error_category, p.error_message)
+            .order_by(sa.desc("attempts"), p.error_category, p.error_message).limit(limit))
     return list((await conn.execute(stmt)).all())
 
 

@@ -77,13 +77,15 @@ async def task_report(conn: Transaction, task_id: int) -> TaskReport:
         # 'rejected': outputs the DSM refused for good (the task's error says why)
         outputs={"files": int(outputs.files), "bytes": int(outputs.bytes), "events": int(outputs.events),
                  "rejected": int(outputs.rejected)},
-        failures=[
-            FailureGroup(error_category=g.error_category, error_message=g.error_message, jobs=g.jobs,
-                         files=int(g.files))
-            for g in await queries.failure_groups(conn, task_id)
-        ],
+        failures=await failure_groups(conn, task_id),
         usage=usage_totals(await queries.usage_totals(conn, task_id), task.cores),
     )
+
+
+async def failure_groups(conn: Transaction, task_id: int) -> list[FailureGroup]:
+    return [FailureGroup(error_category=g.error_category, error_message=g.error_message, attempts=int(g.attempts),
+                         jobs=g.jobs, jobs_failed=g.jobs_failed, files=int(g.files), job_ids=list(g.job_ids or []))
+            for g in await queries.failure_groups(conn, task_id)]
 
 
 def usage_totals(row: Record, cores: int) -> UsageTotals:

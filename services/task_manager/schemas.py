@@ -186,10 +186,15 @@ class TaskPage(BaseModel):
 
 
 class FailureGroup(BaseModel):
+    """Failed and lost attempts with one error category and message."""
+
     error_category: str | None
     error_message: str | None
-    jobs: int
-    files: int
+    attempts: int = Field(description="failed or lost attempts")
+    jobs: int = Field(description="jobs with such an attempt")
+    jobs_failed: int = Field(description="of these jobs, those that failed for good")
+    files: int = Field(description="input files of the jobs that failed for good")
+    job_ids: list[int] = Field(description="the first 20 of these jobs")
 
 
 class DurationStats(BaseModel):

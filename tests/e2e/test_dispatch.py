@@ -188,9 +188,11 @@ async def test_retries_until_success_and_exhausted_attempts_fail_the_file(settin
         assert (await stack.task(broken)).status == "finished"  # partial: its file failed
         assert [a.outcome for a in await attempts_of(db, broken)] == ["failed"] * 3
         report = (await stack.task_manager.get(f"/api/v1/tasks/{broken}/report", headers=WFMS)).json()
+        async with db.connect() as conn:
+            broken_job = (await conn.execute(sa.select(jobs.c.id).where(jobs.c.task_id == broken))).scalar_one()
         assert report["files"]["failed"] == 2 and report["files"]["done"] == 0
-        assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 7", "jobs": 1,
-                                       "files": 2}]
+        assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 7", "attempts": 3,
+                                       "jobs": 1, "jobs_failed": 1, "files": 2, "job_ids": [broken_job]}]
         async with db.connect() as conn:
             states = set((await conn.execute(sa.select(files.c.status).where(
                 files.c.task_id == broken, files.c.role == "input"))).scalars())

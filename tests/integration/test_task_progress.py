@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from common.db.models import files, jobs, tasks
+from common.db.models import files, job_attempts, jobs, tasks
 from tests.conftest import OPERATOR_TOKEN
 from tests.factories import insert_jobs, insert_task
 
@@ -36,8 +36,11 @@ async def _task_with_jobs(db) -> int:
                           started_at=ago(200), finished_at=ago(100))
         await insert_jobs(conn, task_id, 1, status="finished", n_files=10, attempt=2,
                           started_at=ago(150), finished_at=ago(50))
-        await insert_jobs(conn, task_id, 1, status="failed", n_files=10, attempt=3,
-                          error_category="payload", error_message="exit code 3")
+        (failed,) = await insert_jobs(conn, task_id, 1, status="failed", n_files=10, attempt=3,
+                                      error_category="payload", error_message="exit code 3")
+        await conn.execute(sa.insert(job_attempts), [
+            {"job_id": failed, "attempt": n, "outcome": "failed", "error_category": "payload",
+             "error_message": "exit code 3"} for n in (1, 2, 3)])
         await insert_jobs(conn, task_id, 2, status="running", n_files=10, attempt=1)
         await insert_jobs(conn, task_id, 2, status="ready", n_files=10)
         first_job = (await conn.execute(sa.select(sa.func.min(jobs.c.id)))).scalar_one()
@@ -76,7 +79,9 @@ async def test_report_groups_failures_and_counts_attempts_and_outputs(task_manag
     assert report["final"] is False
     assert report["attempts_total"] == 4 * 1 + 2 + 3 + 2 * 1
     assert report["jobs_retried"] == 2
-    assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 3", "jobs": 1, "files": 10}]
+    (failed,) = [g["job_ids"][0] for g in report["failures"]]
+    assert report["failures"] == [{"error_category": "payload", "error_message": "exit code 3", "attempts": 3,
+                                   "jobs": 1, "jobs_failed": 1, "files": 10, "job_ids": [failed]}]
     assert report["outputs"] == {"files": 5, "bytes": 5 * 1000 + sum(range(5)), "events": 50, "rejected": 0}
     assert report["output_dataset"] == "spd.out"
     assert report["job_run_time"]["min_s"] == pytest.approx(100.0)
@@ -116,3 +121,25 @@ async def test_the_rate_of_an_ended_task_is_taken_over_its_active_span(task_mana
     progress = (await task_manager.get(f"/api/v1/tasks/{task_id}", headers=AUTH)).json()["progress"]
     assert progress["rate_files_per_s"] == pytest.approx(0.1, rel=0.01)
     assert progress["eta_s"] in (None, 0)
+
+
+async def test_the_report_counts_lost_attempts_as_the_monitor_does(task_manager, db) -> None:
+    """Issue 22, finding 5: `wms report` showed `failures: []` for a task whose attempt was lost, while the
+    monitor listed it under "lost": the report grouped failed jobs, the monitor failed and lost attempts. Now
+    both come from one query: attempts, the jobs they hit, those that failed for good and their files."""
+    async with db.begin() as conn:
+        task_id = await insert_task(conn, status="done", files_total=20, files_assigned=20, jobs_total=2)
+        survivor, other = await insert_jobs(conn, task_id, 2, status="finished", n_files=10, attempt=2)
+        await conn.execute(sa.insert(job_attempts), [
+            {"job_id": survivor, "attempt": 1, "outcome": "lost", "error_category": "lost",
+             "error_message": "pilot stopped heartbeating"},
+            {"job_id": survivor, "attempt": 2, "outcome": "finished", "error_category": None, "error_message": None},
+            {"job_id": other, "attempt": 1, "outcome": "lost", "error_category": "lost",
+             "error_message": "pilot stopped heartbeating"},
+            {"job_id": other, "attempt": 2, "outcome": "finished", "error_category": None, "error_message": None}])
+    report = (await task_manager.get(f"/api/v1/tasks/{task_id}/report", headers=AUTH)).json()
+    page = (await task_manager.get(f"/api/v1/monitor/tasks/{task_id}", headers=AUTH)).json()
+    assert report["failures"] == [{"error_category": "lost", "error_message": "pilot stopped heartbeating",
+                                   "attempts": 2, "jobs": 2, "jobs_failed": 0, "files": 0,
+                                   "job_ids": sorted([survivor, other])}]
+    assert page["failures"] == report["failures"]

@@ -199,9 +199,10 @@ def report(r: dict) -> None:
                 _mb(u.get("max_rss_mb")), _mb(u.get("max_pss_mb")), _mb(u["read_mb"]), _mb(u["written_mb"])]],
               drop_order=["max PSS MB", "read MB", "written MB"])
     if r["failures"]:
-        table("Failures by error", ["category", "jobs", "files", "message"],
-              [[g["error_category"] or "error", g["jobs"], g["files"], g["error_message"] or ""]
-               for g in r["failures"]], wrap=("message",))
+        # failed and lost attempts, as the monitor's task page groups them; "failed": jobs that failed for good
+        table("Failures by error", ["category", "attempts", "jobs", "failed", "files", "message"],
+              [[g["error_category"] or "error", g["attempts"], g["jobs"], g["jobs_failed"], g["files"],
+                g["error_message"] or ""] for g in r["failures"]], wrap=("message",))
 
 
 def attempt_usage(attempts: list[dict]) -> None:
