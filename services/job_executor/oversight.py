@@ -244,12 +244,19 @@ class Oversight:
         async with self.engine.connect() as conn:
             ended = await queries.ended_tasks_with_open_outputs(conn)
         closed, now = [], time.monotonic()
-        for task_id, dataset in ended:
+        for task_id, dataset, started in ended:
             if self._close_not_before.get(task_id, 0.0) > now:
                 continue
             try:
                 for name in (dataset, log_dataset(dataset)):
-                    await self.dsm.create_dataset(name)  # idempotent: a task that never produced still closes one
+                    if started:
+                        # idempotent: a task that ran and produced nothing still closes one (a later stage
+                        # reading it ends instead of waiting)
+                        await self.dsm.create_dataset(name)
+                    elif (found := await self.dsm.dataset(name)) is None or found.status == "closed":
+                        # a task that never started (its input never came, it was cancelled first) leaves no
+                        # dataset behind: a corrected resubmission may write this name
+                        continue
                     await self.dsm.close_dataset(name)
             except DsmError as exc:
                 self._close_not_before[task_id] = now + CLOSE_RETRY_S

@@ -489,12 +489,13 @@ async def end_tasks(conn: AsyncConnection, task_ids: list[int], target: TaskStat
     )
 
 
-async def ended_tasks_with_open_outputs(conn: AsyncConnection) -> list[tuple[int, str]]:
-    """(task id, output dataset) of ended tasks whose outputs are all registered and not yet closed."""
+async def ended_tasks_with_open_outputs(conn: AsyncConnection) -> list[tuple[int, str, bool]]:
+    """(task id, output dataset, whether it ever started) of ended tasks whose outputs are all registered and not
+    yet closed."""
     staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
-    stmt = sa.select(tasks.c.id, tasks.c.output_dataset).where(
+    stmt = sa.select(tasks.c.id, tasks.c.output_dataset, tasks.c.started_at.is_not(None)).where(
         tasks.c.status.in_(sorted(TASK_MACHINE.terminal)), tasks.c.output_closed_at.is_(None), ~staged)
-    return [(task_id, dataset) for task_id, dataset in (await conn.execute(stmt)).all()]
+    return [(task_id, dataset, bool(started)) for task_id, dataset, started in (await conn.execute(stmt)).all()]
 
 
 # --- protocol 2: one exchange per pilot cycle, every kind of change in one statement -------------------------

@@ -1,6 +1,7 @@
 """Routes of the task-manager: parse -> call the domain -> shape the response. No SQL here."""
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
@@ -18,6 +19,7 @@ from services.task_manager.schemas import (
     PriorityChange,
     TaskDescription,
     TaskPage,
+    TaskRegistered,
     TaskReport,
     TaskView,
     task_view,
@@ -45,19 +47,26 @@ TASK_CONFLICT: dict[int | str, dict[str, Any]] = {
 
 @router.post(
     "/tasks",
-    response_model=TaskView,
+    response_model=TaskRegistered,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"model": TaskView, "description": "already registered under this wfms_request_id"},
+    responses={200: {"model": TaskRegistered, "description": "already registered under this wfms_request_id"},
                409: {"description": "the request id names another description, or the output dataset is closed "
                                     "in the DSM or written by another active task (the body says which)"}},
 )
-async def register_task(description: TaskDescription, lifecycle: Lifecycle, response: Response,
-                        caller: Annotated[Identity, Depends(SUBMIT_TASKS)]) -> TaskView:
+async def register_task(description: TaskDescription, lifecycle: Lifecycle, response: Response, request: Request,
+                        caller: Annotated[Identity, Depends(SUBMIT_TASKS)]) -> TaskRegistered:
     row, created = await lifecycle.register(description, caller)
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/v1/tasks/{row.id}"
-    return task_view(row)
+    found = await lifecycle.input_found(description.input_dataset)
+    wait_until, notes = None, []
+    if found is False:
+        wait_until = row.created_at + dt.timedelta(seconds=request.app.state.settings.dataset_wait_s)
+        notes.append(f"input dataset {description.input_dataset} does not exist (yet): the task waits for it until "
+                     f"{wait_until.isoformat()}, then fails; resubmitting later with the same output dataset works")
+    return TaskRegistered(**task_view(row).model_dump(), input_dataset_found=found, input_wait_until=wait_until,
+                          notes=notes)
 
 
 @router.get("/transformations", response_model=list[Transformation], dependencies=[Depends(READ_TASKS)])

@@ -194,6 +194,17 @@ class TaskLifecycle:
         self.on_committed()
         return row, True
 
+    async def input_found(self, dataset: str) -> bool | None:
+        """Whether the input dataset exists in the DSM now; None when the DSM cannot say (or there is none)."""
+        if self.dsm is None:
+            return None
+        try:
+            return await self.dsm.dataset(dataset) is not None
+        except DsmError as exc:
+            log.warning("DSM not asked about an input dataset at registration",
+                        extra={"dataset": dataset, "error": str(exc)})
+            return None
+
     async def _refuse_closed_output(self, dataset: str) -> None:
         """A closed output dataset can take no file: refuse now rather than fail after the work. If the DSM
         cannot answer now, the task is accepted (its outputs would then be refused and the task fail with the

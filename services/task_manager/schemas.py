@@ -180,6 +180,18 @@ class TaskView(BaseModel):
     progress: Progress | None = None
 
 
+class TaskRegistered(TaskView):
+    """The answer to a submission: the task, and what the WMS could tell about its input at once."""
+
+    input_dataset_found: bool | None = Field(description="whether the input dataset exists in the DSM now (null: "
+                                             "the DSM could not say)")
+    input_wait_until: dt.datetime | None = Field(description="when the input dataset does not exist yet: the task "
+                                                 "waits for it until then (WMS_DATASET_WAIT_S after submission, a "
+                                                 "later stage of a chain may be submitted before its input "
+                                                 "appears), then fails")
+    notes: list[str] = Field(description="what a WFMS should know about this submission (empty: nothing)")
+
+
 class TaskPage(BaseModel):
     items: list[TaskView]
     next_after: int | None = Field(description="pass as ?after= for the next page; null on the last page")
