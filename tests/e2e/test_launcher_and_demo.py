@@ -89,7 +89,10 @@ async def check_prometheus(tmp_path: Path, ports: dict[str, str]) -> None:
                 return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
 
             rules = await wait_for(rules_evaluated, timeout=30, interval=0.5)
-            assert len(rules) == 6 and {r["health"] for r in rules} == {"ok"}, rules
+            defined = [r["alert"] for g in yaml.safe_load(alerts.read_text())["groups"] for r in g["rules"]]
+            assert sorted(r["name"] for r in rules) == sorted(defined) and {r["health"] for r in rules} == {"ok"}, \
+                rules
+            assert {r["name"]: r["state"] for r in rules}["WmsDeadLetterQueueFilling"] == "inactive"
     finally:
         prometheus.terminate()
         prometheus.wait(timeout=30)
