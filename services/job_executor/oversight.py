@@ -161,14 +161,21 @@ class Oversight:
 
     async def finalize_tasks(self) -> list[int]:
         """A running task whose dataset is fully in jobs and whose jobs all ended is done (no failed file) or
-        finished (some failed)."""
+        finished (some failed), when at least one of its jobs finished; a task that processed nothing (no input
+        files, or no job finished) fails and says why, as does one whose outputs the DSM refused: a WFMS reading
+        only the status never takes nothing for success."""
         ended: list[int] = []
         async with self.engine.begin() as conn:
             by_target: dict[TaskState, list[int]] = {TaskState.DONE: [], TaskState.FINISHED: [],
                                                      TaskState.FAILED: []}
-            for task_id, failed, rejected in await queries.tasks_ready_to_end(conn):
-                target = TaskState.FAILED if rejected else TaskState.FINISHED if failed else TaskState.DONE
-                by_target[target].append(task_id)
+            errors: dict[int, str] = {}
+            for task in await queries.tasks_ready_to_end(conn):
+                target, error = task_verdict(task.files_total, task.any_finished, task.any_failed, task.any_rejected,
+                                             task.input_dataset)
+                by_target[target].append(task.id)
+                if error is not None:
+                    errors[task.id] = error
+            await queries.set_task_errors(conn, errors)
             for target, task_ids in by_target.items():
                 if not task_ids:
                     continue
@@ -304,3 +311,16 @@ class Oversight:
             raise
         await self.close_output_datasets()
         return False
+
+
+def task_verdict(files_total: int, any_finished: bool, any_failed: bool, any_rejected: bool,
+                 input_dataset: str) -> tuple[TaskState, str | None]:
+    """The final state of a task whose jobs all ended, and the reason when it is a failure of its own."""
+    if any_rejected:
+        return TaskState.FAILED, None  # the refusal was recorded as the task's error when it happened
+    if files_total == 0:
+        return TaskState.FAILED, f"no input files: input dataset {input_dataset} was closed empty; nothing processed"
+    if not any_finished:
+        return TaskState.FAILED, ("no job finished: every job failed or was cancelled, nothing was produced (the "
+                                  "report's failures say why)")
+    return (TaskState.FINISHED if any_failed else TaskState.DONE), None

@@ -464,21 +464,33 @@ async def set_queued_jobs_priority(conn: AsyncConnection, task_id: int, priority
     await conn.execute(_REKEY, {"task": task_id, "priority": priority})
 
 
-async def tasks_ready_to_end(conn: AsyncConnection) -> list[tuple[int, bool, bool]]:
-    """(task id, any job failed, any output rejected) of each running task whose dataset is fully in jobs, whose
-    jobs all ended and whose outputs are all in the DSM or refused there ('done' means usable downstream)."""
+async def tasks_ready_to_end(conn: AsyncConnection) -> list[Record]:
+    """(id, input_dataset, files_total, any_failed, any_rejected, any_finished) of each running task whose dataset
+    is fully in jobs, whose jobs all ended and whose outputs are all in the DSM or refused there ('done' means
+    usable downstream)."""
     unfinished = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status.in_(sorted(JOB_MACHINE.active)))
     any_failed = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status == JobState.FAILED)
+    any_finished = sa.exists().where(jobs.c.task_id == tasks.c.id, jobs.c.status == JobState.FINISHED)
     any_staged = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.STAGED)
     any_rejected = sa.exists().where(files.c.task_id == tasks.c.id, files.c.status == FileState.REJECTED)
-    stmt = sa.select(tasks.c.id, any_failed, any_rejected).where(
+    stmt = sa.select(tasks.c.id, tasks.c.input_dataset, tasks.c.files_total, any_failed.label("any_failed"),
+                     any_rejected.label("any_rejected"), any_finished.label("any_finished")).where(
         tasks.c.status == TaskState.RUNNING,
         tasks.c.files_total.is_not(None),
         tasks.c.jobs_registered == tasks.c.jobs_total,
         ~unfinished,
         ~any_staged,
     )
-    return [(task_id, bool(failed), bool(rejected)) for task_id, failed, rejected in (await conn.execute(stmt)).all()]
+    return list((await conn.execute(stmt)).all())
+
+
+async def set_task_errors(conn: AsyncConnection, errors: dict[int, str]) -> None:
+    """Say why a task ended as it did (a reason already recorded is kept)."""
+    if errors:
+        await conn.execute(
+            sa.update(tasks).where(tasks.c.id == sa.bindparam("task_id"), tasks.c.error.is_(None))
+            .values(error=sa.bindparam("reason"), updated_at=sa.func.now()),
+            [{"task_id": t, "reason": r} for t, r in errors.items()])
 
 
 async def end_tasks(conn: AsyncConnection, task_ids: list[int], target: TaskState) -> list[Record]:

@@ -60,7 +60,7 @@ async def test_cli_against_a_running_wms(settings, db, tmp_path, amqp) -> None:
         watched = await wms(url, "watch", str(good), "--interval", "0.2")
         assert watched.returncode == 0 and "done" in watched.stdout and "3/3" in watched.stdout, watched.stdout
         watched = await wms(url, "--json", "watch", str(bad), "--interval", "0.2")
-        assert watched.returncode == 1 and json.loads(watched.stdout)["status"] == "finished"
+        assert watched.returncode == 1 and json.loads(watched.stdout)["status"] == "failed"  # no job finished
 
         queue = await wms(url, "q", "--all")
         assert "from yaml" in queue.stdout and "2 tasks; 0 jobs queued, 0 running, 3 done, 1 failed" in queue.stdout

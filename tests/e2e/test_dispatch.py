@@ -185,7 +185,8 @@ async def test_retries_until_success_and_exhausted_attempts_fail_the_file(settin
         assert (await stack.task(flaky)).status == "done"
         assert [(a.attempt, a.outcome, a.exit_code) for a in await attempts_of(db, flaky)] == [
             (1, "failed", 7), (2, "failed", 7), (3, "finished", 0)]
-        assert (await stack.task(broken)).status == "finished"  # partial: its file failed
+        assert (await stack.task(broken)).status == "failed"  # its only job failed: nothing was produced
+        assert "no job finished" in (await stack.task(broken)).error
         assert [a.outcome for a in await attempts_of(db, broken)] == ["failed"] * 3
         report = (await stack.task_manager.get(f"/api/v1/tasks/{broken}/report", headers=WFMS)).json()
         async with db.connect() as conn:

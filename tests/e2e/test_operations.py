@@ -60,7 +60,7 @@ async def test_operator_views_and_metrics(settings, db, tmp_path) -> None:
         lines = (await tm.get("/api/v1/summary?all=true", headers=OPERATOR)).json()
         summary = {line["task_id"]: line for line in lines}
         assert (summary[ok]["status"], summary[ok]["done"], summary[ok]["files_done"]) == ("done", 6, 6)
-        assert (summary[bad]["status"], summary[bad]["failed"]) == ("finished", 1)
+        assert (summary[bad]["status"], summary[bad]["failed"]) == ("failed", 1)  # no job finished
         assert summary[gpu]["status"] == "running" and summary[gpu]["queued"] == 2 and summary[gpu]["running"] == 0
         active = [line["task_id"] for line in (await tm.get("/api/v1/summary", headers=OPERATOR)).json()]
         assert active == [gpu]
