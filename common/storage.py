@@ -4,11 +4,13 @@ the quality plots, output verification).
 A path that a pilot reported is resolved component by component from a descriptor of the storage root, each
 directory opened with O_NOFOLLOW | O_DIRECTORY and the file itself with O_NOFOLLOW | O_NONBLOCK, so a symlink
 anywhere in the path (swapped in while we look: realpath-then-open guards only the last component) is refused,
-never followed; the opened file must be a regular file with one link. Reads are bounded.
+never followed; the opened file must be a regular file with one link. Reads are bounded. Removing what a lost
+attempt left (remove_beneath) walks the same way.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,22 +54,50 @@ def unsafe_kind(st: os.stat_result) -> str | None:
     return None
 
 
-@contextmanager
-def open_beneath(url: str, storage_root: str) -> Iterator[tuple[int, os.stat_result]]:
-    """A read-only descriptor (and its stat) of the regular single-link file ``url`` names under the root."""
-    parts = relative_to_root(url, storage_root)
+def _open_parent(parts: list[str], storage_root: str) -> int:
+    """A descriptor of the directory holding ``parts[-1]``, reached from the root one component at a time without
+    following a link (a swapped component fails instead of leading elsewhere)."""
     try:
         current = os.open(storage_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise UnsafeStoragePath(f"storage root not readable: {exc.strerror}") from exc
-    try:
-        for part in parts[:-1]:
-            try:
-                following = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
-            except OSError as exc:
-                raise UnsafeStoragePath(f"{part!r}: not a directory of the storage ({exc.strerror})") from exc
+    for part in parts[:-1]:
+        try:
+            following = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+        except OSError as exc:
             os.close(current)
-            current = following
+            raise UnsafeStoragePath(f"{part!r}: not a directory of the storage ({exc.strerror})") from exc
+        os.close(current)
+        current = following
+    return current
+
+
+def remove_beneath(url: str, storage_root: str) -> None:
+    """Delete the file or directory tree ``url`` names under the root (gone already: nothing to do), never
+    through a link: neither on the way to it nor inside it."""
+    parts = relative_to_root(url.rstrip("/"), storage_root)
+    try:
+        parent = _open_parent(parts, storage_root)
+    except UnsafeStoragePath:
+        return  # not there (or not ours to follow): nothing of it beneath the root to remove
+    try:
+        info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(parts[-1], dir_fd=parent)
+        else:
+            os.unlink(parts[-1], dir_fd=parent)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(parent)
+
+
+@contextmanager
+def open_beneath(url: str, storage_root: str) -> Iterator[tuple[int, os.stat_result]]:
+    """A read-only descriptor (and its stat) of the regular single-link file ``url`` names under the root."""
+    parts = relative_to_root(url, storage_root)
+    current = _open_parent(parts, storage_root)
+    try:
         try:
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=current)
         except OSError as exc:

@@ -136,6 +136,12 @@ def stage_out(source_fd: int, name: str, url_prefix: str, lfn: str, events: int 
         size = target.stat().st_size
         checksum = adler32(target, throttle)
     except OSError as exc:
+        # a full or failing storage: nothing of this file stays behind (the caller removes what came before)
+        for leftover in (partial, target):
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
         raise StagingError(f"cannot stage out {name}: {exc}") from exc
     return StagedFile(lfn=lfn, url=f"file://{target}", size=size, adler32=checksum, events=events)
 

@@ -138,3 +138,32 @@ async def test_a_dead_pilot_no_longer_shows_the_job_it_lost(job_executor, db) ->
     async with db.connect() as conn:
         pilot = (await conn.execute(sa.select(pilots).where(pilots.c.id == pilot_id))).one()
     assert pilot.status == "dead" and pilot.current_job_id is None
+
+
+async def test_a_lost_attempt_leaves_nothing_on_storage(job_executor, db) -> None:  # noqa: F811
+    """Issue 22, finding 10: a pilot that died mid stage-out left its partial and earlier outputs on storage for
+    good. When its attempt is declared lost, the job-executor removes the attempt's directory (nothing of it was
+    registered: a report would have ended the attempt)."""
+    from pathlib import Path
+
+    from pilot.staging import local_path
+    from services.job_executor.dispatch import storage_prefix
+
+    await make_jobs(db)
+    pilot_id, auth = await register(job_executor)
+    claimed = (await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)).json()
+    settings = job_executor.app.state.settings
+    attempt_dir = local_path(claimed["output_url_prefix"])
+    (attempt_dir / "logs").mkdir(parents=True)
+    (attempt_dir / "a.out").write_bytes(b"staged before it died")
+    (attempt_dir / "b.out.part").write_bytes(b"half")
+    (attempt_dir / "logs" / "x.log.part").write_bytes(b"half")
+    assert claimed["output_url_prefix"] == storage_prefix(settings, claimed["output_dataset"], claimed["job_id"],
+                                                          claimed["attempt"])
+    outside = Path(settings.storage_root) / "elsewhere.txt"
+    outside.write_text("not the attempt's")
+    await _expire_heartbeats(db)
+    oversight = job_executor.app.state.oversight
+    oversight.heard_since = time.monotonic() - 3600  # no recent outage
+    assert await oversight.sweep_lost_jobs() == 1
+    assert not attempt_dir.exists() and outside.read_text() == "not the attempt's"

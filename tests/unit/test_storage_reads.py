@@ -64,3 +64,24 @@ def test_verification_refuses_links_and_never_skips(tmp_path: Path) -> None:
     refused = verify_on_storage(rows, str(root))
     assert set(refused) == {2, 3, 4}, refused
     assert "o1" in refused[2] and "hard link" in refused[3] and "not under the storage root" in refused[4]
+
+
+def test_removing_an_attempts_files_never_follows_a_link(tmp_path) -> None:
+    """remove_beneath (what a lost attempt left): a link on the way or inside leads nowhere outside the root."""
+    from common.storage import remove_beneath
+
+    root, outside = tmp_path / "storage", tmp_path / "outside"
+    (outside / "7" / "1").mkdir(parents=True)
+    (outside / "7" / "1" / "precious").write_text("keep")
+    root.mkdir()
+    (root / "ds").symlink_to(outside)  # a swapped component
+    remove_beneath(f"file://{root}/ds/7/1/", str(root))
+    assert (outside / "7" / "1" / "precious").read_text() == "keep"
+
+    attempt = root / "real" / "7" / "1"
+    attempt.mkdir(parents=True)
+    (attempt / "a.out.part").write_text("half")
+    (attempt / "escape").symlink_to(outside)  # a link inside: removed as a link, its target kept
+    remove_beneath(f"file://{root}/real/7/1/", str(root))
+    assert not attempt.exists() and (outside / "7" / "1" / "precious").read_text() == "keep"
+    remove_beneath(f"file://{root}/real/7/1/", str(root))  # gone already: nothing to do
