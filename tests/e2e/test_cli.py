@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 import yaml
 
-from tests.conftest import OPERATOR_TOKEN, WFMS_TOKEN, wait_for
+from tests.conftest import OPERATOR_TOKEN, SERVICE_TOKEN, WFMS_TOKEN, wait_for
 from tests.e2e.stack import wms_stack
 from tests.e2e.test_operations import FAIL
 from tests.factories import task_description
@@ -123,3 +123,28 @@ async def _dead_letters(url: str) -> list[dict] | None:
     answer = await wms(url, "--json", "dlq", "list")
     assert answer.returncode == 0, answer.stderr
     return json.loads(answer.stdout) or None
+
+
+async def test_the_demo_on_a_full_storage_says_so_and_leaves_nothing(settings, db, tmp_path) -> None:
+    """Issue 22, finding 10: on a full storage `wms demo` died with a Python traceback and left an open, empty raw
+    dataset in the DSM and partial files. The full storage is played by a file size limit (RLIMIT_FSIZE, the
+    writes fail with EFBIG as they would with ENOSPC). Now: one message, exit 1, no dataset, no file."""
+    import resource
+    import signal
+
+    def full_storage() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # ignored stays ignored across exec: writes fail instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    async with wms_stack(settings, db, tmp_path) as stack:
+        url = str(stack.task_manager.base_url).rstrip("/")
+        storage = tmp_path / "full"
+        env = {**os.environ, "WMS_CLI_URL": url, "WMS_CLI_TOKEN": OPERATOR_TOKEN, "COLUMNS": "200",
+               "WMS_CLI_DSM_URL": stack.dsm.base_url.removesuffix("/dsm/v1"), "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN,
+               "WMS_STORAGE_ROOT": str(storage)}
+        done = await asyncio.to_thread(subprocess.run, [WMS, "demo", "--slices", "4", "--run", "full"], env=env,
+                                       capture_output=True, text=True, timeout=120, preexec_fn=full_storage)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "Traceback" not in done.stderr and "wms: cannot write the raw data" in done.stderr, done.stderr
+        assert await stack.dsm.dataset("spd.raw.full") is None
+        assert [p for p in storage.rglob("*") if p.is_file()] == []

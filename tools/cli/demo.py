@@ -7,6 +7,7 @@ the four tasks are submitted at once: filter, merge and quality follow their gro
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -29,9 +30,16 @@ async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: 
     try:
         if await dsm.dataset(name) is not None:
             raise CliError(f"dataset {name} exists already: choose another --run")
-        await dsm.create_dataset(name)
+        if data_dir.is_dir() and any(data_dir.iterdir()):
+            raise CliError(f"{data_dir} holds files already: choose another --run or --data-dir")
         render.console.print(f"generating {slices} raw time slices in {data_dir}", highlight=False)
-        entries = [DsmFile(**e) for e in write_slices(data_dir, slices, seed=7)]
+        try:  # the files first: a storage that cannot take them leaves no dataset (and none of them) behind
+            entries = [DsmFile(**e) for e in write_slices(data_dir, slices, seed=7)]
+        except OSError as exc:
+            for written in data_dir.glob("*") if data_dir.is_dir() else ():  # the directory was empty or new
+                shutil.rmtree(written) if written.is_dir() else written.unlink(missing_ok=True)
+            raise CliError(f"cannot write the raw data in {data_dir}: {exc.strerror or exc}") from exc
+        await dsm.create_dataset(name)
         for i in range(0, len(entries), DSM_BATCH):
             await dsm.register_files(name, entries[i:i + DSM_BATCH])
         await dsm.close_dataset(name)

@@ -399,6 +399,10 @@ def main() -> None:
     except CliError as exc:
         render.errors.print(f"wms: {exc}", markup=False, highlight=False)
         raise SystemExit(exc.exit_code) from None
+    except OSError as exc:  # a local file or the terminal: a message, never a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        render.errors.print(f"wms: {exc.strerror or exc}{where}", markup=False, highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
