@@ -81,6 +81,17 @@ async def test_fresh_machine_private_servers_and_the_readme_first_task() -> None
             path = Path(url.removeprefix("file://"))
             assert path.stat().st_size == int(size) and re.fullmatch(r"[0-9a-f]{8}", adler32) and int(events) > 0
             assert str(path).startswith(str(base / "storage" / "spd.events.mine")) and lfn.endswith(path.name)
+
+        # issue 22, finding 10: the launcher did not notice its private PostgreSQL or RabbitMQ dying. Now it
+        # starts a dead one again, with its data, and says so; the WMS goes on (both servers were started by
+        # this test's launcher: killing them touches nothing of the machine's)
+        for name, pid_file in (("PostgreSQL", base / "postgres" / "data" / "postmaster.pid"),
+                               ("RabbitMQ", base / "rabbitmq" / "pid")):
+            os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+            await wait_for_line(out, f"private {name} restarted", launcher, timeout=180)
+        again = await asyncio.to_thread(subprocess.run, [BIN / "wms", "q", "--all"], env=env, capture_output=True,
+                                        text=True, timeout=300)
+        assert again.returncode == 0 and "mine" in again.stdout, again.stdout + again.stderr
     finally:
         launcher.send_signal(signal.SIGINT)
         code = await asyncio.to_thread(launcher.wait, 120)

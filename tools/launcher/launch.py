@@ -402,11 +402,16 @@ def launch_everything(args: argparse.Namespace, settings: Settings, base: Path,
             lines += [f"  {'private ' + s.name:<17} 127.0.0.1:{s.port} (data in {s.directory})" for s in servers]
             lines += [f"  logs              {logs}", "  try: wms demo     Ctrl-C stops everything"]
             print("\n".join(lines), flush=True)
+        supervisor = private.ServerSupervisor(servers, lambda line: print(f"wms-launch: {line}", flush=True))
         while not launch.stopping:
             for child in launch.children:
                 if child.process.poll() is not None and child.essential:
                     raise LaunchFailed(f"{child.name} exited with {child.process.returncode}; "
                                        f"see {logs / (child.name + '.log')}")
+            try:
+                supervisor.check()
+            except private.ServerFailed as exc:
+                raise LaunchFailed(str(exc)) from exc
             time.sleep(0.5)
         return 0
     except LaunchFailed as exc:

@@ -14,6 +14,8 @@ import random
 import secrets
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -105,6 +107,39 @@ class PrivateServer:
         subprocess.run([self.script, self.stop_command, str(self.directory), str(self.port)], capture_output=True,
                        text=True, timeout=START_TIMEOUT_S)
         self.running = False
+
+
+class ServerSupervisor:
+    """Watches the launch's private servers like its services: one that stops answering (killed, crashed) is
+    started again with its data, and both are said."""
+
+    CHECK_EVERY_S = 2.0
+    MISSES = 2  # checks in a row without an answer before it counts as dead (a busy server may be slow once)
+
+    def __init__(self, servers: list[PrivateServer], say: Callable[[str], None]) -> None:
+        self.servers, self.say = servers, say
+        self._misses = {id(s): 0 for s in servers}
+        self._next = time.monotonic() + self.CHECK_EVERY_S
+        self.restarts = 0
+
+    def check(self) -> None:
+        """Call often; looks every CHECK_EVERY_S. ServerFailed when a dead server cannot be started again."""
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.CHECK_EVERY_S
+        for server in self.servers:
+            if not server.running or answers("127.0.0.1", server.port):
+                self._misses[id(server)] = 0
+                continue
+            self._misses[id(server)] += 1
+            if self._misses[id(server)] < self.MISSES:
+                continue
+            self.say(f"private {server.name} on 127.0.0.1:{server.port} stopped answering; starting it again "
+                     f"(data in {server.directory})")
+            server.start()
+            self._misses[id(server)] = 0
+            self.restarts += 1
+            self.say(f"private {server.name} restarted on 127.0.0.1:{server.port}")
 
 
 SERVICES_BROKER_USER = "wms"
