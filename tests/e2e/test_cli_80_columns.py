@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -71,8 +75,9 @@ async def test_tables_fit_80_columns_and_dsm_commands(settings, db, tmp_path) ->
         assert "spd.raw.run7" in listed.stdout and "closed" in listed.stdout
         fits(listed.stdout)
         files = await wms(url, dsm_url, "dsm", "ls", "spd.raw.run7")
-        assert "raw/run7/slice-3.jsonl" in files.stdout and "url not shown" in files.stdout
-        fits(files.stdout)
+        for i in range(4):  # each lfn and url whole, on a line of its own
+            assert f"raw/run7/slice-{i}.jsonl" in files.stdout.splitlines()
+            assert f"  file://{(raw / f'slice-{i}.jsonl').resolve()}" in files.stdout.splitlines()
         refused = await wms(url, dsm_url, "dsm", "register", "spd.raw.run7", str(tmp_path / "nowhere"))
         assert refused.returncode == 2 and "is not a directory" in flat(refused.stderr)
         closed = await wms(url, dsm_url, "dsm", "register", "spd.raw.run7", str(raw), "--glob", "slice-0*")
@@ -91,12 +96,13 @@ async def test_tables_fit_80_columns_and_dsm_commands(settings, db, tmp_path) ->
 
         tasks = await wms(url, dsm_url, "tasks", "--all")
         fits(tasks.stdout)
-        for header in ("id", "name", "state", "files", "running", "done", "failed"):
+        for header in ("id", "name", "state", "progress", "files done", "jobs q/r/d/f"):
             assert f"┃ {header} " in tasks.stdout, (header, tasks.stdout)
+        assert "━" in tasks.stdout  # the progress bars stay at 80 columns
         assert "…" not in tasks.stdout.splitlines()[2]  # the header row is whole
-        assert "not shown: --wide shows every column" in tasks.stdout
+        assert "prio not shown: --wide shows every column" in tasks.stdout
         wide = await wms(url, dsm_url, "--wide", "tasks", "--all")
-        assert "prio" in wide.stdout and "queued" in wide.stdout and LONG in wide.stdout
+        assert "prio" in wide.stdout and LONG in wide.stdout
         assert "not shown" not in wide.stdout
 
         queue = await wms(url, dsm_url, "q", "--all")
@@ -142,5 +148,68 @@ async def test_tables_fit_80_columns_and_dsm_commands(settings, db, tmp_path) ->
         purged = await wms(url, dsm_url, "purge", "--older-than", "0s")
         assert purged.returncode == 0 and "removed 2 tasks (5 jobs" in flat(purged.stdout), purged.stdout
         assert "0 tasks;" in (await wms(url, dsm_url, "q", "--all")).stdout
+        assert "0 active tasks;" in (hint := (await wms(url, dsm_url, "q")).stdout) and "wms q --all" in hint
         assert "spd.raw.run7" in (await wms(url, dsm_url, "dsm", "ls")).stdout
         assert "spd.out.run7" in (await wms(url, dsm_url, "dsm", "ls", "--prefix", "spd.out")).stdout
+
+
+def in_tmux(command: list[str], env: dict[str, str], width: int) -> str:
+    """What ``command`` shows on a real terminal of ``width`` columns (a detached tmux session): the screen with the
+    terminal's own line wraps joined again (capture-pane -J), so an unbroken lfn or url reads whole."""
+    session = f"wms-cli-{uuid.uuid4().hex[:8]}"
+    assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    line = f"env -u COLUMNS {assignments} {shlex.join(command)}; echo __ended_$?__; sleep 600"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "300", line], check=True,
+                   timeout=30)
+    try:
+        for _ in range(600):
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-t", session, "-S", "-"],
+                                    capture_output=True, text=True, timeout=30).stdout
+            if "__ended_" in screen:
+                assert "__ended_0__" in screen, screen
+                return screen
+            time.sleep(0.1)
+        raise AssertionError(f"{command} did not end in tmux")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+async def test_the_cli_on_a_real_terminal(settings, db, tmp_path, width) -> None:
+    """Issue 22, finding 8, on tmux at 80 and 120 columns: `wms tasks` keeps its progress bars and says which
+    columns are jobs and which files; `wms dsm ls NAME` never breaks an lfn or drops a url; `wms q` points at
+    --all when it hides ended tasks; `wms --help` reads cleanly (no `<bool>` after flags, no cut summaries)."""
+    assert shutil.which("tmux"), "tmux is needed for this test (scripts/setup installs it)"
+    async with wms_stack(settings, db, tmp_path) as stack:
+        url = str(stack.task_manager.base_url).rstrip("/")
+        dsm_url = stack.dsm.base_url.removesuffix("/dsm/v1")
+        env = {"WMS_CLI_URL": url, "WMS_CLI_TOKEN": OPERATOR_TOKEN, "WMS_CLI_DSM_URL": dsm_url,
+               "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN, "TERM": "xterm-256color", "PATH": os.environ["PATH"]}
+        long_name = "raw.a-dataset-name-of-some-length.run-000042"
+        await stack.make_dataset(long_name, 3)
+        task = await stack.submit(name=LONG, input_dataset=long_name, output_dataset="out.tmux",
+                                  payload={"command": sys.executable, "args": ["-c", "pass"], "env": {}},
+                                  split={"by": "files", "size": 1})
+        stack.start_pilot("rest")
+        await wait_for(lambda: stack.ended(task), timeout=90)
+
+        helped = await asyncio.to_thread(in_tmux, [str(WMS), "--help"], env, width)
+        commands = helped[helped.index("Commands:"):].splitlines()
+        assert "<bool>" not in helped and "``" not in helped, helped
+        assert not [line for line in commands if line.rstrip().endswith("...")], helped  # no summary cut short
+        for command in ("submit", "tasks", "q", "report", "explain", "demo", "dsm"):
+            assert f"  {command} " in helped, helped
+
+        tasks = await asyncio.to_thread(in_tmux, [str(WMS), "tasks", "--all"], env, width)
+        for header in ("progress", "files done", "jobs q/r/d/f"):
+            assert header in tasks, tasks
+        assert "━" in tasks and "3/3" in tasks and "jobs queued / running / done / failed" in tasks, tasks
+
+        queue = await asyncio.to_thread(in_tmux, [str(WMS), "q"], env, width)
+        assert "0 active tasks" in queue and "wms q --all" in queue, queue
+
+        listed = await asyncio.to_thread(in_tmux, [str(WMS), "dsm", "ls", long_name], env, width)
+        page = await stack.dsm.list_files(long_name, 0, 100)
+        lines = [line.strip() for line in listed.splitlines()]
+        for f in page.files:
+            assert f.lfn in lines and f.url in lines, listed  # each whole, on a line of its own

@@ -31,7 +31,7 @@ MANIFEST = "outputs.json"
 T = TypeVar("T")
 
 dsm = typer.Typer(help="Datasets in the DSM: create, register a directory's files, close, list.",
-                  no_args_is_help=True)
+                  short_help="Datasets in the DSM.", no_args_is_help=True, rich_markup_mode=None)
 Name = Annotated[str, typer.Argument(help="dataset name, dot-separated words (e.g. spd.raw.run42)")]
 
 
@@ -106,7 +106,7 @@ def catalogue_entries(directory: Path, prefix: str, pattern: str, count_lines: b
     return entries
 
 
-@dsm.command("create")
+@dsm.command("create", short_help="Create an open dataset.")
 def create(name: Name) -> None:
     """Create an open dataset (creating an existing one changes nothing)."""
     _show_dataset(_run(lambda c: c.create_dataset(name)))
@@ -137,7 +137,7 @@ def register(
         f"{r['dataset']['status']}, {r['dataset']['n_files']} files", markup=False, highlight=False, soft_wrap=True))
 
 
-@dsm.command("close")
+@dsm.command("close", short_help="Close a dataset: its file list is final.")
 def close_dataset(name: Name) -> None:
     """Close a dataset: its file list is final (tasks reading it can end)."""
     _show_dataset(_run(lambda c: c.close_dataset(name)))
@@ -157,7 +157,10 @@ def list_datasets(
             wrap=("name",)))
         return
     page = _run(lambda c: c.list_files(name, 0, limit))
-    _show(page.model_dump(), lambda p: render.table(
-        f"{name}: {p['status']}, {p['n_files']} files", ["seq", "lfn", "size", "adler32", "events", "url"],
-        [[f["seq"], f["lfn"], f["size"], f["adler32"], f["events"], f["url"]] for f in p["files"]],
-        drop_order=["url", "seq", "events"], wrap=("lfn", "url")))
+
+    def blocks(p: dict[str, Any]) -> None:
+        render.console.print(f"{name}: {p['status']}, {p['n_files']} files", highlight=False, markup=False)
+        render.file_blocks(p["files"])
+        if p["n_files"] > len(p["files"]):
+            render.console.print(f"(the first {len(p['files'])}: --limit shows more)", highlight=False)
+    _show(page.model_dump(), blocks)

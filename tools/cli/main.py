@@ -1,4 +1,4 @@
-"""``wms``: submit and steer tasks, look at jobs and pilots, handle dead letters, run the demo.
+"""wms: submit and steer tasks, look at jobs and pilots, handle dead letters, run the demo.
 
 Talks to the task-manager (WMS_CLI_URL, token WMS_CLI_TOKEN). Exit codes: 0 ok, 1 the API refused or the
 watched task did not end done, 2 bad usage or input, 3 the WMS cannot be reached.
@@ -21,11 +21,14 @@ from tools.cli.client import Api, CliError, CliSettings
 ENDED = {"done", "finished", "failed", "cancelled"}
 EXIT_USAGE = 2
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-dlq = typer.Typer(help="Dead-lettered messages: list them, replay one.", no_args_is_help=True)
+# Plain help (rich_markup_mode=None): click's own layout, rewrapped to the terminal, without the type column that
+# Typer's rich panels put after every flag (`--help <bool>`)
+PLAIN = {"rich_markup_mode": None}
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, **PLAIN)
+dlq = typer.Typer(help="Dead-lettered messages: list them, replay one.", no_args_is_help=True, **PLAIN)
 app.add_typer(dlq, name="dlq")
 credentials = typer.Typer(help="Pilot credentials (operators): issue one per node or batch queue, list, revoke.",
-                          no_args_is_help=True)
+                          short_help="Pilot credentials (operators).", no_args_is_help=True, **PLAIN)
 app.add_typer(credentials, name="credentials")
 app.add_typer(dsm.dsm, name="dsm")
 LOG_TAIL_BYTES = 4000
@@ -93,14 +96,14 @@ def list_tasks(all_tasks: Annotated[bool, typer.Option("--all", help="include en
     _show(state.api.get("/api/v1/summary", all=all_tasks), render.summary_table)
 
 
-@app.command("q")
+@app.command("q", short_help="One line per task, like condor_q.")
 def queue(all_tasks: Annotated[bool, typer.Option("--all", help="include ended tasks")] = False) -> None:
     """One line per task: queued / running / done / failed jobs (like condor_q)."""
     lines = state.api.get("/api/v1/summary", all=all_tasks)
     if state.json:
         render.as_json(lines)
         return
-    render.queue_lines(lines)
+    render.queue_lines(lines, active_only=not all_tasks)
     render.use_lines(state.api.get("/api/v1/use"))
 
 
@@ -110,7 +113,7 @@ def show(task_id: TaskId) -> None:
     _show(state.api.get(f"/api/v1/tasks/{task_id}"), render.task_detail)
 
 
-@app.command()
+@app.command(short_help="Follow a task until it ends (exit 0 if done).")
 def watch(task_id: TaskId, interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 2.0
           ) -> None:
     """Follow a task live until it ends; exit 0 if it ended done, 1 otherwise."""
@@ -147,7 +150,7 @@ def cancel(task_id: TaskId) -> None:
     _task_command(task_id, "cancel")
 
 
-@app.command()
+@app.command(short_help="Pause a task: nothing new generated or dispatched.")
 def pause(task_id: TaskId) -> None:
     """Pause a task: no new job is generated or dispatched; running jobs go on."""
     _task_command(task_id, "pause")
@@ -159,14 +162,14 @@ def resume(task_id: TaskId) -> None:
     _task_command(task_id, "resume")
 
 
-@app.command()
+@app.command(short_help="Change a task's priority.")
 def priority(task_id: TaskId, value: Annotated[int, typer.Argument(min=1, max=1000, help="1..1000")]) -> None:
     """Change a task's priority (its next chunks and its ready jobs follow)."""
     _show(state.api.patch(f"/api/v1/tasks/{task_id}", {"priority": value}),
           lambda t: render.console.print(f"task {t['id']}: priority {t['priority']}"))
 
 
-@app.command()
+@app.command(short_help="A task's report: files, jobs, outputs, failures.")
 def report(task_id: TaskId) -> None:
     """The task's report (final once it has ended): files, jobs, outputs, run times, failures by error."""
     _show(state.api.get(f"/api/v1/tasks/{task_id}/report"), render.report)
@@ -217,7 +220,7 @@ def local_log_tail(url: str) -> tuple[str | None, str]:
         return None, f"not readable from this machine: {exc.strerror}"
 
 
-@app.command()
+@app.command(short_help="Why a job is not running, or why it failed.")
 def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> None:
     """Why a job is not running, or why it failed: reasons, attempts, pilots, the log's tail."""
     def human(e: dict) -> None:
@@ -259,7 +262,7 @@ def dlq_list(queue: Annotated[str | None, typer.Option(help="one queue, e.g. job
          for d in items], drop_order=["routing key", "when", "body"], wrap=("queue", "message id", "body")))
 
 
-@dlq.command("replay")
+@dlq.command("replay", short_help="Put one dead letter back on its queue.")
 def dlq_replay(queue: Annotated[str, typer.Argument(help="the queue it was dead-lettered from")],
                message_id: Annotated[str, typer.Argument(help="its message id (wms dlq list)")]) -> None:
     """Put one dead-lettered message back on its queue (after the cause is fixed)."""
@@ -274,7 +277,7 @@ def _credential_rows(items: list[dict]) -> None:
                  drop_order=["revoked", "created", "max gpus", "hosts"], wrap=("name", "hosts"))
 
 
-@credentials.command("issue")
+@credentials.command("issue", short_help="Issue a pilot credential (its token is shown once).")
 def credentials_issue(
     name: Annotated[str, typer.Argument(help="who holds it: a node, a rack, a batch queue")],
     resource_type: Annotated[str, typer.Option("--type", help="cpu or gpu: the pilots it may register")],
@@ -300,7 +303,7 @@ def credentials_list(all_of_them: Annotated[bool, typer.Option("--all", help="in
     _show(state.api.get("/api/v1/pilot-credentials", all=all_of_them), _credential_rows)
 
 
-@credentials.command("revoke")
+@credentials.command("revoke", short_help="Revoke a pilot credential.")
 def credentials_revoke(credential_id: Annotated[int, typer.Argument(min=1, help="credential id")]) -> None:
     """Revoke a credential: its pilots are refused from now on (their jobs are retried elsewhere)."""
     _show(state.api.post(f"/api/v1/pilot-credentials/{credential_id}/revoke"),
@@ -323,7 +326,7 @@ def parse_age(text: str) -> float:
     return value * DURATION_UNITS[unit]
 
 
-@app.command()
+@app.command(short_help="Remove ended work (operators).")
 def purge(
     older_than: Annotated[str, typer.Option("--older-than", help="age of the ended work to remove: 30d, 12h, 90m")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would go")] = False,
@@ -339,7 +342,7 @@ def purge(
         "the DSM is untouched", highlight=False))
 
 
-@app.command()
+@app.command(short_help="Run a synthetic SPD run through the whole chain.")
 def demo(
     slices: Annotated[int, typer.Option(min=1, max=100_000, help="raw time slices to generate")] = 60,
     data_dir: Annotated[Path | None, typer.Option(help="where the raw slices are written (shared storage)")] = None,
@@ -352,7 +355,7 @@ def demo(
     raise typer.Exit(run_demo(state.api, CliSettings(), slices, data_dir, run))
 
 
-@app.command("model")
+@app.command("model", short_help="The workload model, stage by stage.")
 def model(
     params: Annotated[Path | None, typer.Argument(help="YAML of the parameters it changes (default: SPD nominal, "
                                                      "tools/model/spd.yaml)")] = None,

@@ -94,15 +94,22 @@ def files_text(done: int, total: int | None) -> str:
     return f"{done}/{total if total is not None else '?'}"
 
 
+JOBS_HEADER = "jobs q/r/d/f"
+
+
 def summary_table(lines: list[dict]) -> None:
-    table("Tasks", ["id", "name", "state", "prio", "progress", "files", "queued", "running", "done", "failed"],
+    """`wms tasks`: what each task has done, as a bar and in files, and its jobs in one column; at 80 columns the
+    priority goes first and the name folds, the bars stay."""
+    table("Tasks", ["id", "name", "state", "prio", "progress", "files done", JOBS_HEADER],
           [[t["task_id"], t["name"], t["status"], t["priority"],
             progress_bar(t["files_done"], t["files_total"] or t["files_assigned"], width=10),
-            files_text(t["files_done"], t["files_total"]), t["queued"], t["running"], t["done"], t["failed"]]
-           for t in lines], drop_order=["prio", "queued", "progress"], wrap=("name",))
+            files_text(t["files_done"], t["files_total"]),
+            f"{t['queued']}/{t['running']}/{t['done']}/{t['failed']}"]
+           for t in lines], drop_order=["prio"], wrap=("name",))
+    console.print(f"{JOBS_HEADER}: jobs queued / running / done / failed", highlight=False, style="dim")
 
 
-def queue_lines(lines: list[dict]) -> None:
+def queue_lines(lines: list[dict], active_only: bool = False) -> None:
     """condor_q style: one line per task, then the totals. The name takes what the terminal leaves."""
     files = [files_text(t["files_done"], t["files_total"]) for t in lines]
     files_width = max([5, *map(len, files)])
@@ -118,8 +125,20 @@ def queue_lines(lines: list[dict]) -> None:
                       f"{t['queued']:>7} {t['running']:>5} {t['done']:>7} {t['failed']:>6}  {done}",
                       highlight=False, crop=False, markup=False)
     totals = {k: sum(t[k] for t in lines) for k in ("queued", "running", "done", "failed")}
-    console.print(f"{len(lines)} tasks; {totals['queued']} jobs queued, {totals['running']} running, "
-                  f"{totals['done']} done, {totals['failed']} failed", highlight=False)
+    console.print(f"{len(lines)} {'active ' if active_only else ''}tasks; {totals['queued']} jobs queued, "
+                  f"{totals['running']} running, {totals['done']} done, {totals['failed']} failed", highlight=False)
+    if active_only:
+        console.print("(ended tasks are not shown: wms q --all)", highlight=False, style="dim")
+
+
+def file_blocks(files: list[dict]) -> None:
+    """A dataset's files, each as its lfn on a line of its own, its figures, then its url on a line of its own:
+    neither lfn nor url is ever folded or cut (a terminal narrower than one wraps it, copy and paste still work)."""
+    for f in files:
+        console.print(f["lfn"], highlight=False, markup=False, soft_wrap=True)
+        events = "" if f["events"] is None else f", {f['events']} events"
+        console.print(f"  #{f['seq']}, {f['size']} bytes, adler32 {f['adler32']}{events}", highlight=False)
+        console.print(f"  {f['url']}", highlight=False, markup=False, soft_wrap=True)
 
 
 def use_lines(use: dict) -> None:
