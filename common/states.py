@@ -194,6 +194,6 @@ class IllegalTransition(Exception):
 
 
 class RowNotFound(Exception):
-    def __init__(self, what: str, row_id: int) -> None:
+    def __init__(self, what: str, row_id: int | str) -> None:
         super().__init__(f"{what} {row_id} not found")
         self.what, self.row_id = what, row_id

@@ -26,6 +26,7 @@ from services.task_manager.lifecycle import (
     TaskEnded,
     TaskLifecycle,
 )
+from services.task_manager.quality_view import QualityView
 from services.task_manager.transformations import Transformations
 
 SERVICE = "task-manager"
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings = settings or Settings()
+    app.state.quality = QualityView(settings.storage_root)
     # read at creation, so a broken registry stops the service before it listens
     app.state.transformations = Transformations.load(
         Path(settings.transformations_file) if settings.transformations_file else None)

@@ -11,10 +11,11 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from common.policies import MAX_ID
-from common.states import TaskState
+from common.states import RowNotFound, TaskState
 from services.task_manager import monitor_views, operations
 from services.task_manager.api import Conn
 from services.task_manager.operations_api import READ_OPERATIONS, Minutes
+from services.task_manager.quality_view import QualityRun, QualityRunSummary
 from services.task_manager.schemas import UseSummary
 
 router = APIRouter(prefix="/api/v1/monitor", dependencies=[Depends(READ_OPERATIONS)])
@@ -68,13 +69,23 @@ async def pilots(conn: Conn, after: Annotated[int | None, Query(ge=0, le=MAX_ID)
     return await monitor_views.pilots_view(conn, after, limit)
 
 
-@router.get("/quality", response_model=list[monitor_views.QualityRun])
-async def quality(conn: Conn, request: Request,
-                  runs: Annotated[int, Query(ge=1, le=50, description="how many recent runs")] = 10
-                  ) -> list[monitor_views.QualityRun]:
-    """Online data quality: per recent run, the histograms of the newest output of its quality task (task type
-    "quality"), e.g. hot events per time slice, hit multiplicity, energy, the filter's keep fraction."""
-    return await monitor_views.quality(conn, request.app.state.settings.storage_root, runs)
+@router.get("/quality", response_model=list[QualityRunSummary])
+async def quality_runs(conn: Conn, request: Request,
+                       runs: Annotated[int, Query(ge=1, le=200, description="how many recent runs")] = 20
+                       ) -> list[QualityRunSummary]:
+    """The recent runs with data-quality outputs (of tasks of type "quality"), newest first."""
+    return await request.app.state.quality.runs(conn, runs)
+
+
+@router.get("/quality/{run}", response_model=QualityRun, responses={404: {"description": "no quality output"}})
+async def quality_of_run(conn: Conn, request: Request,
+                         run: Annotated[str, Path(min_length=1, max_length=128)]) -> QualityRun:
+    """One run's data quality: the histograms of all its quality outputs summed (hot events per time slice, hit
+    multiplicity, energy, the filter's keep fraction), growing while the run runs."""
+    found = await request.app.state.quality.run(conn, run)
+    if found is None:
+        raise RowNotFound("quality run", run)
+    return found
 
 
 @pages.get("/monitor", response_class=HTMLResponse, include_in_schema=False)

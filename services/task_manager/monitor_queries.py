@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, files, job_attempts, jobs, load_samples, pilots, tasks
@@ -130,14 +129,33 @@ async def load_over_time(conn: AsyncConnection, minutes: int) -> list[Record]:
     return list((await conn.execute(stmt)).all())
 
 
-async def latest_quality_outputs(conn: AsyncConnection, task_type: str, runs: int) -> list[Record]:
-    """Per run (the task's metadata "run", else its id), the newest output of its quality-monitoring tasks; the
-    ``runs`` most recent runs."""
-    run = sa.func.coalesce(tasks.c.metadata["run"].astext, sa.cast(tasks.c.id, sa.Text)).label("run")
-    latest = (sa.select(run, tasks.c.id.label("task_id"), files.c.lfn, files.c.url, files.c.created_at)
-              .select_from(files.join(tasks, tasks.c.id == files.c.task_id))
-              .where(tasks.c.task_type == task_type, files.c.role == FileRole.OUTPUT,
-                     files.c.status.in_([FileState.STAGED, FileState.REGISTERED]))
-              .ext(distinct_on(run)).order_by(run, files.c.id.desc()).subquery())
-    stmt = sa.select(latest).order_by(latest.c.created_at.desc()).limit(runs)
+def _quality_run() -> Any:
+    """A quality task's run: its metadata "run", else its id."""
+    return sa.func.coalesce(tasks.c.metadata["run"].astext, sa.cast(tasks.c.id, sa.Text))
+
+
+def _quality_outputs(task_type: str) -> Any:
+    return (files.join(tasks, tasks.c.id == files.c.task_id), [
+        tasks.c.task_type == task_type, files.c.role == FileRole.OUTPUT,
+        files.c.status.in_([FileState.STAGED, FileState.REGISTERED])])
+
+
+async def quality_runs(conn: AsyncConnection, task_type: str, runs: int) -> list[Record]:
+    """The ``runs`` most recent runs with quality outputs: run, its quality tasks, how many outputs, the newest."""
+    run = _quality_run().label("run")
+    joined, where = _quality_outputs(task_type)
+    stmt = (sa.select(run, sa.func.array_agg(sa.distinct(tasks.c.id)).label("task_ids"),
+                      sa.func.count().label("outputs"), sa.func.max(files.c.created_at).label("newest_at"))
+            .select_from(joined).where(*where).group_by(run)
+            .order_by(sa.desc("newest_at")).limit(runs))
+    return list((await conn.execute(stmt)).all())
+
+
+async def quality_outputs_after(conn: AsyncConnection, task_type: str, run: str, after_id: int,
+                                limit: int) -> list[Record]:
+    """A run's quality outputs with a file id above ``after_id``, oldest first (the next ones to aggregate)."""
+    joined, where = _quality_outputs(task_type)
+    stmt = (sa.select(files.c.id, files.c.lfn, files.c.url, files.c.created_at, tasks.c.id.label("task_id"))
+            .select_from(joined).where(*where, _quality_run() == run, files.c.id > after_id)
+            .order_by(files.c.id).limit(limit))
     return list((await conn.execute(stmt)).all())

@@ -25,8 +25,6 @@ from services.task_manager.schemas import (
 
 ATTEMPTS_SHOWN = 50
 PROGRESS_BUCKETS = 120
-QUALITY_TASK_TYPE = "quality"  # tasks of this type produce data-quality histograms (the SPD chain's fourth stage)
-QUALITY_MAX_BYTES = 1 << 20
 OUTPUTS_SHOWN = 50
 
 
@@ -192,45 +190,3 @@ async def history(conn: Transaction, minutes: int) -> History:
     return History(finished_per_minute=await operations.throughput(conn, minutes, None),
                    load=[LoadPoint.model_validate(p, from_attributes=True)
                          for p in await monitor_queries.load_over_time(conn, minutes)])
-
-
-class Histogram(BaseModel):
-    name: str = Field(max_length=64)
-    title: str = Field(max_length=200)
-    x_label: str = Field(max_length=64)
-    edges: list[float] = Field(max_length=1001)
-    counts: list[int] = Field(max_length=1000)
-    entries: int
-
-
-class QualityFile(BaseModel):
-    """What a quality-monitoring payload writes (examples/spd/quality.py): histograms and their totals."""
-
-    files: int
-    events_in: int
-    events_kept: int
-    histograms: list[Histogram] = Field(max_length=50)
-
-
-class QualityRun(QualityFile):
-    run: str
-    task_id: int
-    lfn: str
-    created_at: dt.datetime
-
-
-async def quality(conn: Transaction, storage_root: str, runs: int) -> list[QualityRun]:
-    """The newest data-quality histograms of each recent run, read from the file its quality task produced (a
-    file that is missing, too large or not such a document is skipped)."""
-    found = []
-    for row in await monitor_queries.latest_quality_outputs(conn, QUALITY_TASK_TYPE, runs):
-        data = await asyncio.to_thread(operations.read_storage_file, row.url, storage_root, QUALITY_MAX_BYTES + 1)
-        if data is None or len(data) > QUALITY_MAX_BYTES:
-            continue
-        try:
-            content = QualityFile.model_validate_json(data)
-        except ValueError:
-            continue
-        found.append(QualityRun(**content.model_dump(), run=row.run, task_id=row.task_id, lfn=row.lfn,
-                                created_at=row.created_at))
-    return found

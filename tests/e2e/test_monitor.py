@@ -209,11 +209,52 @@ async def test_quality_histograms_follow_a_growing_run(settings, db, tmp_path) -
         document["histograms"][0]["x_label"] = '<tspan id="injected">x</tspan>'
         newest_path.write_text(json.dumps(document))
 
+        # issue 22, finding 9: the view showed only the newest quality file of a run (4 files, 12 events). Now
+        # the run's histograms are the sum of all its quality outputs
+        tm, auth = stack.task_manager, {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+        run = (await tm.get("/api/v1/monitor/quality/q1", headers=auth)).json()
+        assert (run["outputs_summed"], run["outputs_skipped"], run["files"]) == (12, 0, 48)
+        assert run["events_kept"] == hot_events and run["events_in"] == sum(d["events_in"] for d in documents)
+        by_name = {h["name"]: h for h in run["histograms"]}
+        assert by_name["hot_per_slice"]["entries"] == 48  # one entry per filter output file of the whole run
+        per_output = [next(h for h in d["histograms"] if h["name"] == "hot_per_slice")["counts"] for d in documents]
+        assert by_name["hot_per_slice"]["counts"] == [sum(c) for c in zip(*per_output, strict=True)]
+        assert by_name["energy"]["entries"] == hot_events
+
+        # another run, growing while it runs: each look adds the outputs registered since the previous one
+        q2_outputs = Path(stack.settings.storage_root) / "spd.quality.q2"
+        q2_outputs.mkdir(parents=True)
+        async with db.begin() as conn:
+            q2_task = await insert_task(conn, name="quality q2", task_type="quality", status="running",
+                                        output_dataset="spd.quality.q2", metadata={"run": "q2"})
+
+        async def q2_output(n: int) -> None:
+            path = q2_outputs / f"quality-{n}.json"
+            path.write_text(json.dumps(documents[n]))
+            async with db.begin() as conn:
+                await conn.execute(sa.insert(files).values(
+                    lfn=f"spd.quality.q2/{n}/quality-{n}.json", dataset="spd.quality.q2", task_id=q2_task,
+                    role="output", url=f"file://{path}", size=path.stat().st_size, adler32="00000001",
+                    events=documents[n]["events_kept"], status="registered"))
+        await q2_output(0)
+        first = (await tm.get("/api/v1/monitor/quality/q2", headers=auth)).json()
+        await q2_output(1)
+        grown = (await tm.get("/api/v1/monitor/quality/q2", headers=auth)).json()
+        assert (first["outputs_summed"], grown["outputs_summed"]) == (1, 2)
+        assert grown["events_kept"] == documents[0]["events_kept"] + documents[1]["events_kept"]
+        runs = (await tm.get("/api/v1/monitor/quality", headers=auth)).json()
+        assert [r["run"] for r in runs] == ["q2", "q1"] and runs[1]["outputs"] == 12
+        assert (await tm.get("/api/v1/monitor/quality/nothing", headers=auth)).status_code == 404
+
         base = str(stack.task_manager.base_url).rstrip("/") + "/monitor"
-        dom = await dump_dom(f"{base}#/quality?token={OPERATOR_TOKEN}")
+        dom = await dump_dom(f"{base}#/quality?run=q1&token={OPERATOR_TOKEN}")
         assert '<tspan id="injected">' not in dom and '&lt;tspan id="injected"&gt;x' in dom
         assert 'data-run="q1"' in dom, re.sub(r'<script>.*</script>', '', dom, flags=re.S)[-3000:]
+        assert "Run q1: 12 quality outputs summed (48 filter output files)" in dom
+        assert re.search(r'<a href="#/quality\?run=q2" data-run-choice="q2">q2</a>', dom), dom[-3000:]
         shown = re.findall(r'<figure data-histogram="([a-z_]+)">', dom)
         assert shown == ["hot_per_slice", "hit_multiplicity", "energy", "keep_fraction"]
         assert dom.count("<rect ") >= 4 * 10
-        await screenshot(f"{base}#/quality?token={OPERATOR_TOKEN}", "monitor-quality", tmp_path)
+        newest = await dump_dom(f"{base}#/quality?token={OPERATOR_TOKEN}")  # the newest run by default
+        assert 'data-run="q2"' in newest and "Run q2: 2 quality outputs summed" in newest
+        await screenshot(f"{base}#/quality?run=q1&token={OPERATOR_TOKEN}", "monitor-quality", tmp_path)
