@@ -4,7 +4,8 @@
 operation is made of: ``x-roles`` and 401/403 when it needs a token (the scopes of its bearer requirement),
 404 when it names something by path, 413 and 422 (a validation list, or a domain reason) when it takes input,
 503 (a dependency unavailable) always; and gives every error answer, declared here or at the route, the
-``Error`` body: ``{"detail": "...", ...}`` with the extra fields a refusal carries (e.g. ``current_state``).
+``Error`` body: ``{"detail": "...", ...}`` with the extra fields a refusal carries (e.g. ``current_state``), each
+typed. Operation ids are the route functions' names; each router gives its operations a tag.
 The authorization matrix test and schemathesis read this document.
 """
 from __future__ import annotations
@@ -13,13 +14,21 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
     "type": "object",
-    "properties": {"detail": {"type": "string", "description": "why, in words"}},
+    # every field an error answer of ours carries (common.observability.map_error's extras), typed
+    "properties": {
+        "detail": {"type": "string", "description": "why, in words"},
+        "current_state": {"type": "string", "description": "409: the state that refused the change"},
+        "task_id": {"type": "integer", "description": "409: the task the conflict is with (a reused request id "
+                                                      "names its task, a taken output dataset its writer)"},
+        "output_dataset": {"type": "string", "description": "409: the output dataset that is taken or closed"},
+    },
     "required": ["detail"],
-    "additionalProperties": True,
+    "additionalProperties": False,
 }
 ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 VALIDATION = {"application/json": {"schema": {"anyOf": [{"$ref": "#/components/schemas/HTTPValidationError"},
@@ -63,6 +72,12 @@ def _error_answers(operation: dict[str, Any]) -> None:
             answer["content"] = VALIDATION if str(status) == "422" else ERROR
 
 
+def operation_name(route: APIRoute) -> str:
+    """An operation's id: its route function's name (``register_task``, ``get_task_report``), what a client
+    generated from the document calls it. Every FastAPI app of ours passes this as generate_unique_id_function."""
+    return route.name
+
+
 def document_errors(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -72,9 +87,13 @@ def document_errors(app: FastAPI) -> None:
             schemas["Error"] = ERROR_SCHEMA
             schemas.setdefault("HTTPValidationError", _validation_error_schema())
             schemas.setdefault("ValidationError", _validation_item_schema())
+            named: set[str] = set()
             for path_item in schema.get("paths", {}).values():
                 for operation in path_item.values():
                     _error_answers(operation)
+                    if operation.get("operationId") in named:  # two route functions of one name: a mistake
+                        raise ValueError(f"two operations named {operation['operationId']}")
+                    named.add(operation.get("operationId"))
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -61,11 +61,29 @@ class Dataset(BaseModel):
     n_files: int
 
 
+# Every list of the WMS's APIs is a page: {"items": [...], "next_after": cursor or null}. Pass next_after as
+# ?after= for the next page; null when this page was the last (for an open dataset: the last for now; a reader
+# following it asks again later after the last item it saw).
+
+
+class DatasetPage(BaseModel):
+    items: list[Dataset]
+    next_after: str | None = Field(description="pass as ?after= for the next page; null on the last page")
+
+
 class FilePage(BaseModel):
-    files: list[DsmFileEntry]
-    next_after: int = Field(description="pass as ?after= to continue; equal to the request's after when no file")
+    items: list[DsmFileEntry]
+    next_after: int | None = Field(description="pass as ?after= for the next page; null on the last page (for an "
+                                   "open dataset, the last for now: ask again later after the last seq seen)")
     status: Literal["open", "closed"]
     n_files: int
+
+
+class Registration(BaseModel):
+    """The answer to a registration of files."""
+
+    registered: int = Field(description="files new in the dataset")
+    already_registered: int = Field(description="files it held already, identical (a repeated request)")
 
 
 class DsmError(Exception):
@@ -138,12 +156,11 @@ class DsmClient:
                 return None
             raise
 
-    async def list_datasets(self, prefix: str = "", after: str | None = None, limit: int = 100) -> list[Dataset]:
+    async def list_datasets(self, prefix: str = "", after: str | None = None, limit: int = 100) -> DatasetPage:
         params: dict[str, str | int] = {"prefix": prefix, "limit": limit}
         if after is not None:
             params["after"] = after
-        return [Dataset.model_validate(d) for d in json.loads(await self._call("GET", "/datasets",
-                                                                                   params=params))]
+        return DatasetPage.model_validate_json(await self._call("GET", "/datasets", params=params))
 
     async def create_dataset(self, name: str) -> Dataset:
         return Dataset.model_validate_json(await self._call("POST", "/datasets", json={"name": name}))
@@ -153,10 +170,9 @@ class DsmClient:
             await self._call("GET", f"/datasets/{name}/files", params={"after": after, "limit": limit})
         )
 
-    async def register_files(self, name: str, files: list[DsmFile]) -> dict[str, int]:
+    async def register_files(self, name: str, files: list[DsmFile]) -> Registration:
         body = {"files": [f.model_dump() for f in files]}
-        counts: dict[str, int] = json.loads(await self._call("POST", f"/datasets/{name}/files", json=body))
-        return counts
+        return Registration.model_validate_json(await self._call("POST", f"/datasets/{name}/files", json=body))
 
     async def close_dataset(self, name: str) -> Dataset:
         return Dataset.model_validate_json(await self._call("POST", f"/datasets/{name}/close"))

@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 
 from common.auth import require_role
-from common.dsm import Dataset, FilePage
+from common.dsm import Dataset, DatasetPage, FilePage, Registration
 from services.dsm.catalog import Catalog
 from services.dsm.schemas import DatasetCreate, DatasetName, FileRegistration
 
@@ -15,7 +15,7 @@ READ = require_role("read datasets", {"wfms", "operator", "service", "pilot"})
 # token can neither add files to nor close any dataset.
 WRITE = require_role("change datasets", {"service"})
 
-router = APIRouter(prefix="/dsm/v1")
+router = APIRouter(prefix="/dsm/v1", tags=["datasets"])
 
 
 def _catalog(request: Request) -> Catalog:
@@ -35,14 +35,14 @@ async def create_dataset(body: DatasetCreate, catalog: CatalogDep, response: Res
     return dataset
 
 
-@router.get("/datasets", response_model=list[Dataset], dependencies=[Depends(READ)])
+@router.get("/datasets", response_model=DatasetPage, dependencies=[Depends(READ)])
 async def list_datasets(
     catalog: CatalogDep,
     prefix: Annotated[str, Query(max_length=512, description="names starting with this")] = "",
     after: Annotated[str | None, Query(max_length=512, description="cursor: the last name of the previous page")]
     = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[Dataset]:
+) -> DatasetPage:
     """Datasets in name order."""
     return await catalog.list_datasets(prefix, after, limit)
 
@@ -52,9 +52,9 @@ async def get_dataset(name: Name, catalog: CatalogDep) -> Dataset:
     return await catalog.get(name)
 
 
-@router.post("/datasets/{name}/files", dependencies=[Depends(WRITE)],
+@router.post("/datasets/{name}/files", response_model=Registration, dependencies=[Depends(WRITE)],
              responses={409: {"description": "the dataset is closed, or an lfn is registered with other attributes"}})
-async def register_files(name: Name, body: FileRegistration, catalog: CatalogDep) -> dict[str, int]:
+async def register_files(name: Name, body: FileRegistration, catalog: CatalogDep) -> Registration:
     return await catalog.register(name, body.files)
 
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from common.api_docs import document_errors
+from common.api_docs import document_errors, operation_name
 from common.db.session import create_engine
 from common.observability import add_health_routes, instrument, map_error, run_service
 from common.settings import Settings
@@ -28,7 +28,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="SPD reference DSM", version="1", lifespan=lifespan)
+    app = FastAPI(title="SPD reference DSM", version="1", lifespan=lifespan,
+                  generate_unique_id_function=operation_name)
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from common.db.models import Record
 from common.db.session import Database, Transaction
-from common.dsm import Dataset, DsmFile, DsmFileEntry, FilePage
+from common.dsm import Dataset, DatasetPage, DsmFile, DsmFileEntry, FilePage, Registration
 from services.dsm import queries
 
 
@@ -35,9 +35,10 @@ class Catalog:
             raise UnknownDataset(name)
         return row
 
-    async def list_datasets(self, prefix: str, after: str | None, limit: int) -> list[Dataset]:
+    async def list_datasets(self, prefix: str, after: str | None, limit: int) -> DatasetPage:
         async with self.engine.connect() as conn:
-            return [dataset_view(r) for r in await queries.list_datasets(conn, prefix, after, limit)]
+            found = [dataset_view(r) for r in await queries.list_datasets(conn, prefix, after, limit)]
+        return DatasetPage(items=found, next_after=found[-1].name if len(found) == limit else None)
 
     async def get(self, name: str) -> Dataset:
         async with self.engine.connect() as conn:
@@ -46,7 +47,7 @@ class Catalog:
             raise UnknownDataset(name)
         return dataset_view(row)
 
-    async def register(self, name: str, files: list[DsmFile]) -> dict[str, int]:
+    async def register(self, name: str, files: list[DsmFile]) -> Registration:
         """Register files; an identical re-registration is a no-op (so a retried request is safe)."""
         async with self.engine.begin() as conn:
             dataset = await self._locked(conn, name)
@@ -60,7 +61,7 @@ class Catalog:
                 raise CatalogConflict(f"dataset {name} is closed")
             if new:
                 await queries.append_files(conn, dataset, new)
-        return {"registered": len(new), "already_registered": len(files) - len(new)}
+        return Registration(registered=len(new), already_registered=len(files) - len(new))
 
     async def files(self, name: str, after: int, limit: int) -> FilePage:
         # The dataset is read before its files: if it was closed then, every file was committed before, so a
@@ -72,8 +73,8 @@ class Catalog:
             rows = await queries.files_after(conn, dataset.id, after, limit)
         entries = [DsmFileEntry.model_validate(r, from_attributes=True) for r in rows]
         return FilePage(
-            files=entries,
-            next_after=entries[-1].seq if entries else after,
+            items=entries,
+            next_after=entries[-1].seq if len(entries) == limit else None,
             status=dataset.status,
             n_files=dataset.n_files,
         )

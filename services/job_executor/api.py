@@ -61,7 +61,7 @@ async def pilot_grant(request: Request, credentials: Annotated[HTTPAuthorization
 
 
 Grant = Annotated[PilotGrant, Depends(pilot_grant)]
-router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(pilot_grant)])
+router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(pilot_grant)], tags=["pilots"])
 
 
 async def _dispatcher(request: Request) -> Dispatcher:  # async: no thread-pool hop

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
-from common.api_docs import document_errors
+from common.api_docs import document_errors, operation_name
 from common.background import Loop
 from common.dsm import DsmClient
 from common.messages import Envelope, TaskEvent
@@ -65,7 +65,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="SPD WMS job-executor (pilot API)", version="1", lifespan=lifespan)
+    app = FastAPI(title="SPD WMS job-executor (pilot API)", version="1", lifespan=lifespan,
+                  generate_unique_id_function=operation_name)
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)

@@ -15,7 +15,7 @@ from services.job_manager.schemas import FileView, JobWithFiles
 
 READ_JOBS = require_role("read job metadata", {"service", "operator", "wfms"})
 
-router = APIRouter(prefix="/internal/v1", dependencies=[Depends(READ_JOBS)])
+router = APIRouter(prefix="/internal/v1", dependencies=[Depends(READ_JOBS)], tags=["jobs"])
 
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
-from common.api_docs import document_errors
+from common.api_docs import document_errors, operation_name
 from common.messages import BadMessage, Envelope, JobChunk
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.runtime import ServiceRuntime
@@ -40,7 +40,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="SPD WMS job-manager (internal)", version="1", lifespan=lifespan)
+    app = FastAPI(title="SPD WMS job-manager (internal)", version="1", lifespan=lifespan,
+                  generate_unique_id_function=operation_name)
     app.state.settings = settings or Settings()
     app.include_router(router)
     instrument(app, SERVICE)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from common import background
-from common.api_docs import document_errors
+from common.api_docs import document_errors, operation_name
 from common.background import Loop
 from common.db.session import create_engine
 from common.observability import add_health_routes, instrument, run_service
@@ -41,7 +41,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: FactorySettings | None = None) -> FastAPI:
-    app = FastAPI(title="SPD WMS pilot factory", version="1", lifespan=lifespan)
+    app = FastAPI(title="SPD WMS pilot factory", version="1", lifespan=lifespan,
+                  generate_unique_id_function=operation_name)
     app.state.settings = settings or FactorySettings()
     instrument(app, SERVICE)
     document_errors(app)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI
 
-from common.api_docs import document_errors
+from common.api_docs import document_errors, operation_name
 from common.dsm import DsmClient
 from common.messages import Envelope
 from common.observability import add_health_routes, instrument, observe_message, run_service
@@ -42,7 +42,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="SPD WMS task-executor", version="1", lifespan=lifespan)
+    app = FastAPI(title="SPD WMS task-executor", version="1", lifespan=lifespan,
+                  generate_unique_id_function=operation_name)
     app.state.settings = settings or Settings()
     instrument(app, SERVICE)
     document_errors(app)

@@ -92,7 +92,7 @@ class ChunkGenerator:
         if task.status == TaskState.REGISTERED:
             # The task starts: its output dataset exists (open) from now on, so a task reading it can follow it.
             await self.dsm.create_dataset(task.output_dataset)
-        entries = page.files
+        entries = page.items
         last_seq = entries[-1].seq if entries else task.dsm_cursor
         final = page.status == "closed" and last_seq >= page.n_files
         try:

@@ -18,15 +18,17 @@ from services.task_manager.schemas import (
     FileView,
     PriorityChange,
     TaskDescription,
+    TaskDetail,
     TaskPage,
     TaskRegistered,
     TaskReport,
     TaskView,
+    task_detail,
     task_view,
 )
 from services.task_manager.transformations import Transformation, Transformations
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
 
 
@@ -84,10 +86,10 @@ async def list_tasks(
     return TaskPage(items=[task_view(r) for r in rows], next_after=rows[-1].id if len(rows) == limit else None)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskView, dependencies=[Depends(READ_TASKS)])
-async def get_task(task_id: TaskId, conn: Conn) -> TaskView:
+@router.get("/tasks/{task_id}", response_model=TaskDetail, dependencies=[Depends(READ_TASKS)])
+async def get_task(task_id: TaskId, conn: Conn) -> TaskDetail:
     row, progress = await reporting.task_with_progress(conn, task_id)
-    return task_view(row, progress)
+    return task_detail(row, progress)
 
 
 @router.patch("/tasks/{task_id}", response_model=TaskView, responses=TASK_CONFLICT)

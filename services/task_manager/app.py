@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from common.api_docs import document_errors
+from common.api_docs import document_errors, operation_name
 from common.dsm import DsmClient
 from common.observability import add_health_routes, instrument, map_error, run_service
 from common.runtime import ServiceRuntime
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Entry point of the WFMS: register, cancel, reprioritise, pause and resume tasks; "
         "progress, final reports and produced files.",
         lifespan=lifespan,
+        generate_unique_id_function=operation_name,
     )
     app.state.settings = settings = settings or Settings()
     app.state.quality = QualityView(settings.storage_root)

@@ -11,7 +11,8 @@ from services.task_manager import pilot_credentials
 from services.task_manager.access_policy import MANAGE_PILOT_CREDENTIALS
 from services.task_manager.pilot_credentials import CredentialRequest, CredentialView, IssuedCredential
 
-router = APIRouter(prefix="/api/v1/pilot-credentials", dependencies=[Depends(MANAGE_PILOT_CREDENTIALS)])
+router = APIRouter(prefix="/api/v1/pilot-credentials", dependencies=[Depends(MANAGE_PILOT_CREDENTIALS)],
+                   tags=["credentials"])
 
 
 async def _engine(request: Request) -> Database:  # async: no thread-pool hop

@@ -18,7 +18,7 @@ from services.task_manager.operations_api import READ_OPERATIONS, Minutes
 from services.task_manager.quality_view import QualityRun, QualityRunSummary
 from services.task_manager.schemas import UseSummary
 
-router = APIRouter(prefix="/api/v1/monitor", dependencies=[Depends(READ_OPERATIONS)])
+router = APIRouter(prefix="/api/v1/monitor", dependencies=[Depends(READ_OPERATIONS)], tags=["monitor"])
 pages = APIRouter()
 MONITOR_PAGE = FilePath(__file__).with_name("monitor.html")
 PageSize = Annotated[int, Query(ge=1, le=500)]
@@ -54,9 +54,10 @@ async def tasks(
     return await monitor_views.task_list(conn, state or [], q or None, since, until, before, limit)
 
 
-@router.get("/tasks/{task_id}", response_model=monitor_views.TaskPage, responses={404: {"description": "no such task"}})
+@router.get("/tasks/{task_id}", response_model=monitor_views.TaskDrillDown,
+            responses={404: {"description": "no such task"}})
 async def task_page(task_id: Annotated[int, Path(ge=1, le=MAX_ID)], conn: Conn,
-                    request: Request) -> monitor_views.TaskPage:
+                    request: Request) -> monitor_views.TaskDrillDown:
     """One task's page: progress over time, jobs by state, failures by error with their jobs, the latest attempts
     with their pilots, the tail of its most telling log, its outputs."""
     return await monitor_views.task_page(conn, task_id, request.app.state.settings.storage_root)

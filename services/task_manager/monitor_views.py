@@ -17,10 +17,11 @@ from services.task_manager.schemas import (
     AttemptView,
     CommandLine,
     FailureGroup,
-    TaskView,
+    OutputTotals,
+    TaskDetail,
     ThroughputPoint,
     UsageTotals,
-    task_view,
+    task_detail,
 )
 
 ATTEMPTS_SHOWN = 50
@@ -70,8 +71,8 @@ class OutputLine(BaseModel):
     job_id: int | None
 
 
-class TaskPage(BaseModel):
-    task: TaskView
+class TaskDrillDown(BaseModel):
+    task: TaskDetail
     files_over_time: list[FilesOverTime] = Field(description="input files ended per bucket, from the task's "
                                                  "creation to its end (or now), in up to PROGRESS_BUCKETS buckets")
     failures: list[FailureGroup]
@@ -80,7 +81,7 @@ class TaskPage(BaseModel):
     log_job_id: int | None
     log_tail: str | None
     outputs: list[OutputLine]
-    output_totals: dict[str, int]
+    output_totals: OutputTotals
     usage: UsageTotals
     commands: list[CommandLine] = Field(description="the task's audit trail: who gave which command, when")
 
@@ -143,14 +144,14 @@ async def task_list(conn: Transaction, states: list[TaskState], search: str | No
     return TaskList(items=items, total=total, next_before=rows[-1].id if len(rows) == limit else None)
 
 
-async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskPage:
+async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskDrillDown:
     row, progress = await reporting.task_with_progress(conn, task_id)  # RowNotFound: 404
     end = row.finished_at or await queries.database_now(conn)
     bucket_s = max(1, math.ceil((end - row.created_at).total_seconds() / PROGRESS_BUCKETS))
     log = await monitor_queries.latest_task_log(conn, task_id)
     totals = await queries.output_totals(conn, task_id)
-    return TaskPage(
-        task=task_view(row, progress),
+    return TaskDrillDown(
+        task=task_detail(row, progress),
         files_over_time=[FilesOverTime(at=b.bucket + dt.timedelta(seconds=bucket_s), done=int(b.done),
                                        ended_otherwise=int(b.ended_otherwise))
                          for b in await monitor_queries.files_ended_over_time(conn, task_id, bucket_s)],
@@ -162,8 +163,7 @@ async def task_page(conn: Transaction, task_id: int, storage_root: str) -> TaskP
         log_tail=await asyncio.to_thread(operations.read_log_tail, log.url, storage_root) if log else None,
         outputs=[OutputLine.model_validate(f, from_attributes=True)
                  for f in await monitor_queries.output_files(conn, task_id, OUTPUTS_SHOWN)],
-        output_totals={"files": int(totals.files), "bytes": int(totals.bytes), "events": int(totals.events),
-                       "rejected": int(totals.rejected)},
+        output_totals=reporting.output_totals(totals),
         usage=reporting.usage_totals(await queries.usage_totals(conn, task_id), row.cores),
         commands=[CommandLine.model_validate(c, from_attributes=True)
                   for c in await queries.commands_of(conn, task_id)],

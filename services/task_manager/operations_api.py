@@ -24,7 +24,7 @@ from services.task_manager.schemas import (
     UseSummary,
 )
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", tags=["operations"])
 READ_OPERATIONS = require_role("read jobs and pilots", {"wfms", "operator"})
 HANDLE_DEAD_LETTERS = require_role("read or replay dead letters", {"operator"})
 PURGE = require_role("purge ended work", {"operator"})

@@ -12,6 +12,8 @@ from services.task_manager.schemas import (
     DurationStats,
     FailureGroup,
     FileProgress,
+    JobCounts,
+    OutputTotals,
     Progress,
     TaskReport,
     UsageTotals,
@@ -48,7 +50,8 @@ async def task_with_progress(conn: Transaction, task_id: int) -> tuple[Record, P
     task = await _task(conn, task_id)
     f = await _figures(conn, task)
     progress = Progress(
-        files=_file_progress(f), jobs=f.jobs, percent=f.percent, rate_files_per_s=f.rate_files_per_s, eta_s=f.eta_s
+        files=_file_progress(f), jobs=JobCounts.of(f.jobs), percent=f.percent, rate_files_per_s=f.rate_files_per_s,
+        eta_s=f.eta_s
     )
     return task, progress
 
@@ -67,7 +70,7 @@ async def task_report(conn: Transaction, task_id: int) -> TaskReport:
         input_dataset=task.input_dataset,
         output_dataset=task.output_dataset,
         files=_file_progress(f),
-        jobs=f.jobs,
+        jobs=JobCounts.of(f.jobs),
         attempts_total=int(stats.attempts_total),
         jobs_retried=int(stats.jobs_retried),
         wall_time_s=(end - task.created_at).total_seconds(),
@@ -75,11 +78,14 @@ async def task_report(conn: Transaction, task_id: int) -> TaskReport:
             mean_s=_float(stats.mean_s), min_s=_float(stats.min_s), max_s=_float(stats.max_s)
         ),
         # 'rejected': outputs the DSM refused for good (the task's error says why)
-        outputs={"files": int(outputs.files), "bytes": int(outputs.bytes), "events": int(outputs.events),
-                 "rejected": int(outputs.rejected)},
+        outputs=output_totals(outputs),
         failures=await failure_groups(conn, task_id),
         usage=usage_totals(await queries.usage_totals(conn, task_id), task.cores),
     )
+
+
+def output_totals(row: Record) -> OutputTotals:
+    return OutputTotals(files=int(row.files), bytes=int(row.bytes), events=int(row.events), rejected=int(row.rejected))
 
 
 async def failure_groups(conn: Transaction, task_id: int) -> list[FailureGroup]:

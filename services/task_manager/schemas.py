@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from common.dsm import DatasetName
 from common.job_listing import JobView
 from common.policies import ResourceType
-from common.states import JobState, TaskState
+from common.states import FileRole, FileState, JobState, TaskState
 
 MAX_METADATA_BYTES = 64 * 1024
 
@@ -133,9 +133,34 @@ class FileProgress(BaseModel):
     pending: int
 
 
+class JobCounts(BaseModel):
+    """Jobs by state (every state, 0 where none)."""
+
+    ready: int
+    held: int
+    dispatched: int
+    running: int
+    finished: int
+    failed: int
+    cancelled: int
+
+    @classmethod
+    def of(cls, by_state: dict[JobState, int]) -> JobCounts:
+        return cls(**{state.value: by_state.get(state, 0) for state in JobState})
+
+
+class OutputTotals(BaseModel):
+    """What a task registered in its output dataset."""
+
+    files: int
+    bytes: int
+    events: int
+    rejected: int = Field(description="outputs the DSM refused for good (the task's error says why)")
+
+
 class Progress(BaseModel):
     files: FileProgress
-    jobs: dict[JobState, int]
+    jobs: JobCounts
     percent: float | None
     rate_files_per_s: float | None
     eta_s: float | None
@@ -177,7 +202,12 @@ class TaskView(BaseModel):
     updated_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
-    progress: Progress | None = None
+
+
+class TaskDetail(TaskView):
+    """One task with its progress (GET /tasks/{id})."""
+
+    progress: Progress
 
 
 class TaskRegistered(TaskView):
@@ -223,12 +253,12 @@ class TaskReport(BaseModel):
     input_dataset: str
     output_dataset: str
     files: FileProgress
-    jobs: dict[JobState, int]
+    jobs: JobCounts
     attempts_total: int
     jobs_retried: int
     wall_time_s: float
     job_run_time: DurationStats
-    outputs: dict[str, int] = Field(description="files, bytes, events registered in the output dataset")
+    outputs: OutputTotals
     failures: list[FailureGroup]
     usage: UsageTotals = Field(description="what its payloads used, over every measured attempt")
 
@@ -237,13 +267,13 @@ class FileView(BaseModel):
     id: int
     lfn: str
     dataset: str
-    role: str
+    role: FileRole
     job_id: int | None
     url: str | None
     size: int | None
     adler32: str | None
     events: int | None
-    status: str
+    status: FileState
     created_at: dt.datetime
 
 
@@ -252,15 +282,18 @@ class FilePage(BaseModel):
     next_after: int | None
 
 
-def task_view(row: Any, progress: Progress | None = None) -> TaskView:
+def task_view(row: Any) -> TaskView:
     m = row._mapping
     return TaskView(
         **{k: m[k] for k in TaskView.model_fields if k in m and k not in ("metadata", "type")},
         type=m["task_type"],
         metadata=m["metadata"],
         split=SplitRule(by=m["split_by"], size=m["split_size"]),
-        progress=progress,
     )
+
+
+def task_detail(row: Any, progress: Progress) -> TaskDetail:
+    return TaskDetail(**task_view(row).model_dump(), progress=progress)
 
 
 # Operators' views (queue summary, jobs, pilots, explanations, throughput, dead letters).

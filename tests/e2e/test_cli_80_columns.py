@@ -64,7 +64,7 @@ async def test_tables_fit_80_columns_and_dsm_commands(settings, db, tmp_path) ->
                           "--glob", "*.jsonl", "--count-lines", "--close")
         assert "(0 new)" in again.stdout and "closed" in again.stdout, again.stdout
         page = await stack.dsm.list_files("spd.raw.run7", 0, 100)
-        by_lfn = {f.lfn: f for f in page.files}
+        by_lfn = {f.lfn: f for f in page.items}
         first = raw / "slice-0.jsonl"
         assert by_lfn["raw/run7/slice-0.jsonl"].adler32 == f"{zlib.adler32(first.read_bytes()) & 0xFFFFFFFF:08x}"
         assert by_lfn["raw/run7/slice-0.jsonl"].events == 42  # the manifest's word wins
@@ -211,5 +211,5 @@ async def test_the_cli_on_a_real_terminal(settings, db, tmp_path, width) -> None
         listed = await asyncio.to_thread(in_tmux, [str(WMS), "dsm", "ls", long_name], env, width)
         page = await stack.dsm.list_files(long_name, 0, 100)
         lines = [line.strip() for line in listed.splitlines()]
-        for f in page.files:
+        for f in page.items:
             assert f.lfn in lines and f.url in lines, listed  # each whole, on a line of its own

@@ -249,8 +249,8 @@ class FaultRun:
         assert {o.status for o in outputs} == {"registered"}
         page = await self.dsm.list_files(t.output_dataset, after=0, limit=10_000)
         assert page.status == "closed"
-        in_dsm = {f.lfn: f for f in page.files}
-        assert len(page.files) == n_files and set(in_dsm) == {o.lfn for o in outputs}
+        in_dsm = {f.lfn: f for f in page.items}
+        assert len(page.items) == n_files and set(in_dsm) == {o.lfn for o in outputs}
         for o in outputs:
             entry = in_dsm[o.lfn]
             assert (entry.url, entry.size, entry.adler32) == (o.url, o.size, o.adler32)

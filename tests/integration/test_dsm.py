@@ -24,20 +24,32 @@ async def test_dataset_life(dsm: DsmClient) -> None:
     assert (created.status, created.n_files) == ("open", 0)
     assert (await dsm.create_dataset("spd.raw.run1")).name == "spd.raw.run1"  # idempotent
 
-    assert await dsm.register_files("spd.raw.run1", files(0, 5)) == {"registered": 5, "already_registered": 0}
+    assert (await dsm.register_files("spd.raw.run1", files(0, 5))).model_dump() == {"registered": 5,
+                                                                                 "already_registered": 0}
     # a retried request registers nothing twice
-    assert await dsm.register_files("spd.raw.run1", files(3, 4)) == {"registered": 2, "already_registered": 2}
+    assert (await dsm.register_files("spd.raw.run1", files(3, 4))).model_dump() == {"registered": 2,
+                                                                                 "already_registered": 2}
     with pytest.raises(DsmError) as conflict:
         changed = files(0, 1)[0].model_copy(update={"size": 1})
         await dsm.register_files("spd.raw.run1", [changed])
     assert conflict.value.status == 409
 
+    # one pagination convention (issue 22, finding 11): items, and next_after null on the last page (the DSM
+    # repeated the request's after there)
     page = await dsm.list_files("spd.raw.run1", after=0, limit=4)
-    assert [f.seq for f in page.files] == [1, 2, 3, 4] and page.next_after == 4 and page.status == "open"
+    assert [f.seq for f in page.items] == [1, 2, 3, 4] and page.next_after == 4 and page.status == "open"
     rest = await dsm.list_files("spd.raw.run1", after=page.next_after, limit=4)
-    assert [f.lfn for f in rest.files] == ["raw/f00004.tsl", "raw/f00005.tsl", "raw/f00006.tsl"]
-    end = await dsm.list_files("spd.raw.run1", after=rest.next_after, limit=4)
-    assert end.files == [] and end.next_after == rest.next_after
+    assert [f.lfn for f in rest.items] == ["raw/f00004.tsl", "raw/f00005.tsl", "raw/f00006.tsl"]
+    assert rest.next_after is None
+    end = await dsm.list_files("spd.raw.run1", after=7, limit=4)
+    assert end.items == [] and end.next_after is None
+    await dsm.create_dataset("spd.raw.run2")
+    first = await dsm.list_datasets("spd.raw.", limit=1)
+    assert [d.name for d in first.items] == ["spd.raw.run1"] and first.next_after == "spd.raw.run1"
+    last = await dsm.list_datasets("spd.raw.", after=first.next_after, limit=1)
+    assert [d.name for d in last.items] == ["spd.raw.run2"] and last.next_after == "spd.raw.run2"
+    assert (await dsm.list_datasets("spd.raw.", after=last.next_after, limit=1)).model_dump() == {
+        "items": [], "next_after": None}
 
     closed = await dsm.close_dataset("spd.raw.run1")
     assert (closed.status, closed.n_files) == ("closed", 7)
@@ -45,7 +57,7 @@ async def test_dataset_life(dsm: DsmClient) -> None:
         await dsm.register_files("spd.raw.run1", files(100, 1))
     assert refused.value.status == 409
     # re-registering what is there already is still fine after closure
-    assert (await dsm.register_files("spd.raw.run1", files(0, 1)))["already_registered"] == 1
+    assert (await dsm.register_files("spd.raw.run1", files(0, 1))).already_registered == 1
     assert (await dsm.list_files("spd.raw.run1", 0, 100)).status == "closed"
 
 
@@ -57,11 +69,11 @@ async def test_concurrent_writers_leave_no_gap_for_a_cursor_reader(dsm: DsmClien
         after = 0
         while True:
             page = await dsm.list_files("spd.raw.growing", after, 50)
-            seen.extend(f.lfn for f in page.files)
-            after = page.next_after
-            if page.status == "closed" and not page.files:
+            seen.extend(f.lfn for f in page.items)
+            after = page.items[-1].seq if page.items else after  # a follower keeps its own cursor
+            if page.status == "closed" and not page.items:
                 return
-            if not page.files:
+            if not page.items:
                 await asyncio.sleep(0.01)
 
     async def write(start: int) -> None:

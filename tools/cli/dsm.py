@@ -127,7 +127,7 @@ def register(
     async def go(client: DsmClient) -> dict[str, Any]:
         added = 0
         for i in range(0, len(entries), BATCH):
-            added += (await client.register_files(name, entries[i:i + BATCH])).get("registered", 0)
+            added += (await client.register_files(name, entries[i:i + BATCH])).registered
         dataset = await (client.close_dataset(name) if close else client.dataset(name))
         return {"files": len(entries), "registered": added, "dataset": dataset.model_dump() if dataset else None}
 
@@ -152,7 +152,7 @@ def list_datasets(
     """Datasets (name order), or the files of one dataset."""
     if name is None:
         found = _run(lambda c: c.list_datasets(prefix, None, limit))
-        _show([d.model_dump() for d in found], lambda items: render.table(
+        _show([d.model_dump() for d in found.items], lambda items: render.table(
             "Datasets", ["name", "state", "files"], [[d["name"], d["status"], d["n_files"]] for d in items],
             wrap=("name",)))
         return
@@ -160,7 +160,7 @@ def list_datasets(
 
     def blocks(p: dict[str, Any]) -> None:
         render.console.print(f"{name}: {p['status']}, {p['n_files']} files", highlight=False, markup=False)
-        render.file_blocks(p["files"])
-        if p["n_files"] > len(p["files"]):
-            render.console.print(f"(the first {len(p['files'])}: --limit shows more)", highlight=False)
+        render.file_blocks(p["items"])
+        if p["n_files"] > len(p["items"]):
+            render.console.print(f"(the first {len(p['items'])}: --limit shows more)", highlight=False)
     _show(page.model_dump(), blocks)
