@@ -64,6 +64,14 @@ from pilot.staging import StagingError, Throttle, UnsafeFile, open_regular, remo
 log = logging.getLogger("wms.pilot")
 CREDENTIAL_REFUSED = (401, 403)  # no use trying again with this credential
 RETRY_FIRST_S = 0.5
+
+
+def retry_pause_s(delay: float, retry_after_s: float | None, max_s: float, jitter: float) -> float:
+    """How long to wait before asking again: our backoff ``delay`` times ``jitter`` (around 1), but never less
+    than what the server asked for (Retry-After), and never more than ``max_s`` for either."""
+    return max(delay * jitter, min(retry_after_s or 0.0, max_s))
+
+
 EXIT_CALL_TIMEOUT_S = 5.0
 DETAIL_LOG_MAX = 300
 UNANSWERED = 0  # the outcome of a report whose exchange never answered (the pilot gave up or was refused)
@@ -140,6 +148,7 @@ class Pilot:
             try:
                 return await call()
             except ChannelUnavailable as exc:
+                pause = retry_pause_s(delay, exc.retry_after_s, self.settings.retry_max_s, random.uniform(0.8, 1.2))
                 now = time.monotonic()
                 if give_up_s is not None and now - started > give_up_s:
                     raise
@@ -148,9 +157,8 @@ class Pilot:
                     if now - stop_seen > self.settings.stop_grace_s:
                         raise
                 log.warning("server unavailable; retrying", extra={
-                    "call": what, "error": str(exc)[:DETAIL_LOG_MAX], "retry_in_s": round(delay, 2),
+                    "call": what, "error": str(exc)[:DETAIL_LOG_MAX], "retry_in_s": round(pause, 2),
                     "pilot_id": self.channel.pilot_id})
-            pause = delay * random.uniform(0.8, 1.2)
             if interruptible:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), pause)

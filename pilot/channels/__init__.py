@@ -18,4 +18,18 @@ class ChannelRefused(Exception):
 
 
 class ChannelUnavailable(Exception):
-    """The job-executor (or the broker, or its database) could not answer now: retry later."""
+    """The job-executor (or the broker, or its database) could not answer now: retry later (not before
+    ``retry_after_s`` when the server said so: Retry-After, or a 429's retry_after_s)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_of(value: object) -> float | None:
+    """Seconds from a Retry-After header (or a number in a body); None for anything else (an HTTP date, junk)."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return seconds if 0 <= seconds < 86_400 else None

@@ -25,7 +25,7 @@ from common.pilot_protocol import (
     PilotSession,
     new_reply_queue_name,
 )
-from pilot.channels import ChannelRefused, ChannelUnavailable
+from pilot.channels import ChannelRefused, ChannelUnavailable, retry_after_of
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -111,7 +111,8 @@ class MqChannel:
         finally:
             self._pending.pop(correlation_id, None)
         if reply.status >= 500 or reply.status == 429:  # unavailable, or too busy for us now: both mean "later"
-            raise ChannelUnavailable(f"{reply.status}: {reply.detail}")
+            raise ChannelUnavailable(f"{reply.status}: {reply.detail}",
+                                     retry_after_of((reply.body or {}).get("retry_after_s")))
         if reply.status >= 300:
             raise ChannelRefused(reply.status, reply.detail)
         return reply

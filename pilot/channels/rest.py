@@ -6,7 +6,7 @@ from typing import Any
 import aiohttp
 
 from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistration, PilotSession
-from pilot.channels import ChannelRefused, ChannelUnavailable
+from pilot.channels import ChannelRefused, ChannelUnavailable, retry_after_of
 
 DETAIL_MAX = 1000
 
@@ -33,16 +33,16 @@ class RestChannel:
             async with self._http.post(self.base + path, json=body, headers=self._session_header,
                                        timeout=timeout) as response:
                 data = await response.read()
-                status = response.status
+                status, retry_after = response.status, retry_after_of(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._move_on()
             raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc
         detail = data[:DETAIL_MAX].decode(errors="replace")
         if status >= 500:  # unavailable: the next replica, later
             self._move_on()
-            raise ChannelUnavailable(f"{status}: {detail}")
+            raise ChannelUnavailable(f"{status}: {detail}", retry_after)
         if status == 429:  # too busy for us now: later, here
-            raise ChannelUnavailable(f"{status}: {detail}")
+            raise ChannelUnavailable(f"{status}: {detail}", retry_after)
         if status >= 300:
             raise ChannelRefused(status, detail)
         return status, data

@@ -29,6 +29,8 @@ class Flaky(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    do_POST = do_GET  # noqa: N815
+
     def log_message(self, *args: object) -> None:
         pass
 
@@ -78,3 +80,30 @@ def test_the_dsm_client_of_the_cli_waits_out_503(flaky) -> None:
 
     assert asyncio.run(go()) == "raw.x"
     assert len(waits) == 2 and "503" in waits[0]
+
+
+def test_a_pilot_waits_at_least_what_the_server_asks() -> None:
+    """Pilots honour Retry-After too (their own backoff otherwise), within their cap."""
+    from pilot.app import retry_pause_s
+
+    assert retry_pause_s(0.5, None, 30, 1.0) == 0.5
+    assert retry_pause_s(0.5, 2.0, 30, 1.1) == 2.0
+    assert retry_pause_s(8.0, 2.0, 30, 1.0) == 8.0
+    assert retry_pause_s(0.5, 3600.0, 30, 1.0) == 30
+
+
+def test_the_pilots_rest_channel_reads_retry_after(flaky) -> None:
+    from pilot.channels import ChannelUnavailable
+    from pilot.channels.rest import RestChannel
+
+    async def go() -> ChannelUnavailable:
+        channel = RestChannel(flaky, "token", 5.0)
+        try:
+            await channel._post("/anything", {})
+        except ChannelUnavailable as exc:
+            return exc
+        finally:
+            await channel.close()
+        raise AssertionError("no 503")
+
+    assert asyncio.run(go()).retry_after_s == 1.0
