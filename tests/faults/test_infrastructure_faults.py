@@ -4,7 +4,10 @@ task (a fault-injecting proxy in front of the reference DSM)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 import httpx
@@ -180,3 +183,18 @@ async def test_no_request_fails_once_postgresql_is_back(private_postgres, amqp_u
         await run.make_dataset("raw.after", 8)  # DSM writes
         task_id = await run.submit("raw.after", "out.after")  # a task-manager write (201)
         assert task_id > 0
+
+        # and the demo as a user runs it, at once after another restart: it goes to the end without a word of
+        # waiting (nothing failed that it would have had to wait out)
+        await asyncio.to_thread(subprocess.run, [SCRIPTS / "private-postgres", "restart", directory, str(port)],
+                                check=True, capture_output=True, timeout=120)
+        for _ in range(2):  # the SPD programs (spd-unscramble, ...) are the project's console scripts
+            run.start_pilot("rest", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        cli = {**os.environ, "WMS_CLI_URL": d.url("wms-task-manager"), "WMS_CLI_TOKEN": OPERATOR_TOKEN,
+               "WMS_CLI_DSM_URL": d.url("wms-dsm"), "WMS_CLI_DSM_TOKEN": SERVICE_TOKEN, "COLUMNS": "120",
+               "WMS_STORAGE_ROOT": d.env["WMS_STORAGE_ROOT"]}
+        demo = await asyncio.to_thread(subprocess.run, [Path(sys.executable).parent / "wms", "demo", "--slices", "4",
+                                                        "--run", "after-restart"], env=cli, capture_output=True,
+                                       text=True, timeout=300)
+        assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+        assert "answered 503" not in demo.stderr and demo.stdout.count(": done,") == 4, demo.stdout + demo.stderr
