@@ -5,12 +5,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 ENERGY_MIN = int(os.environ.get("SPD_ENERGY_MIN", "20000"))
 CHANNELS_MIN = int(os.environ.get("SPD_CHANNELS_MIN", "15"))
 
 
-def is_hot(event: dict) -> bool:
+def is_hot(event: dict[str, Any]) -> bool:
     return event["energy"] >= ENERGY_MIN and len(event["channels"]) >= CHANNELS_MIN
 
 

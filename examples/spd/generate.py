@@ -10,12 +10,13 @@ import json
 import random
 import zlib
 from pathlib import Path
+from typing import Any
 
 SLICE_NS = 100_000
 CHANNELS = 500_000
 
 
-def generate_slice(index: int, seed: int, mean_events: int = 20) -> list[dict]:
+def generate_slice(index: int, seed: int, mean_events: int = 20) -> list[dict[str, Any]]:
     rng = random.Random(seed * 1_000_003 + index)
     hits = []
     t = index * SLICE_NS
@@ -32,7 +33,7 @@ def generate_slice(index: int, seed: int, mean_events: int = 20) -> list[dict]:
     return hits
 
 
-def write_slices(directory: Path, n: int, seed: int = 1, start: int = 0) -> list[dict]:
+def write_slices(directory: Path, n: int, seed: int = 1, start: int = 0) -> list[dict[str, Any]]:
     """Write slices ``start .. start+n-1``; returns their catalogue entries (lfn, url, size, adler32, events)."""
     directory.mkdir(parents=True, exist_ok=True)
     entries = []

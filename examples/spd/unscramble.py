@@ -5,12 +5,13 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 GAP_NS = 50.0
 
 
-def events_of(hits: list[dict], slice_name: str) -> list[dict]:
-    events: list[list[dict]] = []
+def events_of(hits: list[dict[str, Any]], slice_name: str) -> list[dict[str, Any]]:
+    events: list[list[dict[str, Any]]] = []
     for hit in sorted(hits, key=lambda h: h["t"]):
         if events and hit["t"] - events[-1][-1]["t"] <= GAP_NS:
             events[-1].append(hit)

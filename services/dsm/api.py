@@ -19,7 +19,8 @@ router = APIRouter(prefix="/dsm/v1", tags=["datasets"])
 
 
 def _catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
+    catalog: Catalog = request.app.state.catalog
+    return catalog
 
 
 CatalogDep = Annotated[Catalog, Depends(_catalog)]

@@ -65,7 +65,8 @@ router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(pilot_grant)], tags
 
 
 async def _dispatcher(request: Request) -> Dispatcher:  # async: no thread-pool hop
-    return request.app.state.dispatcher
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    return dispatcher
 
 
 DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]

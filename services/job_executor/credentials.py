@@ -12,13 +12,11 @@ import ipaddress
 import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-
 from common.auth import token_digest, token_role
-from common.db.models import pilot_credentials
 from common.db.session import Database
 from common.pilot_protocol import PilotRegistration
 from common.settings import Settings
+from services.job_executor import queries
 
 CACHE_LIMIT = 10_000  # entries; beyond, the cache starts over (unknown tokens are cached too)
 
@@ -84,9 +82,7 @@ class PilotCredentials:
         if cached is not None and cached[1] > now:
             return cached[0]
         async with self.engine.connect() as conn:
-            row = (await conn.execute(
-                sa.select(pilot_credentials).where(pilot_credentials.c.token_sha256 == digest,
-                                                   pilot_credentials.c.revoked_at.is_(None)))).first()
+            row = await queries.live_credential(conn, digest)
         grant = None if row is None else PilotGrant(
             key=digest, credential_id=row.id, name=row.name, resource_type=row.resource_type,
             max_cores=row.max_cores, max_gpus=row.max_gpus, host_pattern=row.host_pattern, network=row.network)

@@ -8,7 +8,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from common.db.models import Record, consumed_messages, files, job_attempts, jobs, load_samples, pilots, tasks
+from common.db.models import (
+    Record,
+    consumed_messages,
+    files,
+    job_attempts,
+    jobs,
+    load_samples,
+    pilot_credentials,
+    pilots,
+    tasks,
+)
 from common.db.transitions import guarded_transition, guarded_update
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
@@ -545,3 +555,10 @@ async def ready_generation(conn: AsyncConnection) -> Any:
     stmt = sa.select(sa.func.count(), sa.func.max(sa.func.greatest(jobs.c.queued_at, jobs.c.not_before))).where(
         jobs.c.status == JobState.READY, sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.func.now()))
     return tuple((await conn.execute(stmt)).one())
+
+
+async def live_credential(conn: AsyncConnection, token_sha256: str) -> Record | None:
+    """The unrevoked pilot credential whose token has this digest."""
+    stmt = sa.select(pilot_credentials).where(pilot_credentials.c.token_sha256 == token_sha256,
+                                              pilot_credentials.c.revoked_at.is_(None))
+    return (await conn.execute(stmt)).first()

@@ -33,7 +33,8 @@ router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
 
 def _lifecycle(request: Request) -> TaskLifecycle:
-    return request.app.state.lifecycle
+    lifecycle: TaskLifecycle = request.app.state.lifecycle
+    return lifecycle
 
 
 Lifecycle = Annotated[TaskLifecycle, Depends(_lifecycle)]

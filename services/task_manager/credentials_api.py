@@ -16,7 +16,8 @@ router = APIRouter(prefix="/api/v1/pilot-credentials", dependencies=[Depends(MAN
 
 
 async def _engine(request: Request) -> Database:  # async: no thread-pool hop
-    return request.app.state.engine
+    engine: Database = request.app.state.engine
+    return engine
 
 
 Engine = Annotated[Database, Depends(_engine)]

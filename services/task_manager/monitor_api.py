@@ -10,12 +10,12 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
+from common.observability import Conn
 from common.policies import MAX_ID
 from common.states import RowNotFound, TaskState
 from services.task_manager import monitor_views, operations
-from services.task_manager.api import Conn
 from services.task_manager.operations_api import READ_OPERATIONS, Minutes
-from services.task_manager.quality_view import QualityRun, QualityRunSummary
+from services.task_manager.quality_view import QualityRun, QualityRunSummary, QualityView
 from services.task_manager.schemas import UseSummary
 
 router = APIRouter(prefix="/api/v1/monitor", dependencies=[Depends(READ_OPERATIONS)], tags=["monitor"])
@@ -75,7 +75,8 @@ async def quality_runs(conn: Conn, request: Request,
                        runs: Annotated[int, Query(ge=1, le=200, description="how many recent runs")] = 20
                        ) -> list[QualityRunSummary]:
     """The recent runs with data-quality outputs (of tasks of type "quality"), newest first."""
-    return await request.app.state.quality.runs(conn, runs)
+    view: QualityView = request.app.state.quality
+    return await view.runs(conn, runs)
 
 
 @router.get("/quality/{run}", response_model=QualityRun, responses={404: {"description": "no quality output"}})
@@ -83,7 +84,8 @@ async def quality_of_run(conn: Conn, request: Request,
                          run: Annotated[str, Path(min_length=1, max_length=128)]) -> QualityRun:
     """One run's data quality: the histograms of all its quality outputs summed (hot events per time slice, hit
     multiplicity, energy, the filter's keep fraction), growing while the run runs."""
-    found = await request.app.state.quality.run(conn, run)
+    view: QualityView = request.app.state.quality
+    found = await view.run(conn, run)
     if found is None:
         raise RowNotFound("quality run", run)
     return found

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 
 from common.auth import require_role
 from common.job_listing import JobPage, job_page
+from common.observability import Conn
 from common.policies import MAX_ID
 from common.states import JobState
 from services.task_manager import dead_letters, operations
-from services.task_manager.api import After, Conn, Limit
+from services.task_manager.api import After, Limit
 from services.task_manager.schemas import (
     DeadLetter,
     Explanation,

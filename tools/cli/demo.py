@@ -10,6 +10,7 @@ import asyncio
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from rich.live import Live
@@ -51,11 +52,11 @@ async def register_raw_run(cli: CliSettings, name: str, data_dir: Path, slices: 
         await dsm.close()
 
 
-def chain(run: str, slices: int) -> list[dict]:
+def chain(run: str, slices: int) -> list[dict[str, Any]]:
     """The four task descriptions: each step reads the previous one's output dataset while it grows; quality
     monitoring reads the filter's output too, in small chunks, so its histograms follow the run."""
     def step(name: str, transformation: str, inputs: str, outputs: str, files_per_job: int,
-             **parameters: str) -> dict:
+             **parameters: str) -> dict[str, Any]:
         return {"name": f"{name} {run}", "type": name, "input_dataset": inputs, "output_dataset": outputs,
                 "transformation": {"name": transformation, "parameters": parameters},
                 "split": {"by": "files", "size": files_per_job}, "max_attempts": 3, "priority": 10,

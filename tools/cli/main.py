@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,12 +24,12 @@ EXIT_USAGE = 2
 
 # Plain help (rich_markup_mode=None): click's own layout, rewrapped to the terminal, without the type column that
 # Typer's rich panels put after every flag (`--help <bool>`)
-PLAIN = {"rich_markup_mode": None}
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, **PLAIN)
-dlq = typer.Typer(help="Dead-lettered messages: list them, replay one.", no_args_is_help=True, **PLAIN)
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None)
+dlq = typer.Typer(help="Dead-lettered messages: list them, replay one.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(dlq, name="dlq")
 credentials = typer.Typer(help="Pilot credentials (operators): issue one per node or batch queue, list, revoke.",
-                          short_help="Pilot credentials (operators).", no_args_is_help=True, **PLAIN)
+                          short_help="Pilot credentials (operators).", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(credentials, name="credentials")
 app.add_typer(dsm.dsm, name="dsm")
 LOG_TAIL_BYTES = 4000
@@ -57,14 +58,14 @@ def options(
     render.options.wide = wide
 
 
-def _show(value: Any, human) -> None:
+def _show(value: Any, human: Callable[[Any], None]) -> None:
     if state.json:
         render.as_json(value)
     else:
         human(value)
 
 
-def load_description(path: Path) -> dict:
+def load_description(path: Path) -> dict[str, Any]:
     """A task description from a YAML or JSON file (JSON is YAML too); exits 2 with the reason if unreadable."""
     try:
         text = path.read_text() if str(path) != "-" else typer.get_text_stream("stdin").read()
@@ -117,8 +118,9 @@ def show(task_id: TaskId) -> None:
 def watch(task_id: TaskId, interval: Annotated[float, typer.Option(min=0.1, help="seconds between refreshes")] = 2.0
           ) -> None:
     """Follow a task live until it ends; exit 0 if it ended done, 1 otherwise."""
-    def fetch() -> dict:
-        return state.api.get(f"/api/v1/tasks/{task_id}")
+    def fetch() -> dict[str, Any]:
+        task: dict[str, Any] = state.api.get(f"/api/v1/tasks/{task_id}")
+        return task
 
     task = fetch()
     if state.json:
@@ -223,7 +225,7 @@ def local_log_tail(url: str) -> tuple[str | None, str]:
 @app.command(short_help="Why a job is not running, or why it failed.")
 def explain(job_id: Annotated[int, typer.Argument(min=1, help="job id")]) -> None:
     """Why a job is not running, or why it failed: reasons, attempts, pilots, the log's tail."""
-    def human(e: dict) -> None:
+    def human(e: dict[str, Any]) -> None:
         j = e["job"]
         render.console.print(f"[bold]job {j['id']}[/bold] of task {j['task_id']} ({e['task_status']}): "
                              f"{j['status']}, attempt {j['attempt']} of {e['max_attempts']}")
@@ -270,7 +272,7 @@ def dlq_replay(queue: Annotated[str, typer.Argument(help="the queue it was dead-
           lambda r: render.console.print(f"{r['message_id']} replayed to {r['republished_to']}"))
 
 
-def _credential_rows(items: list[dict]) -> None:
+def _credential_rows(items: list[dict[str, Any]]) -> None:
     render.table("Pilot credentials", ["id", "name", "type", "max cores", "max gpus", "hosts", "created", "revoked"],
                  [[c["id"], c["name"], c["resource_type"], c["max_cores"], c["max_gpus"], c["host_pattern"],
                    _time(c["created_at"]), _time(c["revoked_at"])] for c in items],

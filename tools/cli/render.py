@@ -97,7 +97,7 @@ def files_text(done: int, total: int | None) -> str:
 JOBS_HEADER = "jobs q/r/d/f"
 
 
-def summary_table(lines: list[dict]) -> None:
+def summary_table(lines: list[dict[str, Any]]) -> None:
     """`wms tasks`: what each task has done, as a bar and in files, and its jobs in one column; at 80 columns the
     priority goes first and the name folds, the bars stay."""
     table("Tasks", ["id", "name", "state", "prio", "progress", "files done", JOBS_HEADER],
@@ -109,7 +109,7 @@ def summary_table(lines: list[dict]) -> None:
     console.print(f"{JOBS_HEADER}: jobs queued / running / done / failed", highlight=False, style="dim")
 
 
-def queue_lines(lines: list[dict], active_only: bool = False) -> None:
+def queue_lines(lines: list[dict[str, Any]], active_only: bool = False) -> None:
     """condor_q style: one line per task, then the totals. The name takes what the terminal leaves."""
     files = [files_text(t["files_done"], t["files_total"]) for t in lines]
     files_width = max([5, *map(len, files)])
@@ -131,7 +131,7 @@ def queue_lines(lines: list[dict], active_only: bool = False) -> None:
         console.print("(ended tasks are not shown: wms q --all)", highlight=False, style="dim")
 
 
-def file_blocks(files: list[dict]) -> None:
+def file_blocks(files: list[dict[str, Any]]) -> None:
     """A dataset's files, each as its lfn on a line of its own, its figures, then its url on a line of its own:
     neither lfn nor url is ever folded or cut (a terminal narrower than one wraps it, copy and paste still work)."""
     for f in files:
@@ -141,7 +141,7 @@ def file_blocks(files: list[dict]) -> None:
         console.print(f"  {f['url']}", highlight=False, markup=False, soft_wrap=True)
 
 
-def use_lines(use: dict) -> None:
+def use_lines(use: dict[str, Any]) -> None:
     """The USE method in a line or two: utilization and saturation by resource type, then the errors."""
     for r in use["resources"]:
         share = f" ({100 * r['busy'] / r['slots']:.0f}%)" if r["slots"] else ""
@@ -153,7 +153,7 @@ def use_lines(use: dict) -> None:
                   highlight=False)
 
 
-def task_detail(task: dict) -> None:
+def task_detail(task: dict[str, Any]) -> None:
     progress = task.get("progress") or {}
     files = progress.get("files") or {}
     console.print(f"[bold]task {task['id']}[/bold] {escape(task['name'])}  \\[{task['status']}]  "
@@ -174,7 +174,7 @@ def task_detail(task: dict) -> None:
                           + (f", eta {eta:.0f} s" if eta is not None else ""), highlight=False)
 
 
-def live_tasks(tasks: list[dict], with_jobs: bool = False) -> Table:
+def live_tasks(tasks: list[dict[str, Any]], with_jobs: bool = False) -> Table:
     """What `watch` and the demo redraw: one row per task (name, state, progress bar, files), and its jobs."""
     grid = Table.grid(padding=(0, 2))
     for task in tasks:
@@ -189,11 +189,11 @@ def live_tasks(tasks: list[dict], with_jobs: bool = False) -> Table:
     return grid
 
 
-def job_counts(progress: dict) -> str:
+def job_counts(progress: dict[str, Any]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted((progress.get("jobs") or {}).items()) if n) or "none yet"
 
 
-def report(r: dict) -> None:
+def report(r: dict[str, Any]) -> None:
     """A task's report as tables: files, jobs by state, outputs, job run times, failures by error."""
     console.print(f"[bold]task {r['task_id']}[/bold] {r['status']} ({'final' if r['final'] else 'not final'}), "
                   f"wall time {r['wall_time_s']:.0f} s", highlight=False)
@@ -224,7 +224,7 @@ def report(r: dict) -> None:
                 g["error_message"] or ""] for g in r["failures"]], wrap=("message",))
 
 
-def attempt_usage(attempts: list[dict]) -> None:
+def attempt_usage(attempts: list[dict[str, Any]]) -> None:
     """What each measured attempt's payload used (job monitoring data from its pilot)."""
     measured = [a for a in attempts if a.get("usage")]
     if measured:

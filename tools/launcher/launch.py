@@ -60,7 +60,7 @@ def write_pilot_token(directory: Path) -> Path:
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     essential: bool
 
 
@@ -73,11 +73,12 @@ class Launch:
     children: list[Child] = field(default_factory=list)
     stopping: bool = False
 
-    def start(self, name: str, command: list[str], essential: bool = True, inherit: bool = True, **env: str) -> Child:
+    def start(self, name: str, command: list[str], essential: bool = True, inherit: bool = True,
+              extra_env: dict[str, str] | None = None, **env: str) -> Child:
         """``inherit``: the child gets the launch's whole environment (the services); without it, only the
         node's harmless variables and ``env`` (pilots: never the services' tokens or database URL)."""
         base = self.env if inherit else {k: v for k, v in self.env.items() if k in PILOT_INHERITS}
-        process = subprocess.Popen(command, env={**base, **env}, stdout=subprocess.PIPE,
+        process = subprocess.Popen(command, env={**base, **(extra_env or {}), **env}, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         assert process.stdout is not None
         pump(process.stdout, RotatingLog(self.logs / f"{name}.log", self.log_max_bytes, self.log_backups))
@@ -364,7 +365,7 @@ def launch_everything(args: argparse.Namespace, settings: Settings, base: Path,
             label = f"{name}{'-' + str(i) if i else ''}"
             port_variable = f"WMS_{name.upper().replace('-', '_')}_PORT"
             launch.wait_ready(launch.start(label, [str(BIN / f"wms-{name}")],
-                                           **{port_variable: str(ports[name] + 100 * i)}), url[label])
+                                           extra_env={port_variable: str(ports[name] + 100 * i)}), url[label])
             if launch.stopping:
                 break
         services = [label for label in url]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 READ_CHUNK = 1 << 16
 
@@ -39,7 +39,7 @@ class RotatingLog:
         self._file.close()
 
 
-def pump(stream: BinaryIO, log: RotatingLog) -> threading.Thread:
+def pump(stream: IO[bytes], log: RotatingLog) -> threading.Thread:
     """Copy ``stream`` into ``log`` until it ends (the child exited), in a daemon thread."""
 
     def run() -> None:
