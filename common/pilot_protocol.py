@@ -5,7 +5,8 @@ retried elsewhere) is refused with 409 and must stop its payload.
 
 Protocol 2 (``exchange``): one call per pilot cycle carries the reports of its jobs, the heartbeat of those in
 flight and a request for up to ``want`` jobs for its free slots; the answer says which reports were accepted,
-which jobs to abort, and gives the new jobs. Protocol 1 (one call per claim, heartbeat and report) stays for
+which jobs to abort, and gives the new jobs. Protocol 1 (one call per claim, heartbeat and report) stays, as
+adapters over the exchange (services/job_executor/single_calls.py), for
 single-job clients.
 """
 from __future__ import annotations
@@ -201,6 +202,7 @@ class ReportOutcome(BaseModel):
     attempt: int
     status: int = Field(description="200 accepted (or a repeat), 409 no longer this pilot's attempt, 422 invalid")
     detail: str | None = None
+    current_state: str | None = Field(None, description="409: the job's state now (null: no such job)")
 
 
 class AbortOrder(BaseModel):

@@ -22,26 +22,10 @@ from common.pilot_protocol import (
 )
 from common.policies import MAX_ID
 from services.job_executor.credentials import NotAPilotToken, PilotCredentials, PilotGrant
-from services.job_executor.dispatch import (
-    CredentialMismatch,
-    Dispatcher,
-    PilotBusy,
-    PilotEnded,
-    PilotRefused,
-    UnknownPilot,
-    WrongSession,
-)
 from services.job_executor.exchange import Exchanges
+from services.job_executor.pilot_sessions import PilotSessions
+from services.job_executor.single_calls import SingleCalls
 
-# The answer to each kind of refusal, on REST and (as the reply's status) on RabbitMQ.
-REFUSAL_STATUS: dict[type[PilotRefused], int] = {UnknownPilot: 404, WrongSession: 403, PilotEnded: 409,
-                                                 PilotBusy: 409, CredentialMismatch: 403}
-REPORT_REFUSED_STATUS = 409
-REPORT_INVALID_STATUS = 422
-
-
-def refusal_status(exc: PilotRefused) -> int:
-    return REFUSAL_STATUS[type(exc)]
 
 async def pilot_grant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None,
                                                               Security(bearer, scopes=["pilot"])]) -> PilotGrant:
@@ -64,12 +48,12 @@ Grant = Annotated[PilotGrant, Depends(pilot_grant)]
 router = APIRouter(prefix="/pilot/v1", dependencies=[Depends(pilot_grant)], tags=["pilots"])
 
 
-async def _dispatcher(request: Request) -> Dispatcher:  # async: no thread-pool hop
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    return dispatcher
+async def _sessions(request: Request) -> PilotSessions:  # async: no thread-pool hop
+    sessions: PilotSessions = request.app.state.sessions
+    return sessions
 
 
-DispatcherDep = Annotated[Dispatcher, Depends(_dispatcher)]
+SessionsDep = Annotated[PilotSessions, Depends(_sessions)]
 PilotId = Annotated[int, Path(ge=1, le=MAX_ID)]
 Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
 
@@ -78,9 +62,9 @@ Session = Annotated[str | None, Header(alias="X-Pilot-Session")]
              responses={403: {"description": "the credential does not allow this resource type, these cores or "
                                              "GPUs, or this host"},
                         429: {"description": "too many registrations with this credential (Retry-After)"}})
-async def register_pilot(registration: PilotRegistration, dispatcher: DispatcherDep, grant: Grant,
+async def register_pilot(registration: PilotRegistration, sessions: SessionsDep, grant: Grant,
                          http: Request) -> PilotSession:
-    return await dispatcher.register(registration, channel="rest", grant=grant,
+    return await sessions.register(registration, channel="rest", grant=grant,
                                      peer=http.client.host if http.client else None)
 
 
@@ -93,27 +77,38 @@ async def exchange(pilot_id: PilotId, request: ExchangeRequest, http: Request, s
     return await exchanges.exchange(pilot_id, session, request)
 
 
+def _single_calls(request: Request) -> SingleCalls:
+    single_calls: SingleCalls = request.app.state.single_calls
+    return single_calls
+
+
+SingleCallsDep = Annotated[SingleCalls, Depends(_single_calls)]
+
+
 @router.post("/pilots/{pilot_id}/claim", response_model=JobSpec, responses={204: {"description": "no work"}})
-async def claim_job(pilot_id: PilotId, dispatcher: DispatcherDep, session: Session = None,
+async def claim_job(pilot_id: PilotId, calls: SingleCallsDep, session: Session = None,
                     claim: ClaimRequest | None = None) -> JobSpec | Response:
-    job = await dispatcher.claim(pilot_id, session, claim.request_id if claim is not None else None)
+    """Protocol 1, an adapter over the exchange (want=1)."""
+    job = await calls.claim(pilot_id, session, claim.request_id if claim is not None else None)
     return job if job is not None else Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/pilots/{pilot_id}/heartbeat", response_model=HeartbeatReply)
-async def heartbeat(pilot_id: PilotId, beat: Heartbeat, dispatcher: DispatcherDep,
+async def heartbeat(pilot_id: PilotId, beat: Heartbeat, calls: SingleCallsDep,
                     session: Session = None) -> HeartbeatReply:
-    return await dispatcher.heartbeat(pilot_id, session, beat)
+    """Protocol 1, an adapter over the exchange (one job's beat)."""
+    return await calls.heartbeat(pilot_id, session, beat)
 
 
 @router.post("/pilots/{pilot_id}/jobs/{job_id}/report")
 async def report_job(pilot_id: PilotId, job_id: Annotated[int, Path(ge=1, le=MAX_ID)], report: JobReport,
-                     dispatcher: DispatcherDep, session: Session = None) -> dict[str, bool]:
-    await dispatcher.report(pilot_id, session, job_id, report)
+                     calls: SingleCallsDep, session: Session = None) -> dict[str, bool]:
+    """Protocol 1, an adapter over the exchange (one report)."""
+    await calls.report(pilot_id, session, job_id, report)
     return {"accepted": True}
 
 
 @router.post("/pilots/{pilot_id}/exit", status_code=204)
-async def pilot_exit(pilot_id: PilotId, dispatcher: DispatcherDep, session: Session = None) -> Response:
-    await dispatcher.pilot_exit(pilot_id, session)
+async def pilot_exit(pilot_id: PilotId, sessions: SessionsDep, session: Session = None) -> Response:
+    await sessions.pilot_exit(pilot_id, session)
     return Response(status_code=204)

@@ -15,18 +15,20 @@ from common.messages import Envelope, TaskEvent
 from common.observability import add_health_routes, instrument, map_error, observe_message, run_service
 from common.runtime import ServiceRuntime
 from common.settings import Settings
-from services.job_executor.api import REPORT_INVALID_STATUS, REPORT_REFUSED_STATUS, refusal_status, router
+from services.job_executor.api import router
+from services.job_executor.attempts import ReportInvalid, ReportRefused
 from services.job_executor.credentials import PilotCredentials
-from services.job_executor.dispatch import (
-    Dispatcher,
-    PilotRefused,
-    ReportInvalid,
-    ReportRefused,
-    TooManyRegistrations,
-)
 from services.job_executor.exchange import Exchanges, ReadyWatcher
 from services.job_executor.mq_channel import PilotMqChannel
 from services.job_executor.oversight import Oversight
+from services.job_executor.pilot_sessions import PilotRefused, PilotSessions, TooManyRegistrations
+from services.job_executor.refusals import (
+    REPORT_INVALID_STATUS,
+    REPORT_REFUSED_STATUS,
+    TOO_MANY_REGISTRATIONS_STATUS,
+    refusal_status,
+)
+from services.job_executor.single_calls import SingleCalls
 from services.job_executor.telemetry import Telemetry
 
 SERVICE = "job-executor"
@@ -41,12 +43,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime.close_later(dsm.close)
         oversight = Oversight(engine, settings, dsm, broker.topology, runtime.relay.wake,
                               broker_ready=lambda: broker.is_connected)
-        dispatcher = Dispatcher(engine, settings, on_job_ended=oversight.wake)
+        sessions = PilotSessions(engine, settings)
         credentials = PilotCredentials(engine, settings)
         watcher = ReadyWatcher(engine)
         watcher.start()
         runtime.close_later(watcher.close)
-        exchanges = Exchanges(dispatcher, watcher)
+        exchanges = Exchanges(sessions, watcher, on_job_ended=oversight.wake)
+        single_calls = SingleCalls(exchanges)
 
         async def on_task_event(envelope: Envelope, event: object, _: AbstractIncomingMessage) -> None:
             assert isinstance(event, TaskEvent)
@@ -54,13 +57,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await oversight.apply_task_event(envelope.type, event)
 
         await broker.consume(broker.topology.queue("job-executor.task-events"), on_task_event)
-        await PilotMqChannel(broker, dispatcher, exchanges, credentials).start()
+        await PilotMqChannel(broker, sessions, exchanges, single_calls, credentials).start()
         housekeeping = Loop("housekeeping", oversight.housekeep, settings.housekeeping_interval_s)
         telemetry = Telemetry(engine, broker, settings.metrics_interval_s)
         runtime.close_later(telemetry.leadership.release)
         runtime.run(oversight.loop, housekeeping, telemetry.loop)
-        app.state.dispatcher, app.state.oversight, app.state.pilot_credentials = dispatcher, oversight, credentials
-        app.state.exchanges = exchanges
+        app.state.sessions, app.state.oversight, app.state.pilot_credentials = sessions, oversight, credentials
+        app.state.exchanges, app.state.single_calls = exchanges, single_calls
         yield
 
 
@@ -75,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     map_error(app, PilotRefused, refusal_status)
     map_error(app, ReportRefused, REPORT_REFUSED_STATUS, lambda exc: {"current_state": exc.current_state})
     map_error(app, ReportInvalid, REPORT_INVALID_STATUS)
-    map_error(app, TooManyRegistrations, 429)
+    map_error(app, TooManyRegistrations, TOO_MANY_REGISTRATIONS_STATUS)
     return app
 
 

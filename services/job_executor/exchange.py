@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from common.db import ready_jobs
@@ -32,15 +33,15 @@ from common.policies import resource_types_served
 from common.states import AttemptOutcome, FileRole, JobState
 from services.job_executor import errors, queries
 from services.job_executor import exchange_queries as hot
-from services.job_executor.dispatch import (
-    Dispatcher,
+from services.job_executor.attempts import (
     ReportInvalid,
     check_staged_files,
     job_spec,
     staged_file_row,
     storage_prefix,
 )
-from services.job_executor.retries import retry_or_fail
+from services.job_executor.pilot_sessions import PilotSessions
+from services.job_executor.retries import retry_or_fail, retry_policy
 
 log = logging.getLogger("wms.job_executor.exchange")
 READY_POLL_S = 0.2  # how often waiting claims look for new ready jobs (one query for all of them)
@@ -128,15 +129,18 @@ class _Waiter:
 
 
 class Exchanges:
-    def __init__(self, dispatcher: Dispatcher, watcher: ReadyWatcher) -> None:
-        self.dispatcher, self.watcher = dispatcher, watcher
-        self.engine, self.settings = dispatcher.engine, dispatcher.settings
+    def __init__(self, sessions: PilotSessions, watcher: ReadyWatcher, on_job_ended: Callable[[int], None]) -> None:
+        self.sessions, self.watcher = sessions, watcher
+        self.engine, self.settings = sessions.engine, sessions.settings
+        self.retry_policy = retry_policy(self.settings)
+        # Called with the task id when a job reached a terminal state: the task may be complete.
+        self.on_job_ended = on_job_ended
         self._tasks: dict[int, Record] = {}  # task id -> (payload, output dataset): fixed at registration
 
     async def exchange(self, pilot_id: int, session: str | None, request: ExchangeRequest) -> ExchangeReply:
         ended_tasks: set[int] = set()
         async with self.engine.begin() as conn:
-            pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
+            pilot = await self.sessions.authenticate(conn, pilot_id, session)
             outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
             # a job this exchange's own report ended is not beaten (nor aborted): the pilot sent its last beat
             # with its final report
@@ -147,7 +151,7 @@ class Exchanges:
             specs = await self._claim(conn, pilot, request.want, request.request_id)
             await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat
         for task_id in ended_tasks:
-            self.dispatcher.on_job_ended(task_id)
+            self.on_job_ended(task_id)
         # a waiting pilot is not heard meanwhile: never longer than its heartbeat interval. A wake-up that finds
         # nothing (another pilot was faster, a listener that just reconnected wakes everybody) waits on.
         clock = asyncio.get_running_loop()
@@ -156,7 +160,7 @@ class Exchanges:
             if not await self.watcher.wait(left, resource_types_served(pilot.resource_type), request.want):
                 break
             async with self.engine.begin() as conn:
-                pilot = await self.dispatcher.authenticate(conn, pilot_id, session)
+                pilot = await self.sessions.authenticate(conn, pilot_id, session)
                 specs = await self._claim(conn, pilot, request.want, request.request_id)
                 await hot.set_pilot_load(conn, pilot_id)
         return ExchangeReply(reports=outcomes, abort=abort, jobs=specs)
@@ -219,7 +223,7 @@ class Exchanges:
                     contexts: dict[int, tuple[int, str]], ended_tasks: set[int]) -> bool:
         category = r.error_category or "payload"
         in_flight = await queries.attempt_in_flight(conn, r.job_id, r.attempt, pilot_id)
-        retried, failed = await retry_or_fail(conn, in_flight, self.dispatcher.retry_policy, category,
+        retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, category,
                                               r.error_message, r.exit_code)
         if not retried and not failed:
             return False
@@ -242,7 +246,7 @@ class Exchanges:
         repeat = {"running": (JobState.RUNNING,), "finished": (JobState.FINISHED,)}.get(r.state, ())
         if ours and job.status in repeat:
             return ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=200, detail="repeat")
-        return ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=409,
+        return ReportOutcome(job_id=r.job_id, attempt=r.attempt, status=409, current_state=job.status,
                              detail=f"job {r.job_id} is {job.status} at attempt {job.attempt}; attempt {r.attempt} "
                              f"of pilot {pilot_id} is no longer current")
 

@@ -22,25 +22,28 @@ from common.failures import is_transient
 from common.messages import BadMessage, Envelope, PilotCall, PilotReply, wrap
 from common.observability import observe_message
 from common.pilot_protocol import is_reply_queue_of
-from services.job_executor.api import REPORT_REFUSED_STATUS, refusal_status
+from services.job_executor.attempts import ReportRefused
 from services.job_executor.credentials import NotAPilotToken, PilotCredentials
-from services.job_executor.dispatch import Dispatcher, PilotRefused, ReportRefused, TooManyRegistrations
 from services.job_executor.exchange import Exchanges
+from services.job_executor.pilot_sessions import PilotRefused, PilotSessions, TooManyRegistrations
+from services.job_executor.refusals import REPORT_REFUSED_STATUS, TOO_MANY_REGISTRATIONS_STATUS, refusal_status
+from services.job_executor.single_calls import SingleCalls
 
 log = logging.getLogger("wms.job_executor.mq")
 SERVICE = "job-executor"
 
 
 class PilotMqChannel:
-    def __init__(self, broker: Broker, dispatcher: Dispatcher, exchanges: Exchanges,
+    def __init__(self, broker: Broker, sessions: PilotSessions, exchanges: Exchanges, single_calls: SingleCalls,
                  credentials: PilotCredentials) -> None:
-        self.broker, self.dispatcher, self.exchanges, self.credentials = broker, dispatcher, exchanges, credentials
+        self.broker, self.sessions, self.exchanges, self.credentials = broker, sessions, exchanges, credentials
+        self.single_calls = single_calls
 
     async def start(self) -> None:
         topology = self.broker.topology
         # a pilot's message is bounded (WMS_PILOT_MAX_MESSAGE_BYTES): a larger one is dead-lettered unread and
         # logged as a digest
-        limit = self.dispatcher.settings.pilot_max_message_bytes
+        limit = self.sessions.settings.pilot_max_message_bytes
         for queue in ("job-executor.claims.cpu", "job-executor.claims.gpu"):
             await self.broker.consume(topology.queue(queue), self._on_request, prefetch=50, max_bytes=limit)
         # exchanges may wait for work (long poll): room for every pilot's request at once
@@ -70,14 +73,14 @@ class PilotMqChannel:
         if grant is None:
             return PilotReply(status=401, detail="missing, unknown or revoked pilot credential")
         handlers: dict[str, Callable[[], Awaitable[BaseModel | None]]] = {
-            "pilot.register": lambda: self.dispatcher.register(_need(call.registration), channel="mq", grant=grant),
-            "pilot.claim.cpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
-            "pilot.claim.gpu": lambda: self.dispatcher.claim(_need(call.pilot_id), call.session, call.request_id),
-            "pilot.heartbeat": lambda: self.dispatcher.heartbeat(_need(call.pilot_id), call.session,
+            "pilot.register": lambda: self.sessions.register(_need(call.registration), channel="mq", grant=grant),
+            "pilot.claim.cpu": lambda: self.single_calls.claim(_need(call.pilot_id), call.session, call.request_id),
+            "pilot.claim.gpu": lambda: self.single_calls.claim(_need(call.pilot_id), call.session, call.request_id),
+            "pilot.heartbeat": lambda: self.single_calls.heartbeat(_need(call.pilot_id), call.session,
                                                                  _need(call.heartbeat)),
-            "pilot.report": lambda: self.dispatcher.report(_need(call.pilot_id), call.session, _need(call.job_id),
+            "pilot.report": lambda: self.single_calls.report(_need(call.pilot_id), call.session, _need(call.job_id),
                                                            _need(call.report)),
-            "pilot.exit": lambda: self.dispatcher.pilot_exit(_need(call.pilot_id), call.session),
+            "pilot.exit": lambda: self.sessions.pilot_exit(_need(call.pilot_id), call.session),
             "pilot.exchange": lambda: self.exchanges.exchange(_need(call.pilot_id), call.session, _need(call.exchange)),
         }
         handler = handlers.get(op)
@@ -88,7 +91,8 @@ class PilotMqChannel:
         except PilotRefused as exc:
             return PilotReply(status=refusal_status(exc), detail=exc.detail)
         except TooManyRegistrations as exc:
-            return PilotReply(status=429, detail=str(exc), body={"retry_after_s": exc.retry_after_s})
+            return PilotReply(status=TOO_MANY_REGISTRATIONS_STATUS, detail=str(exc),
+                              body={"retry_after_s": exc.retry_after_s})
         except ReportRefused as exc:
             return PilotReply(status=REPORT_REFUSED_STATUS, detail=exc.detail,
                               body={"current_state": exc.current_state})

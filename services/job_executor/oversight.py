@@ -31,7 +31,7 @@ from common.settings import Settings
 from common.states import AttemptOutcome, JobState, TaskState
 from common.storage import UnsafeStoragePath, open_beneath, remove_beneath
 from services.job_executor import errors, queries
-from services.job_executor.dispatch import log_dataset, storage_prefix
+from services.job_executor.attempts import log_dataset, storage_prefix
 from services.job_executor.retries import retry_or_fail, retry_policy
 
 log = logging.getLogger("wms.job_executor")

@@ -20,7 +20,6 @@ from common.db.models import (
     tasks,
 )
 from common.db.transitions import guarded_transition, guarded_update
-from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
     JOB_MACHINE,
     JOBS_IN_FLIGHT,
@@ -45,98 +44,12 @@ async def select_pilot(conn: AsyncConnection, pilot_id: int) -> Record | None:
     return (await conn.execute(sa.select(pilots).where(pilots.c.id == pilot_id))).first()
 
 
-async def beat_pilot(conn: AsyncConnection, pilot_id: int) -> bool:
-    stmt = (
-        sa.update(pilots)
-        .where(pilots.c.id == pilot_id, pilots.c.status.in_(LIVE))
-        .values(heartbeat_at=sa.func.now())
-        .returning(pilots.c.id)
-    )
-    return (await conn.execute(stmt)).first() is not None
-
-
-async def set_pilot_busy(conn: AsyncConnection, pilot_id: int, job_id: int | None) -> None:
-    status = PilotState.BUSY if job_id is not None else PilotState.IDLE
-    await conn.execute(
-        sa.update(pilots)
-        .where(pilots.c.id == pilot_id, pilots.c.status.in_(LIVE))
-        .values(status=status, current_job_id=job_id, heartbeat_at=sa.func.now())
-    )
-
-
 async def end_pilot(conn: AsyncConnection, pilot_id: int) -> None:
     await conn.execute(
         sa.update(pilots)
         .where(pilots.c.id == pilot_id, pilots.c.status.in_(sorted(PILOT_MACHINE.sources_of(PilotState.EXITED))))
         .values(status=PilotState.EXITED, ended_at=sa.func.now(), current_job_id=None)
     )
-
-
-async def jobs_held_by(conn: AsyncConnection, pilot_id: int) -> int:
-    stmt = sa.select(sa.func.count()).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(JOBS_IN_FLIGHT))
-    return int((await conn.execute(stmt)).scalar_one())
-
-
-async def claim_job(conn: AsyncConnection, pilot_id: int, resource_type: str, cores: int, memory_mb: int,
-                    request_id: uuid.UUID | None = None) -> Record | None:
-    """Claim the first ready job (fair-share order: common.policies.fair_keys) of ``resource_type`` whose backoff
-    is over and whose task may run.
-
-    One statement; SKIP LOCKED so concurrent claims never wait for each other or take the same job.
-    """
-    candidate = (
-        sa.select(jobs.c.id)
-        .where(
-            jobs.c.status == JobState.READY,
-            jobs.c.resource_type == resource_type,
-            sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.func.now()),
-            # its task may run, and fits the pilot's cores and memory
-            sa.exists().where(tasks.c.id == jobs.c.task_id, tasks.c.status.in_(sorted(TASK_STATES_WHOSE_JOBS_PROCEED)),
-                              tasks.c.cores <= cores, tasks.c.memory_mb <= memory_mb),
-        )
-        .order_by(jobs.c.dispatch_key, jobs.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    stmt = (
-        sa.update(jobs)
-        .where(jobs.c.id == candidate, jobs.c.status.in_(sorted(JOB_MACHINE.sources_of(JobState.DISPATCHED))))
-        .values(
-            status=JobState.DISPATCHED,
-            pilot_id=pilot_id,
-            attempt=jobs.c.attempt + 1,
-            started_at=sa.func.now(),
-            heartbeat_at=sa.func.now(),
-            finished_at=None,
-            not_before=None,
-            claim_request_id=request_id,
-        )
-        .returning(jobs.c.id, jobs.c.attempt, jobs.c.task_id)
-    )
-    return (await conn.execute(stmt)).first()
-
-
-async def job_context(conn: AsyncConnection, job_id: int) -> tuple[Record, list[Record]]:
-    task = (
-        await conn.execute(
-            sa.select(tasks.c.id, tasks.c.payload, tasks.c.output_dataset, tasks.c.memory_mb)
-            .join(jobs, jobs.c.task_id == tasks.c.id)
-            .where(jobs.c.id == job_id)
-        )
-    ).one()
-    inputs = (
-        await conn.execute(
-            sa.select(files.c.lfn, files.c.url, files.c.size, files.c.adler32)
-            .where(files.c.job_id == job_id, files.c.role == FileRole.INPUT)
-            .order_by(files.c.id)
-        )
-    ).all()
-    return task, list(inputs)
-
-
-async def start_attempt(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> None:
-    await conn.execute(sa.insert(job_attempts).values(job_id=job_id, attempt=attempt, pilot_id=pilot_id))
 
 
 async def end_attempts(conn: AsyncConnection, keys: list[tuple[int, int]], outcome: str, exit_code: int | None,
@@ -166,21 +79,6 @@ async def _move_job(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], 
         .returning(jobs.c.id, jobs.c.attempt, jobs.c.task_id)
     )
     return list((await conn.execute(stmt)).all())
-
-
-async def start_running(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> bool:
-    """The pilot's payload started (fenced): dispatched -> running."""
-    return bool(await _move_job(conn, _fenced(job_id, attempt, pilot_id), JobState.RUNNING,
-                                {"heartbeat_at": sa.func.now()}))
-
-
-async def finish_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int,
-                     exit_code: int) -> Record | None:
-    """The pilot's attempt succeeded (fenced): -> finished; the moved row (id, attempt, task_id) or None."""
-    moved = await _move_job(conn, _fenced(job_id, attempt, pilot_id), JobState.FINISHED,
-                            {"finished_at": sa.func.now(), "exit_code": exit_code, "error_category": None,
-                             "error_message": None})
-    return moved[0] if moved else None
 
 
 RETRY_FACTS = (jobs.c.id, jobs.c.attempt, jobs.c.lost_attempts, jobs.c.task_id,
@@ -290,20 +188,6 @@ async def set_input_files(conn: AsyncConnection, job_ids: list[int], state: File
         .where(files.c.job_id.in_(job_ids), files.c.role == FileRole.INPUT)
         .values(status=state, updated_at=sa.func.now())
     )
-
-
-async def beat_job(conn: AsyncConnection, job_id: int, attempt: int, pilot_id: int) -> bool:
-    stmt = (
-        sa.update(jobs)
-        .where(*_fenced(job_id, attempt, pilot_id), jobs.c.status.in_(JOBS_IN_FLIGHT))
-        .values(heartbeat_at=sa.func.now())
-        .returning(jobs.c.id)
-    )
-    return (await conn.execute(stmt)).first() is not None
-
-
-async def select_job(conn: AsyncConnection, job_id: int) -> Record | None:
-    return (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).first()
 
 
 async def insert_staged_files(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:

@@ -215,7 +215,7 @@ async def test_staged_files_are_verified_on_storage_before_registration(job_exec
 
 
 def test_registration_limiter_is_a_token_bucket_per_credential() -> None:
-    from services.job_executor.dispatch import RegistrationLimiter, TooManyRegistrations
+    from services.job_executor.pilot_sessions import RegistrationLimiter, TooManyRegistrations
 
     limiter = RegistrationLimiter(rate_per_s=2.0, burst=3)
     for _ in range(3):

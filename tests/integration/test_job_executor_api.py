@@ -56,7 +56,7 @@ async def test_claim_run_finish_and_a_repeated_final_report(job_executor, db) ->
     assert (spec["job_id"], spec["attempt"], spec["inputs"][0]["lfn"]) == (job_id, 1, f"in/{job_id}")
     assert spec["output_url_prefix"].endswith(f"/out/{job_id}/1/")  # a directory per attempt
     busy = await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)
-    assert busy.status_code == 409 and "already holds a job" in busy.json()["detail"]  # one slot
+    assert busy.status_code == 204  # one slot, held: no more work for it (protocol 1 is an exchange adapter)
 
     url = f"/pilot/v1/pilots/{pilot_id}/jobs/{job_id}/report"
     assert (await job_executor.post(url, json={"attempt": 1, "state": "running"}, headers=auth)).status_code == 200
@@ -67,7 +67,8 @@ async def test_claim_run_finish_and_a_repeated_final_report(job_executor, db) ->
         outs = (await conn.execute(sa.select(files).where(files.c.role == "output"))).all()
         job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
         attempt = (await conn.execute(sa.select(job_attempts))).one()
-    assert [(f.lfn, f.status, f.events) for f in outs] == [(f"out/{job_id}/a.out", "staged", 2)]
+    # (recorded once; the oversight may already have checked it against the storage, where this test put nothing)
+    assert [(f.lfn, f.events) for f in outs] == [(f"out/{job_id}/a.out", 2)]
     assert (job.status, job.exit_code) == ("finished", 0)
     assert (attempt.outcome, attempt.pilot_id) == ("finished", pilot_id)
 

@@ -147,7 +147,7 @@ async def test_a_lost_attempt_leaves_nothing_on_storage(job_executor, db) -> Non
     from pathlib import Path
 
     from pilot.staging import local_path
-    from services.job_executor.dispatch import storage_prefix
+    from services.job_executor.attempts import storage_prefix
 
     await make_jobs(db)
     pilot_id, auth = await register(job_executor)
