@@ -1,7 +1,12 @@
-"""The one guarded UPDATE that enforces the state machines of :mod:`common.states` where the write happens.
+"""The one style of guarded transition that enforces the state machines of :mod:`common.states` where the write
+happens.
 
 A transition is written as ``UPDATE ... SET status = :to WHERE id = ... AND status IN (<states allowed to reach
-:to>)``; two concurrent writers can therefore never produce a transition that is not in the table.
+:to>)``; two concurrent writers can therefore never produce a transition that is not in the table. The allowed
+states always come from the machine through :func:`allowed_sources`: :func:`guarded_transition` for whole
+statements, :func:`may_move` for the guard of a SQLAlchemy statement with more conditions, :func:`may_move_sql`
+for text SQL. (tests/unit/test_transition_style.py keeps it so, and docs/state-machines.md's "who moves what"
+table in step with the code.)
 """
 from __future__ import annotations
 
@@ -13,6 +18,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record
 from common.states import IllegalTransition, RowNotFound, StateMachine
+
+
+def allowed_sources(machine: StateMachine, target: str, only_from: Iterable[str] | None = None) -> list[str]:
+    """The states ``target`` may be reached from (narrowed to ``only_from``), from the machine's table: the one
+    source of every guard, for SQLAlchemy statements and text SQL alike."""
+    sources = machine.sources_of(target)
+    if only_from is not None:
+        sources &= frozenset(only_from)
+    return sorted(sources)
+
+
+def may_move(status: sa.ColumnElement[Any], machine: StateMachine, target: str,
+             only_from: Iterable[str] | None = None) -> sa.ColumnElement[bool]:
+    """``status IN (<states allowed to reach target>)``: the guard of a SQLAlchemy UPDATE."""
+    return status.in_(allowed_sources(machine, target, only_from))
+
+
+def may_move_sql(machine: StateMachine, target: str, only_from: Iterable[str] | None = None,
+                 or_to: Iterable[str] = ()) -> str:
+    """The same guard's state list for text SQL (``status IN ({may_move_sql(...)})``): the machine's own state
+    names, quoted (never input). ``or_to``: more targets, for a statement that picks its target per row (their
+    sources together)."""
+    names = sorted({n for t in (target, *or_to) for n in allowed_sources(machine, t, only_from)})
+    if not names or not all(n.replace("-", "_").isidentifier() for n in names):
+        raise ValueError(f"no guard to {target}: {names}")
+    return ", ".join(f"'{n}'" for n in names)
 
 
 def guarded_update(
@@ -34,12 +65,10 @@ def guarded_update(
         if not id_list:
             return None
         selected = table.c.id.in_(id_list)
-    sources = machine.sources_of(target)
-    if only_from is not None:
-        sources &= frozenset(only_from)
-    if not sources:
+    if not allowed_sources(machine, target, only_from):
         return None
-    return sa.update(table).where(selected, table.c.status.in_(sorted(sources))).values(status=target, **(values or {}))
+    return (sa.update(table).where(selected, may_move(table.c.status, machine, target, only_from))
+            .values(status=target, **(values or {})))
 
 
 async def guarded_transition(

@@ -22,9 +22,19 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record
+from common.db.transitions import may_move_sql
 from common.pilot_protocol import Usage
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
-from common.states import JOB_MACHINE, JOBS_IN_FLIGHT, AttemptOutcome, FileRole, FileState, JobState, PilotState
+from common.states import (
+    JOB_MACHINE,
+    JOBS_IN_FLIGHT,
+    PILOT_MACHINE,
+    AttemptOutcome,
+    FileRole,
+    FileState,
+    JobState,
+    PilotState,
+)
 
 
 def _sql_list(values: Iterable[str]) -> str:
@@ -37,14 +47,14 @@ def _sql_list(values: Iterable[str]) -> str:
 
 
 IN_FLIGHT = _sql_list(JOBS_IN_FLIGHT)
-LIVE = _sql_list([PilotState.IDLE, PilotState.BUSY])
+LIVE = may_move_sql(PILOT_MACHINE, PilotState.IDLE, or_to=[PilotState.BUSY])  # idle <-> busy
 READY, DISPATCHED, RUNNING, FINISHED = (_sql_list([s]) for s in (JobState.READY, JobState.DISPATCHED,
                                                                    JobState.RUNNING, JobState.FINISHED))
 INPUT = _sql_list([FileRole.INPUT])
 
 
 def _sources(target: JobState) -> str:
-    return _sql_list(JOB_MACHINE.sources_of(target))
+    return may_move_sql(JOB_MACHINE, target)
 
 
 _HELD = sa.text(f"""

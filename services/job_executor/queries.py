@@ -19,7 +19,7 @@ from common.db.models import (
     pilots,
     tasks,
 )
-from common.db.transitions import guarded_transition, guarded_update
+from common.db.transitions import guarded_transition, guarded_update, may_move, may_move_sql
 from common.states import (
     JOB_MACHINE,
     JOBS_IN_FLIGHT,
@@ -47,7 +47,7 @@ async def select_pilot(conn: AsyncConnection, pilot_id: int) -> Record | None:
 async def end_pilot(conn: AsyncConnection, pilot_id: int) -> None:
     await conn.execute(
         sa.update(pilots)
-        .where(pilots.c.id == pilot_id, pilots.c.status.in_(sorted(PILOT_MACHINE.sources_of(PilotState.EXITED))))
+        .where(pilots.c.id == pilot_id, may_move(pilots.c.status, PILOT_MACHINE, PilotState.EXITED))
         .values(status=PilotState.EXITED, ended_at=sa.func.now(), current_job_id=None)
     )
 
@@ -74,7 +74,7 @@ async def _move_job(conn: AsyncConnection, where: list[sa.ColumnElement[bool]], 
                     values: dict[str, Any]) -> list[Record]:
     stmt = (
         sa.update(jobs)
-        .where(*where, jobs.c.status.in_(sorted(JOB_MACHINE.sources_of(target))))
+        .where(*where, may_move(jobs.c.status, JOB_MACHINE, target))
         .values(status=target, **values)
         .returning(jobs.c.id, jobs.c.attempt, jobs.c.task_id)
     )
@@ -117,7 +117,7 @@ async def overrun_in_flight(conn: AsyncConnection, default_wall_time_s: int, gra
 
 
 def _moved_from(target: JobState) -> str:
-    return ", ".join(f"'{s}'" for s in sorted(JOB_MACHINE.sources_of(target) & set(JOBS_IN_FLIGHT)))
+    return may_move_sql(JOB_MACHINE, target, only_from=JOBS_IN_FLIGHT)
 
 
 REQUEUE = sa.text(f"""
@@ -200,7 +200,7 @@ async def declare_dead_pilots(conn: AsyncConnection, timeout_s: float) -> list[i
     stmt = (
         sa.update(pilots)
         .where(
-            pilots.c.status.in_(sorted(PILOT_MACHINE.sources_of(PilotState.DEAD))),
+            may_move(pilots.c.status, PILOT_MACHINE, PilotState.DEAD),
             pilots.c.heartbeat_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout_s),
         )
         .values(status=PilotState.DEAD, ended_at=sa.func.now(), current_job_id=None)

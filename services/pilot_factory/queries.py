@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.models import Record, jobs, pilot_submissions, pilots, tasks
+from common.db.transitions import may_move
 from common.states import PILOT_MACHINE, SUBMISSION_MACHINE, JobState, PilotState, SubmissionState
 
 S = SubmissionState
@@ -48,7 +49,7 @@ async def move(conn: AsyncConnection, submission_id: int, target: SubmissionStat
         stamps["ended_at"] = sa.func.now()
     stmt = (sa.update(pilot_submissions)
             .where(pilot_submissions.c.id == submission_id,
-                   pilot_submissions.c.status.in_(sorted(SUBMISSION_MACHINE.sources_of(target))))
+                   may_move(pilot_submissions.c.status, SUBMISSION_MACHINE, target))
             .values(status=target, **stamps, **values))
     return bool((await conn.execute(stmt)).rowcount)
 
@@ -61,7 +62,7 @@ async def end_pilots_of_batch_job(conn: AsyncConnection, batch_system: str, batc
     where = [pilots.c.batch_system == batch_system, pilots.c.batch_job_id == batch_job_id]
     await conn.execute(sa.update(pilots).where(*where).values(batch_state=batch_state))
     dead = await conn.execute(
-        sa.update(pilots).where(*where, pilots.c.status.in_(sorted(PILOT_MACHINE.sources_of(PilotState.DEAD))))
+        sa.update(pilots).where(*where, may_move(pilots.c.status, PILOT_MACHINE, PilotState.DEAD))
         .values(status=PilotState.DEAD, ended_at=sa.func.now(), current_job_id=None).returning(pilots.c.id))
     return [r.id for r in dead.all()]
 
