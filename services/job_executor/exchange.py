@@ -44,6 +44,9 @@ from services.job_executor.pilot_sessions import PilotSessions
 from services.job_executor.retries import retry_or_fail, retry_policy
 
 log = logging.getLogger("wms.job_executor.exchange")
+# A held job's heartbeat is rewritten only when older than this fraction of the pilot timeout (beats off the hot
+# path: an exchange of 8 jobs writes what changed, not 8 heartbeats).
+BEAT_FRESH_FRACTION = 0.25
 READY_POLL_S = 0.2  # how often waiting claims look for new ready jobs (one query for all of them)
 TASK_CACHE_LIMIT = 10_000
 
@@ -146,7 +149,8 @@ class Exchanges:
             # with its final report
             ended = {(o.job_id, o.attempt) for o in outcomes if o.status == 200} & {
                 (r.job_id, r.attempt) for r in request.reports if r.state in ("finished", "failed")}
-            abort = await self._beat(conn, pilot_id, [b for b in request.running if (b.job_id, b.attempt) not in ended])
+            abort = await self._beat(conn, pilot_id,
+                                     [b for b in request.running if (b.job_id, b.attempt) not in ended])
             await self._record_usage(conn, pilot_id, request, outcomes)
             specs = await self._claim(conn, pilot, request.want, request.request_id)
             await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat
@@ -267,9 +271,10 @@ class Exchanges:
 
     # --- heartbeats and claims --------------------------------------------------------------------------------
 
-    @staticmethod
-    async def _beat(conn: Transaction, pilot_id: int, running: list[JobBeat]) -> list[AbortOrder]:
-        held = await hot.beat_jobs(conn, pilot_id, [(b.job_id, b.attempt) for b in running])
+    async def _beat(self, conn: Transaction, pilot_id: int, running: list[JobBeat]) -> list[AbortOrder]:
+        # a live pilot's job is written at least every fresh_s + one exchange interval, well within the timeout
+        fresh_s = self.settings.pilot_timeout_s * BEAT_FRESH_FRACTION
+        held = await hot.beat_jobs(conn, pilot_id, [(b.job_id, b.attempt) for b in running], fresh_s)
         return [AbortOrder(job_id=b.job_id, attempt=b.attempt,
                            reason=f"job {b.job_id} attempt {b.attempt} is no longer this pilot's (cancelled, "
                            "timed out or retried elsewhere)")

@@ -131,11 +131,22 @@ _FINISH = sa.text(f"""
          WHERE f.job_id = ANY(ARRAY(SELECT id FROM done)) AND f.status = {_sql_list([FileState.PENDING])})
     SELECT id, attempt, task_id FROM done""")
 
+# The jobs the pilot still holds, and the heartbeat of those whose last one is older than :fresh_s: a beat is
+# written only when it matters (the lost-job sweep looks for heartbeats older than the pilot timeout), so an
+# exchange rewrites at most a few of its jobs' rows instead of every one every cycle.
 _BEAT = sa.text(f"""
-    UPDATE job_dat j SET heartbeat_at = now()
-      FROM unnest(CAST(:job_ids AS bigint[]), CAST(:attempts AS integer[])) AS r(job_id, attempt)
-     WHERE j.id = r.job_id AND j.attempt = r.attempt AND j.pilot_id = :pilot AND j.status IN ({IN_FLIGHT})
-    RETURNING j.id""")
+    WITH held AS (
+        SELECT j.id, j.heartbeat_at
+          FROM unnest(CAST(:job_ids AS bigint[]), CAST(:attempts AS integer[])) AS r(job_id, attempt)
+          JOIN job_dat j ON j.id = r.job_id
+         WHERE j.attempt = r.attempt AND j.pilot_id = :pilot AND j.status IN ({IN_FLIGHT})
+    ), beaten AS (
+        UPDATE job_dat j SET heartbeat_at = now()
+          FROM held
+         WHERE j.id = held.id
+           AND (held.heartbeat_at IS NULL OR held.heartbeat_at < now() - make_interval(secs => :fresh_s))
+    )
+    SELECT id FROM held""")
 
 _PILOT_LOAD = sa.text(f"""
     UPDATE pilot_dat p
@@ -238,11 +249,12 @@ async def record_usage(conn: AsyncConnection, pilot_id: int, figures: list[tuple
     return list((await conn.execute(_USAGE, params)).all())
 
 
-async def beat_jobs(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]]) -> set[int]:
-    """The heartbeat of the pilot's jobs in flight; the ids it still holds (the others must stop)."""
+async def beat_jobs(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]], fresh_s: float) -> set[int]:
+    """The heartbeat of the pilot's jobs in flight (written only where the last one is older than ``fresh_s``);
+    the ids it still holds (the others must stop)."""
     if not keys:
         return set()
-    rows = await conn.execute(_BEAT, {**_keys(keys), "pilot": pilot_id})
+    rows = await conn.execute(_BEAT, {**_keys(keys), "pilot": pilot_id, "fresh_s": fresh_s})
     return set(rows.scalars())
 
 

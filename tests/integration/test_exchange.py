@@ -163,3 +163,25 @@ async def test_a_job_reported_ended_in_an_exchange_gets_no_abort_order_there(job
     ], running=[{"job_id": s["job_id"], "attempt": 1} for s in (a, b, c)])
     assert [r["status"] for r in reply["reports"]] == [200, 200]
     assert [(o["job_id"], o["attempt"]) for o in reply["abort"]] == [(c["job_id"], 1)]
+
+
+async def test_a_beat_writes_only_heartbeats_that_are_getting_old(job_executor, db) -> None:
+    """Issue 23: a beat rewrote every held job's row on every exchange. Now it writes a job's heartbeat only when
+    the last one is older than a quarter of the pilot timeout; a fresh job still counts as held (no abort)."""
+    await make_jobs(db, 2)
+    pilot_id, auth = await register(job_executor, slots=2)
+    fresh, old = (await exchange(job_executor, pilot_id, auth, want=2))["jobs"]
+    timeout = job_executor.app.state.settings.pilot_timeout_s
+    async with db.begin() as conn:
+        await conn.execute(sa.update(jobs).where(jobs.c.id == fresh["job_id"]).values(
+            heartbeat_at=sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout * 0.1)))
+        await conn.execute(sa.update(jobs).where(jobs.c.id == old["job_id"]).values(
+            heartbeat_at=sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, timeout * 0.5)))
+        before = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.heartbeat_at))).all())
+    reply = await exchange(job_executor, pilot_id, auth,
+                           running=[{"job_id": s["job_id"], "attempt": 1} for s in (fresh, old)])
+    assert reply["abort"] == []
+    async with db.connect() as conn:
+        after = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.heartbeat_at))).all())
+    assert after[fresh["job_id"]] == before[fresh["job_id"]]  # not rewritten
+    assert after[old["job_id"]] > before[old["job_id"]]  # renewed
