@@ -134,8 +134,8 @@ class JobSpec(BaseModel):
 class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_id: int | None = Field(None, strict=True)
-    attempt: int | None = Field(None, strict=True)
+    job_id: int | None = Field(None, ge=1, le=2**63 - 1, strict=True)
+    attempt: int | None = Field(None, ge=1, le=2**31 - 1, strict=True)
 
 
 class HeartbeatReply(BaseModel):
@@ -157,7 +157,7 @@ class StagedFile(BaseModel):
 class JobReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    attempt: int = Field(ge=1, strict=True)
+    attempt: int = Field(ge=1, le=2**31 - 1, strict=True)
     state: Literal["running", "finished", "failed"]
     exit_code: int | None = Field(None, strict=True, ge=-(2**31), le=2**31 - 1)
     error_category: ErrorCategory | None = None
@@ -177,7 +177,7 @@ class JobBeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job_id: int = Field(ge=1, le=2**63 - 1, strict=True)
-    attempt: int = Field(ge=1, strict=True)
+    attempt: int = Field(ge=1, le=2**31 - 1, strict=True)
     usage: Usage | None = Field(None, description="the latest figures of a running payload (sent now and then)")
 
 
