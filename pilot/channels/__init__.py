@@ -25,11 +25,3 @@ class ChannelUnavailable(Exception):
         super().__init__(message)
         self.retry_after_s = retry_after_s
 
-
-def retry_after_of(value: object) -> float | None:
-    """Seconds from a Retry-After header (or a number in a body); None for anything else (an HTTP date, junk)."""
-    try:
-        seconds = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return seconds if 0 <= seconds < 86_400 else None

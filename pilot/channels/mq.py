@@ -25,7 +25,8 @@ from common.pilot_protocol import (
     PilotSession,
     new_reply_queue_name,
 )
-from pilot.channels import ChannelRefused, ChannelUnavailable, retry_after_of
+from common.retry_after import seconds_of
+from pilot.channels import ChannelRefused, ChannelUnavailable
 
 CLOSE_TIMEOUT_S = 5.0
 
@@ -112,7 +113,7 @@ class MqChannel:
             self._pending.pop(correlation_id, None)
         if reply.status >= 500 or reply.status == 429:  # unavailable, or too busy for us now: both mean "later"
             raise ChannelUnavailable(f"{reply.status}: {reply.detail}",
-                                     retry_after_of((reply.body or {}).get("retry_after_s")))
+                                     seconds_of((reply.body or {}).get("retry_after_s")))
         if reply.status >= 300:
             raise ChannelRefused(reply.status, reply.detail)
         return reply

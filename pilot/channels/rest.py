@@ -6,7 +6,8 @@ from typing import Any
 import aiohttp
 
 from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistration, PilotSession
-from pilot.channels import ChannelRefused, ChannelUnavailable, retry_after_of
+from common.retry_after import seconds_of
+from pilot.channels import ChannelRefused, ChannelUnavailable
 
 DETAIL_MAX = 1000
 
@@ -33,7 +34,7 @@ class RestChannel:
             async with self._http.post(self.base + path, json=body, headers=self._session_header,
                                        timeout=timeout) as response:
                 data = await response.read()
-                status, retry_after = response.status, retry_after_of(response.headers.get("Retry-After"))
+                status, retry_after = response.status, seconds_of(response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._move_on()
             raise ChannelUnavailable(f"{type(exc).__name__}: {exc}") from exc

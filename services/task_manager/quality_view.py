@@ -99,12 +99,18 @@ class QualityView:
     def __init__(self, storage_root: str) -> None:
         self.storage_root = storage_root
         self._runs: dict[str, _Sums] = {}
+        # one look at a time: two monitors refreshing at once would both read the same new outputs and add them twice
+        self._looking = asyncio.Lock()
 
     async def runs(self, conn: Transaction, runs: int) -> list[QualityRunSummary]:
         return [QualityRunSummary(run=r.run, task_ids=sorted(r.task_ids), outputs=r.outputs, newest_at=r.newest_at)
                 for r in await monitor_queries.quality_runs(conn, QUALITY_TASK_TYPE, runs)]
 
     async def run(self, conn: Transaction, run: str) -> QualityRun | None:
+        async with self._looking:
+            return await self._look(conn, run)
+
+    async def _look(self, conn: Transaction, run: str) -> QualityRun | None:
         sums = self._runs.pop(run, None) or _Sums()
         self._runs[run] = sums  # the most recently looked at last
         while len(self._runs) > RUNS_CACHED:

@@ -241,6 +241,17 @@ async def test_quality_histograms_follow_a_growing_run(settings, db, tmp_path) -
         await q2_output(1)
         grown = (await tm.get("/api/v1/monitor/quality/q2", headers=auth)).json()
         assert (first["outputs_summed"], grown["outputs_summed"]) == (1, 2)
+        # two looks at once (two monitors refreshing) on a view of their own: each output is summed once, not once
+        # per look (both looks start before either reads its files: without the view's lock both add them)
+        from services.task_manager.quality_view import QualityView
+
+        view = QualityView(stack.settings.storage_root)
+
+        async def look():
+            async with db.connect() as conn:
+                return await view.run(conn, "q2")
+        looks = await asyncio.gather(look(), look())
+        assert [r.outputs_summed for r in looks] == [2, 2] and looks[1].events_kept == grown["events_kept"]
         assert grown["events_kept"] == documents[0]["events_kept"] + documents[1]["events_kept"]
         runs = (await tm.get("/api/v1/monitor/quality", headers=auth)).json()
         assert [r["run"] for r in runs] == ["q2", "q1"] and runs[1]["outputs"] == 12
