@@ -159,11 +159,12 @@ def in_tmux(command: list[str], env: dict[str, str], width: int) -> str:
     session = f"wms-cli-{uuid.uuid4().hex[:8]}"
     assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     line = f"env -u COLUMNS {assignments} {shlex.join(command)}; echo __ended_$?__; sleep 600"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", str(width), "-y", "300", line], check=True,
-                   timeout=30)
+    # a tmux server of its own (-L): tests in parallel workers never share (or kill) one another's server
+    subprocess.run(["tmux", "-L", session, "new-session", "-d", "-s", session, "-x", str(width), "-y", "300", line],
+                   check=True, timeout=30)
     try:
         for _ in range(600):
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-t", session, "-S", "-"],
+            screen = subprocess.run(["tmux", "-L", session, "capture-pane", "-p", "-J", "-t", session, "-S", "-"],
                                     capture_output=True, text=True, timeout=30).stdout
             if "__ended_" in screen:
                 assert "__ended_0__" in screen, screen
@@ -171,7 +172,7 @@ def in_tmux(command: list[str], env: dict[str, str], width: int) -> str:
             time.sleep(0.1)
         raise AssertionError(f"{command} did not end in tmux")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, timeout=30)
+        subprocess.run(["tmux", "-L", session, "kill-server"], capture_output=True, timeout=30)
 
 
 @pytest.mark.parametrize("width", [80, 120])
