@@ -58,7 +58,7 @@ QUEUES: tuple[QueueSpec, ...] = (
     QueueSpec("job-executor.claims.cpu", "pilots", ("pilot.claim.cpu",)),
     QueueSpec("job-executor.claims.gpu", "pilots", ("pilot.claim.gpu",)),
     QueueSpec("job-executor.pilot-events", "pilots",
-              ("pilot.register", "pilot.heartbeat", "pilot.report", "pilot.exit", "pilot.exchange")),
+              ("pilot.register", "pilot.heartbeat", "pilot.report", "pilot.exit", "pilot.exchange", "pilot.lost")),
 )
 DEAD_LETTER_EXCHANGE = "dlx"
 CLOSE_TIMEOUT_S = 5.0
@@ -363,9 +363,9 @@ class Broker:
             timeout=self.settings.publish_timeout_s,
         )
 
-    async def reply(self, request: AbstractIncomingMessage, envelope: Envelope) -> None:
+    async def reply(self, request: AbstractIncomingMessage, envelope: Envelope) -> bool:
         """Answer a request on its reply_to queue (default exchange). A requester that is gone is not an error
-        of ours: the reply is dropped with a warning."""
+        of ours: the reply is dropped with a warning, and False says so (what it carried never arrived)."""
         self._require_connection()
         assert self._publish_channel is not None
         message = aio_pika.Message(
@@ -383,6 +383,8 @@ class Broker:
             )
         except aio_pika.exceptions.DeliveryError:
             log.warning("reply to a vanished requester dropped", extra={"reply_to": request.reply_to})
+            return False
+        return True
 
     async def consume(self, queue_name: str, handler: MessageHandler, prefetch: int = 100,
                       max_bytes: int | None = None) -> None:

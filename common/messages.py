@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from common.pilot_protocol import ExchangeRequest, Heartbeat, JobReport, PilotRegistration
+from common.pilot_protocol import ExchangeRequest, Heartbeat, JobReport, PilotLost, PilotRegistration
 from common.policies import ResourceType
 from common.states import TaskState
 
@@ -110,6 +110,7 @@ class PilotCall(BaseModel):
     heartbeat: Heartbeat | None = None
     report: JobReport | None = None
     exchange: ExchangeRequest | None = None
+    lost: PilotLost | None = None
 
 
 class PilotReply(BaseModel):
@@ -123,7 +124,7 @@ class PilotReply(BaseModel):
 
 
 PILOT_OPERATIONS = ("pilot.register", "pilot.claim.cpu", "pilot.claim.gpu", "pilot.heartbeat", "pilot.report",
-                    "pilot.exit", "pilot.exchange")
+                    "pilot.exit", "pilot.exchange", "pilot.lost")
 
 JOB_CHUNK = "jobs.chunk"
 

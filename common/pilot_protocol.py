@@ -205,6 +205,15 @@ class ReportOutcome(BaseModel):
     current_state: str | None = Field(None, description="409: the job's state now (null: no such job)")
 
 
+class PilotLost(BaseModel):
+    """A pilot daemon's word that its pilot application died (killed, crashed) holding jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)] = Field(
+        description="what the daemon saw, e.g. 'killed by signal 9'")
+
+
 class AbortOrder(BaseModel):
     job_id: int
     attempt: int

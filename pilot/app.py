@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
@@ -45,13 +46,13 @@ from common.pilot_protocol import (
     JobBeat,
     JobReport,
     JobSpec,
+    PilotSession,
     StagedFile,
     Usage,
 )
 from pilot import cgroups, credentials
 from pilot.channels import ChannelRefused, ChannelUnavailable
-from pilot.channels.mq import MqChannel
-from pilot.channels.rest import RestChannel
+from pilot.channels.by_setting import channel_for
 from pilot.config import PilotSettings
 from pilot.exit_codes import EXIT_DEAD, EXIT_FAILURE, EXIT_NO_WORK, EXIT_OK, EXIT_REFUSED, EXIT_RUNTIME
 from pilot.outputs import ManifestError, OutputTooLarge, stage_outputs
@@ -110,11 +111,7 @@ class PendingReport:
 class Pilot:
     def __init__(self, settings: PilotSettings) -> None:
         self.settings = settings
-        self.channel: RestChannel | MqChannel = (
-            RestChannel(settings.server_url, settings.token, settings.request_timeout_s)
-            if settings.channel == "rest"
-            else MqChannel(settings.amqp_url, settings.broker_namespace, settings.token, settings.request_timeout_s)
-        )
+        self.channel = channel_for(settings)
         self.stopping = asyncio.Event()  # SIGTERM: finish the running jobs, take no other
         self.throttle_bytes_per_s = settings.stage_bandwidth_mbps * 1e6
         self.jobs: dict[int, RunningJob] = {}
@@ -201,6 +198,7 @@ class Pilot:
         self.heartbeat_interval = session.heartbeat_interval_s
         log.info("pilot registered", extra={"pilot_id": session.pilot_id, **registration.model_dump()})
         try:
+            leave_session(self.settings.session_file, session)
             return await self._cycles(registration.slots)
         except Stopped:
             return EXIT_OK
@@ -219,6 +217,8 @@ class Pilot:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.channel.exit(), EXIT_CALL_TIMEOUT_S)
             await self.channel.close()
+            if self.settings.session_file:  # it ended its session itself: nothing for its daemon to say
+                Path(self.settings.session_file).unlink(missing_ok=True)
             log.info("pilot ended", extra={"pilot_id": self.channel.pilot_id})
 
     async def _cycles(self, slots: int) -> int:
@@ -490,6 +490,16 @@ def payload_environment(allowed: list[str], job: JobSpec) -> dict[str, str]:
     were checked at submission."""
     inherited = {name: os.environ[name] for name in allowed if name in os.environ and not name.startswith("WMS_")}
     return {**inherited, **job.env, "WMS_JOB_ID": str(job.job_id), "WMS_ATTEMPT": str(job.attempt)}
+
+
+def leave_session(path: str | None, session: PilotSession) -> None:
+    """The session for the pilot daemon (mode 600, the pilot's own): if this application dies without ending it,
+    the daemon says so and the jobs it held are retried at once."""
+    if not path:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pilot_id": session.pilot_id, "session": session.session}, f)
 
 
 async def amain(settings: PilotSettings) -> int:

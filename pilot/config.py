@@ -22,6 +22,9 @@ class PilotSettings(BaseSettings):
     token: str = "dev-pilot-token"
     # The token in a file of the pilot's own (mode 600) instead of the environment: payloads never see it.
     token_file: str | None = None
+    # Set by the pilot daemon: where the application leaves its session (mode 600) while it is registered, so that
+    # the daemon can say the application died (its jobs are then retried at once, not after the heartbeat timeout).
+    session_file: str | None = None
     workdir: str = "/var/tmp/spd-wms/pilot"
     lifetime_s: float = Field(3600.0, gt=0)  # no new job is taken after this
     idle_limit_s: float = Field(120.0, gt=0)  # exit after this long without work

@@ -21,6 +21,7 @@ from common.messages import BadMessage, PilotCall, PilotReply, decode, wrap
 from common.pilot_protocol import (
     ExchangeReply,
     ExchangeRequest,
+    PilotLost,
     PilotRegistration,
     PilotSession,
     new_reply_queue_name,
@@ -130,6 +131,14 @@ class MqChannel:
 
     async def exit(self) -> None:
         await self._call("pilot.exit")
+
+    def resume(self, pilot_id: int, session: str) -> None:
+        """Speak for a pilot registered earlier (its daemon, with the session the application left it)."""
+        self.pilot_id, self._session = pilot_id, session
+
+    async def lost(self, reason: str) -> None:
+        """The pilot application died holding jobs: they are retried at once."""
+        await self._call("pilot.lost", lost=PilotLost(reason=reason))
 
     async def close(self) -> None:
         await self._drop()

@@ -5,7 +5,7 @@ from typing import Any
 
 import aiohttp
 
-from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotRegistration, PilotSession
+from common.pilot_protocol import ExchangeReply, ExchangeRequest, PilotLost, PilotRegistration, PilotSession
 from common.retry_after import seconds_of
 from pilot.channels import ChannelRefused, ChannelUnavailable
 
@@ -72,6 +72,14 @@ class RestChannel:
 
     async def exit(self) -> None:
         await self._post(f"/pilots/{self.pilot_id}/exit")
+
+    def resume(self, pilot_id: int, session: str) -> None:
+        """Speak for a pilot registered earlier (its daemon, with the session the application left it)."""
+        self.pilot_id, self._session = pilot_id, session
+
+    async def lost(self, reason: str) -> None:
+        """The pilot application died holding jobs: they are retried at once."""
+        await self._post(f"/pilots/{self.pilot_id}/lost", PilotLost(reason=reason).model_dump())
 
     async def close(self) -> None:
         await self._http.close()

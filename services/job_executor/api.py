@@ -17,6 +17,7 @@ from common.pilot_protocol import (
     HeartbeatReply,
     JobReport,
     JobSpec,
+    PilotLost,
     PilotRegistration,
     PilotSession,
 )
@@ -74,7 +75,7 @@ async def exchange(pilot_id: PilotId, request: ExchangeRequest, http: Request, s
     """Protocol 2: the pilot's reports, the heartbeat of its jobs in flight and a claim of up to ``want`` jobs,
     in one call (docs/dispatch.md); each report's outcome comes back on its own (200, 409, 422)."""
     exchanges: Exchanges = http.app.state.exchanges
-    return await exchanges.exchange(pilot_id, session, request)
+    return await exchanges.exchange(pilot_id, session, request, caller_gone=http.is_disconnected)
 
 
 def _single_calls(request: Request) -> SingleCalls:
@@ -111,4 +112,13 @@ async def report_job(pilot_id: PilotId, job_id: Annotated[int, Path(ge=1, le=MAX
 @router.post("/pilots/{pilot_id}/exit", status_code=204)
 async def pilot_exit(pilot_id: PilotId, sessions: SessionsDep, session: Session = None) -> Response:
     await sessions.pilot_exit(pilot_id, session)
+    return Response(status_code=204)
+
+
+@router.post("/pilots/{pilot_id}/lost", status_code=204)
+async def pilot_lost(pilot_id: PilotId, lost: PilotLost, http: Request, session: Session = None) -> Response:
+    """A pilot daemon says its pilot application died (with the session the application left it): the pilot is
+    dead and its jobs are retried at once instead of after its heartbeat timeout. Saying it twice is harmless."""
+    exchanges: Exchanges = http.app.state.exchanges
+    await exchanges.pilot_lost(pilot_id, session, lost.reason)
     return Response(status_code=204)

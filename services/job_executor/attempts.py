@@ -6,6 +6,7 @@ pilot AND status IN (...)``; a superseded pilot's late report matches nothing an
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +16,9 @@ from common.pilot_protocol import InputFile, JobReport, JobSpec, StagedFile
 from common.policies import memory_for_attempt
 from common.settings import Settings
 from common.states import FileRole, FileState
+from common.storage import UnsafeStoragePath, remove_beneath
+
+log = logging.getLogger("wms.job_executor")
 
 
 class ReportInvalid(ValueError):
@@ -77,3 +81,13 @@ def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs
         output_dataset=task.output_dataset, log_dataset=log_dataset(task.output_dataset),
         output_url_prefix=storage_prefix(settings, task.output_dataset, job_id, attempt),
         wall_time_s=int(payload.get("wall_time_s") or settings.job_wall_time_s))
+
+
+def remove_attempts(prefixes: list[str], storage_root: str) -> None:
+    """Delete the storage directories of attempts that ended without registering anything (lost: a report would
+    have ended them)."""
+    for prefix in prefixes:
+        try:
+            remove_beneath(prefix, storage_root)
+        except (OSError, UnsafeStoragePath) as exc:
+            log.warning("a lost attempt's files could not be removed", extra={"prefix": prefix, "error": str(exc)})

@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common.db import ready_jobs
@@ -40,8 +40,8 @@ from services.job_executor.attempts import (
     staged_file_row,
     storage_prefix,
 )
-from services.job_executor.pilot_sessions import PilotSessions
-from services.job_executor.retries import retry_or_fail, retry_policy
+from services.job_executor.pilot_sessions import PilotEnded, PilotSessions
+from services.job_executor.retries import lose_jobs, retry_or_fail, retry_policy
 
 log = logging.getLogger("wms.job_executor.exchange")
 # A held job's heartbeat is rewritten only when older than this fraction of the pilot timeout (beats off the hot
@@ -140,7 +140,10 @@ class Exchanges:
         self.on_job_ended = on_job_ended
         self._tasks: dict[int, Record] = {}  # task id -> (payload, output dataset): fixed at registration
 
-    async def exchange(self, pilot_id: int, session: str | None, request: ExchangeRequest) -> ExchangeReply:
+    async def exchange(self, pilot_id: int, session: str | None, request: ExchangeRequest,
+                       caller_gone: Callable[[], Awaitable[bool]] | None = None) -> ExchangeReply:
+        """``caller_gone``: whether the pilot has hung up (a closed connection); a claim that waited is not made
+        for a pilot that has gone (its jobs would wait for its heartbeat timeout)."""
         ended_tasks: set[int] = set()
         async with self.engine.begin() as conn:
             pilot = await self.sessions.authenticate(conn, pilot_id, session)
@@ -163,11 +166,46 @@ class Exchanges:
         while not specs and request.want and (left := deadline - clock.time()) > 0:
             if not await self.watcher.wait(left, resource_types_served(pilot.resource_type), request.want):
                 break
+            if caller_gone is not None and await caller_gone():
+                log.info("a waiting claim's pilot has gone: nothing claimed", extra={"pilot_id": pilot_id})
+                break
             async with self.engine.begin() as conn:
                 pilot = await self.sessions.authenticate(conn, pilot_id, session)
                 specs = await self._claim(conn, pilot, request.want, request.request_id)
                 await hot.set_pilot_load(conn, pilot_id)
         return ExchangeReply(reports=outcomes, abort=abort, jobs=specs)
+
+    async def give_back(self, pilot_id: int, jobs: list[tuple[int, int]], reason: str) -> int:
+        """Jobs (id, attempt) an answer carried that never reached its pilot: ready again at once (their attempts
+        end as lost, counted against no budget), and waiting claims are told. The number given back."""
+        async with self.engine.begin() as conn:
+            back = await hot.give_back(conn, pilot_id, jobs, reason)
+            for row in back:
+                await ready_jobs.announce(conn, ready_jobs.Ready(row.resource_type, row.jobs))
+        given = sum(int(row.jobs) for row in back)
+        if given:
+            log.warning("jobs given back: their answer could not be delivered", extra={
+                "pilot_id": pilot_id, "jobs": given, "reason": reason})
+        return given
+
+    async def pilot_lost(self, pilot_id: int, session: str | None, reason: str) -> None:
+        """The pilot application died (its daemon says so, with the session it left): the pilot is dead and its
+        jobs are lost at once (retried within the infrastructure budget), not after its heartbeat timeout.
+        Saying it again changes nothing."""
+        async with self.engine.begin() as conn:
+            try:
+                await self.sessions.authenticate(conn, pilot_id, session)
+            except PilotEnded:
+                return  # dead or exited already: what it held was dealt with then
+            await queries.declare_pilot_dead(conn, pilot_id)
+            in_flight = await queries.in_flight_of_pilot(conn, pilot_id)
+            lost = await lose_jobs(conn, self.settings, in_flight, self.retry_policy,
+                                   f"the pilot application died, said its daemon: {reason}")
+        log.warning("pilot lost, said its daemon", extra={"pilot_id": pilot_id, "retried": len(lost.retried),
+                                                          "failed": len(lost.failed), "reason": reason})
+        await lost.remove_staged(self.settings)
+        for task_id in {row.task_id for row in lost.failed}:
+            self.on_job_ended(task_id)
 
     # --- reports ---------------------------------------------------------------------------------------------
 

@@ -157,6 +157,23 @@ _PILOT_LOAD = sa.text(f"""
      WHERE p.id = :pilot AND p.status IN ({LIVE})""")
 
 
+# Jobs an exchange claimed whose answer could not be delivered (the pilot had gone): back to ready at once, their
+# attempts ended as lost without counting against the job's budgets (they never reached a pilot).
+_GIVE_BACK = sa.text(f"""
+    WITH back AS (
+        UPDATE job_dat j SET status = {READY}, pilot_id = NULL, claim_request_id = NULL, not_before = NULL
+          FROM unnest(CAST(:job_ids AS bigint[]), CAST(:attempts AS integer[])) AS r(job_id, attempt)
+         WHERE j.id = r.job_id AND j.attempt = r.attempt AND j.pilot_id = :pilot
+           AND j.status IN ({may_move_sql(JOB_MACHINE, JobState.READY, only_from=[JobState.DISPATCHED])})
+        RETURNING j.id, j.attempt, j.resource_type),
+    closed AS (
+        UPDATE job_attempt a
+           SET outcome = {_sql_list([AttemptOutcome.LOST])}, finished_at = now(), error_category = 'lost',
+               error_message = :reason
+         WHERE a.job_id = ANY(ARRAY(SELECT id FROM back)) AND (a.job_id, a.attempt) IN (SELECT id, attempt FROM back)
+           AND a.outcome = {_sql_list([AttemptOutcome.RUNNING])})
+    SELECT resource_type, count(*) AS jobs FROM back GROUP BY resource_type""")
+
 # What payloads used, as their pilots measured it (final figures with a report, the latest with a beat now and
 # then): one statement for all of an exchange's figures, only for attempts of this pilot.
 _USAGE = sa.text("""
@@ -247,6 +264,14 @@ async def record_usage(conn: AsyncConnection, pilot_id: int, figures: list[tuple
     for name in USAGE_FIELDS:
         params[name] = [getattr(f[2], name) for f in figures]
     return list((await conn.execute(_USAGE, params)).all())
+
+
+async def give_back(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]],
+                    reason: str) -> list[Record]:
+    """The pilot's dispatched attempts among ``keys`` back to ready (never delivered); (resource_type, jobs)."""
+    if not keys:
+        return []
+    return list((await conn.execute(_GIVE_BACK, {**_keys(keys), "pilot": pilot_id, "reason": reason})).all())
 
 
 async def beat_jobs(conn: AsyncConnection, pilot_id: int, keys: list[tuple[int, int]], fresh_s: float) -> set[int]:

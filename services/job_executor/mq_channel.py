@@ -1,12 +1,12 @@
 """The pilot conversation over RabbitMQ: request/reply on the pilots exchange.
 
 A pilot publishes ``pilot.claim.<cpu|gpu>`` (taken from the cpu or gpu claims queue) and ``pilot.register``,
-``pilot.heartbeat``, ``pilot.report``, ``pilot.exit`` (the pilot-events queue), each with reply_to and a
-correlation id; the answer carries the same status codes as the REST API. The request is acknowledged once the
-claim (or report) is committed and the reply published: a running job is tracked by its heartbeats in
-PostgreSQL, never by an unacknowledged delivery. A request redelivered after a crash is answered again: claims
-carry the pilot's request id (the same job comes back), reports are fenced and repeat-safe. A database outage
-is answered 503, which the pilot retries.
+``pilot.heartbeat``, ``pilot.report``, ``pilot.exit``, ``pilot.exchange`` (the pilot-events queue; its daemon
+``pilot.lost``), each with reply_to and a correlation id; the answer carries the same status codes as the REST API.
+The request is acknowledged once the claim (or report) is committed and the reply published: a running job is tracked
+by its heartbeats in PostgreSQL, never by an unacknowledged delivery. A request redelivered after a crash is answered
+again: claims carry the pilot's request id (the same job comes back), reports are fenced and repeat-safe. A database
+outage is answered 503, which the pilot retries.
 """
 from __future__ import annotations
 
@@ -59,7 +59,13 @@ class PilotMqChannel:
             raise BadMessage(f"reply_to {message.reply_to[:200]!r} is not a reply queue of the request's credential")
         with observe_message(SERVICE, envelope.type):
             reply = await self._answer(envelope.type, call)
-        await self.broker.reply(message, wrap("pilot.reply", reply))
+        if not await self.broker.reply(message, wrap("pilot.reply", reply)) and call.pilot_id is not None:
+            # the pilot has gone (its reply queue went with its connection): what the answer carried is given
+            # back at once instead of waiting for its heartbeat timeout
+            carried = jobs_carried(envelope.type, reply)
+            if carried:
+                await self.exchanges.give_back(call.pilot_id, carried, "the answer carrying the job could not be "
+                                               "delivered: the pilot had gone")
 
     async def _answer(self, op: str, call: PilotCall) -> PilotReply:
         try:
@@ -82,6 +88,8 @@ class PilotMqChannel:
                                                            _need(call.report)),
             "pilot.exit": lambda: self.sessions.pilot_exit(_need(call.pilot_id), call.session),
             "pilot.exchange": lambda: self.exchanges.exchange(_need(call.pilot_id), call.session, _need(call.exchange)),
+            "pilot.lost": lambda: self.exchanges.pilot_lost(_need(call.pilot_id), call.session,
+                                                            _need(call.lost).reason),
         }
         handler = handlers.get(op)
         if handler is None:
@@ -106,8 +114,19 @@ class PilotMqChannel:
             log.warning("pilot request met an outage", extra={"operation": op, "error": f"{type(exc).__name__}"})
             return PilotReply(status=503, detail="database unavailable, retry later")
         body: dict[str, Any] | None = result.model_dump(mode="json") if isinstance(result, BaseModel) else None
-        status = 204 if result is None and op.startswith("pilot.claim") else 200
+        status = 204 if result is None and (op.startswith("pilot.claim") or op == "pilot.lost") else 200
         return PilotReply(status=status, body=body)
+
+
+def jobs_carried(op: str, reply: PilotReply) -> list[tuple[int, int]]:
+    """(job, attempt) of the jobs an answer hands to its pilot."""
+    if reply.status != 200 or reply.body is None:
+        return []
+    if op == "pilot.exchange":
+        return [(int(j["job_id"]), int(j["attempt"])) for j in reply.body.get("jobs", [])]
+    if op.startswith("pilot.claim"):
+        return [(int(reply.body["job_id"]), int(reply.body["attempt"]))]
+    return []
 
 
 def _need(value: Any) -> Any:

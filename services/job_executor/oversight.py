@@ -29,10 +29,10 @@ from common.outbox import add_event
 from common.policies import job_state_for_task
 from common.settings import Settings
 from common.states import AttemptOutcome, JobState, TaskState
-from common.storage import UnsafeStoragePath, open_beneath, remove_beneath
+from common.storage import UnsafeStoragePath, open_beneath
 from services.job_executor import errors, queries
-from services.job_executor.attempts import log_dataset, storage_prefix
-from services.job_executor.retries import retry_or_fail, retry_policy
+from services.job_executor.attempts import log_dataset
+from services.job_executor.retries import lose_jobs, retry_or_fail, retry_policy
 
 log = logging.getLogger("wms.job_executor")
 LOST_SWEEP_LOCK = 0x5BD_0001
@@ -46,15 +46,6 @@ MIN_ROUND_S = 0.1
 # The move that brings a task's queued jobs to the state its task calls for (common.policies): (only from).
 QUEUED_JOB_MOVES: dict[JobState, list[JobState]] = {JobState.HELD: [JobState.READY], JobState.READY: [JobState.HELD]}
 CLOSE_RETRY_S = 5.0
-
-
-def remove_attempts(prefixes: list[str], storage_root: str) -> None:
-    """Delete the storage directories of attempts that ended without registering anything."""
-    for prefix in prefixes:
-        try:
-            remove_beneath(prefix, storage_root)
-        except (OSError, UnsafeStoragePath) as exc:
-            log.warning("a lost attempt's files could not be removed", extra={"prefix": prefix, "error": str(exc)})
 
 
 def verify_on_storage(rows: list[Record], storage_root: str) -> dict[int, str]:
@@ -120,20 +111,13 @@ class Oversight:
             in_flight = await queries.lost_in_flight(conn, timeout)
             if not in_flight:
                 return 0
-            message = "pilot stopped heartbeating"
-            retried, failed = await retry_or_fail(conn, in_flight, self.retry_policy, "lost", message, None)
-            keys = [(j.id, j.attempt) for j in in_flight]
-            await queries.end_attempts(conn, keys, AttemptOutcome.LOST, None, "lost", message)
-            errors.attempts_failed("lost", len(keys))
-            datasets = await queries.output_datasets_of(conn, [j.id for j in in_flight])
-        log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(retried), "failed": len(failed)})
-        # what a lost attempt staged was never registered (a report would have ended it): nothing of it stays
-        await asyncio.to_thread(remove_attempts, [storage_prefix(self.settings, datasets[job_id][1], job_id, attempt)
-                                                  for job_id, attempt in keys if job_id in datasets],
-                                self.settings.storage_root)
-        if failed:
+            lost = await lose_jobs(conn, self.settings, in_flight, self.retry_policy, "pilot stopped heartbeating")
+        log.warning("jobs lost", extra={"dead_pilots": dead, "retried": len(lost.retried),
+                                        "failed": len(lost.failed)})
+        await lost.remove_staged(self.settings)
+        if lost.failed:
             self.wake()
-        return len(keys)
+        return len(in_flight)
 
     async def sweep_overrun_jobs(self) -> int:
         """Jobs in flight past their wall time plus grace: a pilot that does not enforce it (broken, hostile, or

@@ -94,6 +94,13 @@ async def attempt_in_flight(conn: AsyncConnection, job_id: int, attempt: int, pi
     return list((await conn.execute(stmt)).all())
 
 
+async def in_flight_of_pilot(conn: AsyncConnection, pilot_id: int) -> list[Record]:
+    """The pilot's jobs in flight (with what the retry policy needs), locked."""
+    stmt = sa.select(*RETRY_FACTS).where(jobs.c.pilot_id == pilot_id, jobs.c.status.in_(JOBS_IN_FLIGHT)
+                                         ).with_for_update()
+    return list((await conn.execute(stmt)).all())
+
+
 async def lost_in_flight(conn: AsyncConnection, timeout_s: float) -> list[Record]:
     """In-flight jobs whose pilot is dead (declared by this sweep, or by the pilot factory when its batch job
     ended), or whose own heartbeat stopped (with what the retry policy needs)."""
@@ -194,6 +201,17 @@ async def insert_staged_files(conn: AsyncConnection, rows: list[dict[str, Any]])
     """Outputs and logs; an lfn already registered in the dataset (a repeated final report) is skipped."""
     if rows:
         await conn.execute(insert(files).on_conflict_do_nothing(), rows)
+
+
+async def declare_pilot_dead(conn: AsyncConnection, pilot_id: int) -> bool:
+    """The pilot is dead (its daemon said so): False if it had ended already."""
+    stmt = (
+        sa.update(pilots)
+        .where(pilots.c.id == pilot_id, may_move(pilots.c.status, PILOT_MACHINE, PilotState.DEAD))
+        .values(status=PilotState.DEAD, ended_at=sa.func.now(), current_job_id=None)
+        .returning(pilots.c.id)
+    )
+    return (await conn.execute(stmt)).first() is not None
 
 
 async def declare_dead_pilots(conn: AsyncConnection, timeout_s: float) -> list[int]:
