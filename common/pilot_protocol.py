@@ -92,6 +92,8 @@ class PilotSession(BaseModel):
     pilot_id: int
     session: str = Field(description="secret to present with every later call (X-Pilot-Session)")
     heartbeat_interval_s: float
+    prefetch: int = Field(0, description="jobs it may hold beyond its slots (they wait on the node for a slot; "
+                          "the job-executor's setting for its queue)")
 
 
 class ClaimRequest(BaseModel):
@@ -123,6 +125,8 @@ class JobSpec(BaseModel):
     network: bool = True
     memory_mb: int = Field(2000, description="the memory this attempt may use (the task's, more after a memory "
                            "failure); the pilot's limit is this times its site factor")
+    cores: int = Field(1, description="the cores it takes (its task's)")
+    gpus: int = Field(0, description="the GPUs it takes (a GPU job one)")
     inputs: list[InputFile]
     output_dataset: str
     log_dataset: str = Field(description="where the job's log goes: <output_dataset>.log, so the output dataset "

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     # The server enforces wall time too: a job running longer than its wall time plus this grace is failed
     # (category 'timeout', retried within max_attempts) and its pilot told to abort at its next heartbeat.
     wall_time_grace_s: float = Field(60.0, ge=0)
+    # Prefetch per queue (resource type): a pilot may hold this many jobs beyond its slots, waiting on the node
+    # (dispatched, not running) for a slot to free, so that single-slot pilots of short jobs pay one exchange for
+    # several jobs. Each prefetched job fits the pilot on its own; all it holds fit (slots + prefetch) / slots
+    # times its cores, memory and GPUs. Its wall time counts from its start; waiting, it is bounded by
+    # (prefetch + 1) wall times. E.g. WMS_PILOT_PREFETCH='{"cpu": 3}'.
+    pilot_prefetch: dict[str, Annotated[int, Field(ge=0, le=64)]] = Field(default_factory=lambda: {"cpu": 0, "gpu": 0})
     # A job that went over its memory is retried once with its memory times this factor (as PanDA does); a second
     # memory failure is final.
     memory_retry_factor: float = Field(2.0, ge=1.0, le=16.0)
@@ -145,6 +151,14 @@ class Settings(BaseSettings):
     housekeeping_interval_s: float = Field(600.0, gt=0)
 
     log_level: str = "INFO"
+
+    @field_validator("pilot_prefetch")
+    @classmethod
+    def _prefetch_per_queue(cls, prefetch: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(prefetch) - {"cpu", "gpu"})
+        if unknown:
+            raise ValueError(f"prefetch is set per queue (cpu, gpu), not for {', '.join(unknown)}")
+        return prefetch
 
     @field_validator("api_tokens")
     @classmethod

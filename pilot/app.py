@@ -1,8 +1,9 @@
 """The pilot application: register, then run up to ``slots`` jobs at once until its lifetime or idle limit.
 
 It talks protocol 2 (docs/dispatch.md): each cycle is one exchange that carries the reports of its jobs, the
-heartbeat of those in flight, and a request for as many jobs as it has free slots (the job-executor gives what
-fits its cores, memory and GPUs). A cycle runs when a job has something to report, at least every heartbeat
+heartbeat of those in flight, and a request for as many jobs as it has free slots, plus what its queue lets it
+prefetch (the job-executor gives what fits its cores, memory and GPUs; a prefetched job waits on the node for a
+slot, pilot/slots.py). A cycle runs when a job has something to report, at least every heartbeat
 interval, and, while slots are free, as a long poll that the job-executor answers when work appears.
 
 Each job: stage in, report running, run the payload with the pilot's runtime (pilot/runtimes: a sandbox by
@@ -60,6 +61,7 @@ from pilot.payload import Limits, PayloadResult, run_payload
 from pilot.resources import identify
 from pilot.runtimes import Launch, RuntimeUnavailable
 from pilot.runtimes.select import make_runtime, prove
+from pilot.slots import NodeRoom, Slots
 from pilot.staging import StagingError, Throttle, UnsafeFile, open_regular, remove_staged, stage_in, stage_out
 
 log = logging.getLogger("wms.pilot")
@@ -123,6 +125,7 @@ class Pilot:
         self.workdir = Path(settings.workdir)
         self.private = self.workdir / ".pilot"  # the pilot's own files (payload logs): never in a sandbox
         self.memory_mb = settings.memory_mb or 0  # what it offers (set at registration)
+        self.slots: Slots | None = None  # its room on the node (set at registration)
 
     async def prepare(self) -> None:
         """Make the work area and prove the runtime on this node (RuntimeUnavailable if it does not work)."""
@@ -199,7 +202,9 @@ class Pilot:
         log.info("pilot registered", extra={"pilot_id": session.pilot_id, **registration.model_dump()})
         try:
             leave_session(self.settings.session_file, session)
-            return await self._cycles(registration.slots)
+            self.slots = Slots(NodeRoom(registration.slots, registration.cores, registration.memory_mb,
+                                        registration.gpus))
+            return await self._cycles(registration.slots + session.prefetch)
         except Stopped:
             return EXIT_OK
         except ChannelRefused as exc:
@@ -221,7 +226,7 @@ class Pilot:
                 Path(self.settings.session_file).unlink(missing_ok=True)
             log.info("pilot ended", extra={"pilot_id": self.channel.pilot_id})
 
-    async def _cycles(self, slots: int) -> int:
+    async def _cycles(self, holds: int) -> int:
         """Exchange after exchange until the lifetime or the idle limit is reached, or a stop is asked for;
         then the running jobs finish and their reports are delivered."""
         started = idle_since = time.monotonic()
@@ -229,7 +234,7 @@ class Pilot:
             accepting = not self.stopping.is_set() and time.monotonic() - started < self.settings.lifetime_s
             if not accepting and not self.jobs and not self.pending:
                 return EXIT_OK
-            want = max(0, slots - len(self.jobs)) if accepting else 0
+            want = max(0, holds - len(self.jobs)) if accepting else 0  # its slots and what it may prefetch
             # free slots and nothing to report: wait at the server for work (shorter while jobs run, so their
             # reports do not wait long behind the poll)
             wait_s = 0.0
@@ -335,8 +340,15 @@ class Pilot:
             self.jobs[spec.job_id] = job
 
     async def _run_and_forget(self, job: RunningJob) -> None:
+        slots = self.slots
+        assert slots is not None, "jobs come only after registration"
         try:
-            await self.run_job(job.spec, job.abort, job)
+            if not await slots.take(job.spec, job.abort):
+                return  # aborted while it waited for a slot: nothing ran, nothing to report
+            try:
+                await self.run_job(job.spec, job.abort, job)
+            finally:
+                await slots.give(job.spec)
         except Exception:
             log.exception("job crashed in the pilot", extra={"job_id": job.spec.job_id})
         finally:

@@ -68,7 +68,7 @@ def staged_file_row(task_id: int, job_id: int, dataset: str, f: StagedFile, role
 
 
 def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs: Sequence[Record],
-             last_error: str | None = None) -> JobSpec:
+             last_error: str | None = None, gpus: int = 0) -> JobSpec:
     """What a pilot needs to run this attempt: ``task`` (id, payload, output dataset, memory) and the job's inputs;
     ``last_error``: how its previous attempt failed."""
     payload = task.payload
@@ -77,6 +77,7 @@ def job_spec(settings: Settings, job_id: int, attempt: int, task: Record, inputs
         env=payload.get("env", {}), container_image=payload.get("container_image"),
         network=payload.get("network", True),
         memory_mb=memory_for_attempt(task.memory_mb, last_error, settings.memory_retry_factor),
+        cores=task.cores, gpus=gpus,
         inputs=[InputFile(lfn=f.lfn, url=f.url, size=f.size, adler32=f.adler32) for f in inputs],
         output_dataset=task.output_dataset, log_dataset=log_dataset(task.output_dataset),
         output_url_prefix=storage_prefix(settings, task.output_dataset, job_id, attempt),

@@ -326,14 +326,19 @@ class Exchanges:
         if request_id is not None and held.by_request:  # a retried exchange gets back what it claimed
             again = await queries.jobs_claimed_by_request(conn, pilot.id, request_id)
             return await self._specs(conn, again, await hot.inputs_of(conn, [r.id for r in again]))
-        slots = min(want, pilot.slots - held.jobs)
-        cores, memory = pilot.cores - held.cores, pilot.memory_mb - held.memory_mb
+        # prefetch: the pilot may hold more jobs than its slots, waiting on its node for one; what it holds fits
+        # (slots + prefetch) / slots times its resources, each job fits the pilot on its own
+        prefetch = self.settings.pilot_prefetch.get(pilot.resource_type, 0)
+        scale = (pilot.slots + prefetch) / pilot.slots
+        slots = min(want, pilot.slots + prefetch - held.jobs)
+        cores, memory = int(pilot.cores * scale) - held.cores, int(pilot.memory_mb * scale) - held.memory_mb
         specs: list[JobSpec] = []
         for resource_type in resource_types_served(pilot.resource_type):
             limit = slots - len(specs)
             if resource_type == "gpu":
-                limit = min(limit, pilot.gpus - held.gpu_jobs)  # a GPU job takes one GPU
-            got, inputs = await hot.claim_jobs(conn, pilot.id, resource_type, cores, memory, limit, request_id)
+                limit = min(limit, int(pilot.gpus * scale) - held.gpu_jobs)  # a GPU job takes one GPU
+            got, inputs = await hot.claim_jobs(conn, pilot.id, resource_type, cores, memory, limit, request_id,
+                                               pilot.cores, pilot.memory_mb)
             if got:
                 contexts = await self._task_contexts(conn, [r.task_id for r in got])
                 for r in got:  # what these jobs take from the free cores and memory
@@ -354,5 +359,6 @@ class Exchanges:
         if not claimed:
             return []
         contexts = await self._task_contexts(conn, [r.task_id for r in claimed])
-        return [job_spec(self.settings, r.id, r.attempt, contexts[r.task_id], inputs[r.id], r.last_error)
+        return [job_spec(self.settings, r.id, r.attempt, contexts[r.task_id], inputs[r.id], r.last_error,
+                         gpus=1 if r.resource_type == "gpu" else 0)
                 for r in claimed]

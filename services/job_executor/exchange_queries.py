@@ -78,7 +78,8 @@ _CLAIM = sa.text(f"""
          WHERE j.status = {READY} AND j.resource_type = :resource_type
            AND (j.not_before IS NULL OR j.not_before <= now())
            AND t.status IN ({_sql_list(TASK_STATES_WHOSE_JOBS_PROCEED)})
-           AND t.cores <= :free_cores AND t.memory_mb <= :free_memory
+           AND t.cores <= least(CAST(:free_cores AS integer), CAST(:job_cores AS integer))
+           AND t.memory_mb <= least(CAST(:free_memory AS integer), CAST(:job_memory AS integer))
          ORDER BY j.dispatch_key, j.id
          LIMIT :limit
          FOR UPDATE OF j SKIP LOCKED),
@@ -91,10 +92,10 @@ _CLAIM = sa.text(f"""
            SET status = {DISPATCHED}, pilot_id = :pilot, attempt = j.attempt + 1, started_at = now(),
                heartbeat_at = now(), finished_at = NULL, not_before = NULL, claim_request_id = :request_id
          WHERE j.id = ANY(ARRAY(SELECT id FROM fitting)) AND j.status IN ({_sources(JobState.DISPATCHED)})
-        RETURNING j.id, j.attempt, j.task_id, j.dispatch_key, j.error_category AS last_error),
+        RETURNING j.id, j.attempt, j.task_id, j.dispatch_key, j.error_category AS last_error, j.resource_type),
     opened AS (
         INSERT INTO job_attempt (job_id, attempt, pilot_id) SELECT id, attempt, :pilot FROM claimed)
-    SELECT c.id, c.attempt, c.task_id, c.last_error, f.lfn, f.url, f.size, f.adler32
+    SELECT c.id, c.attempt, c.task_id, c.last_error, c.resource_type, f.lfn, f.url, f.size, f.adler32
       FROM claimed c LEFT JOIN LATERAL (
            SELECT id, role, lfn, url, size, adler32 FROM file_dat WHERE job_id = c.id OFFSET 0) AS f
            ON f.role = {INPUT}
@@ -105,8 +106,10 @@ _INPUTS = sa.text(f"""
       FROM (SELECT * FROM file_dat WHERE job_id = ANY(CAST(:job_ids AS bigint[])) OFFSET 0) AS f
      WHERE role = {INPUT} ORDER BY id""")
 
+# A job's wall time counts from its start: started_at, the dispatch time until then, becomes the running start (a
+# prefetched job waits on its pilot's node, dispatched, for a slot).
 _START_RUNNING = sa.text(f"""
-    UPDATE job_dat j SET status = {RUNNING}, heartbeat_at = now()
+    UPDATE job_dat j SET status = {RUNNING}, heartbeat_at = now(), started_at = now()
       FROM unnest(CAST(:job_ids AS bigint[]), CAST(:attempts AS integer[])) AS r(job_id, attempt)
      WHERE j.id = r.job_id AND j.attempt = r.attempt AND j.pilot_id = :pilot
        AND j.status IN ({_sources(JobState.RUNNING)})
@@ -197,6 +200,7 @@ class Claimed(NamedTuple):
     attempt: int
     task_id: int
     last_error: str | None = None  # how the job's previous attempt failed (a memory failure gets more memory)
+    resource_type: str = "cpu"
 
 
 async def held_capacity(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID | None) -> Record:
@@ -206,21 +210,23 @@ async def held_capacity(conn: AsyncConnection, pilot_id: int, request_id: uuid.U
 
 
 async def claim_jobs(conn: AsyncConnection, pilot_id: int, resource_type: str, free_cores: int, free_memory_mb: int,
-                     limit: int, request_id: uuid.UUID | None) -> tuple[list[Claimed], dict[int, list[Record]]]:
+                     limit: int, request_id: uuid.UUID | None, job_cores: int, job_memory_mb: int
+                     ) -> tuple[list[Claimed], dict[int, list[Record]]]:
     """Up to ``limit`` of the highest-priority ready jobs of ``resource_type`` that together fit the free cores and
-    memory, dispatched to the pilot with their attempts opened, and their input files. The candidates are locked
-    with SKIP LOCKED (concurrent claims never wait for each other nor take the same job); of them, the longest
-    run in priority order that fits is taken."""
+    memory, each within ``job_cores`` and ``job_memory_mb`` (the pilot's: what one job may take), dispatched to the
+    pilot with their attempts opened, and their input files. The candidates are locked with SKIP LOCKED
+    (concurrent claims never wait for each other nor take the same job); of them, the longest run in priority
+    order that fits is taken."""
     if limit <= 0 or free_cores <= 0 or free_memory_mb <= 0:
         return [], {}
     rows = (await conn.execute(_CLAIM, {
         "pilot": pilot_id, "resource_type": resource_type, "free_cores": free_cores, "free_memory": free_memory_mb,
-        "limit": limit, "request_id": request_id})).all()
+        "limit": limit, "request_id": request_id, "job_cores": job_cores, "job_memory": job_memory_mb})).all()
     claimed: dict[int, Claimed] = {}
     inputs: dict[int, list[Record]] = {}
     for row in rows:
         if row.id not in claimed:
-            claimed[row.id] = Claimed(row.id, row.attempt, row.task_id, row.last_error)
+            claimed[row.id] = Claimed(row.id, row.attempt, row.task_id, row.last_error, row.resource_type)
             inputs[row.id] = []
         if row.lfn is not None:
             inputs[row.id].append(row)

@@ -126,7 +126,7 @@ class Oversight:
             if not await queries.try_lead(conn, WALL_TIME_SWEEP_LOCK):
                 return 0
             overrun = await queries.overrun_in_flight(conn, self.settings.job_wall_time_s,
-                                                      self.settings.wall_time_grace_s)
+                                                      self.settings.wall_time_grace_s, self.settings.pilot_prefetch)
             if not overrun:
                 return 0
             message = "wall time exceeded (enforced by the job-executor)"

@@ -90,7 +90,8 @@ class PilotSessions:
                 conn, {**registration.model_dump(), "session_hash": _hash(session), "channel": channel,
                        "credential_id": grant.credential_id}
             )
-        return PilotSession(pilot_id=pilot_id, session=session, heartbeat_interval_s=self.settings.heartbeat_interval_s)
+        return PilotSession(pilot_id=pilot_id, session=session, heartbeat_interval_s=self.settings.heartbeat_interval_s,
+                            prefetch=self.settings.pilot_prefetch.get(registration.resource_type, 0))
 
     async def authenticate(self, conn: Transaction, pilot_id: int, session: str | None) -> Record:
         pilot = await queries.select_pilot(conn, pilot_id)

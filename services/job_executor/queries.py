@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -111,14 +112,23 @@ async def lost_in_flight(conn: AsyncConnection, timeout_s: float) -> list[Record
     return list((await conn.execute(stmt)).all())
 
 
-async def overrun_in_flight(conn: AsyncConnection, default_wall_time_s: int, grace_s: float) -> list[Record]:
-    """In-flight jobs started longer ago than their task's wall time (payload.wall_time_s, else the default)
-    plus ``grace_s`` (with what the retry policy needs), locked."""
+async def overrun_in_flight(conn: AsyncConnection, default_wall_time_s: int, grace_s: float,
+                            prefetch: Mapping[str, int]) -> list[Record]:
+    """In-flight jobs past their task's wall time (payload.wall_time_s, else the default) plus ``grace_s`` (with
+    what the retry policy needs), locked. A running job's wall time counts from its start; a dispatched one (staging
+    in, or prefetched and waiting for a slot on its pilot's node) is given ``prefetch`` + 1 wall times from its
+    dispatch, ``prefetch`` being its queue's."""
     wall_time = sa.func.coalesce(sa.cast(tasks.c.payload["wall_time_s"].astext, sa.Float), default_wall_time_s)
     limit = sa.select(wall_time).where(tasks.c.id == jobs.c.task_id).scalar_subquery()
+    waits = sa.case(*((jobs.c.resource_type == queue, depth + 1) for queue, depth in sorted(prefetch.items())),
+                    else_=1) if prefetch else sa.literal(1)
+    since = sa.func.now() - jobs.c.started_at
     stmt = sa.select(*RETRY_FACTS).where(
         jobs.c.status.in_(JOBS_IN_FLIGHT),
-        jobs.c.started_at < sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, limit + grace_s),
+        sa.or_(sa.and_(jobs.c.status == JobState.RUNNING,
+                       since > sa.func.make_interval(0, 0, 0, 0, 0, 0, limit + grace_s)),
+               sa.and_(jobs.c.status != JobState.RUNNING,
+                       since > sa.func.make_interval(0, 0, 0, 0, 0, 0, limit * waits + grace_s))),
     ).with_for_update()
     return list((await conn.execute(stmt)).all())
 
@@ -427,7 +437,8 @@ async def ended_tasks_with_open_outputs(conn: AsyncConnection) -> list[tuple[int
 async def jobs_claimed_by_request(conn: AsyncConnection, pilot_id: int, request_id: uuid.UUID) -> list[Record]:
     """The attempts a claim or exchange ``request_id`` produced that the pilot still holds (its retry gets them
     back instead of more jobs)."""
-    stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id, jobs.c.error_category.label("last_error")).where(
+    stmt = sa.select(jobs.c.id, jobs.c.attempt, jobs.c.task_id, jobs.c.error_category.label("last_error"),
+                     jobs.c.resource_type).where(
         jobs.c.pilot_id == pilot_id, jobs.c.claim_request_id == request_id, jobs.c.status.in_(JOBS_IN_FLIGHT))
     return list((await conn.execute(stmt)).all())
 

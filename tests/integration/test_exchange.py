@@ -185,3 +185,57 @@ async def test_a_beat_writes_only_heartbeats_that_are_getting_old(job_executor, 
         after = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.heartbeat_at))).all())
     assert after[fresh["job_id"]] == before[fresh["job_id"]]  # not rewritten
     assert after[old["job_id"]] > before[old["job_id"]]  # renewed
+
+
+async def test_a_single_slot_pilot_prefetches_what_its_queue_allows_and_wall_time_counts_from_the_start(
+        settings, db, tmp_path) -> None:
+    """Prefetch (WMS_PILOT_PREFETCH, per queue): a 1-slot pilot holds up to 1 + prefetch jobs, each of which fits
+    it on its own; a prefetched job is dispatched (waiting on the node), and its wall time counts from its start:
+    waiting, it is overruled only after (prefetch + 1) wall times."""
+    from services.job_executor.app import create_app
+    from tests.conftest import running_app
+
+    tuned = settings.model_copy(update={"storage_root": str(tmp_path), "oversight_interval_s": 60,
+                                        "pilot_prefetch": {"cpu": 2, "gpu": 0}, "job_wall_time_s": 5,
+                                        "wall_time_grace_s": 1.0})
+    async with running_app(create_app(tuned)) as je:
+        big = await make_jobs(db, 1)  # a job larger than the pilot: never prefetched, whatever the budget
+        async with db.begin() as conn:
+            await conn.execute(sa.update(tasks).where(tasks.c.id == sa.select(jobs.c.task_id).where(
+                jobs.c.id == big[0]).scalar_subquery()).values(cores=5))
+        small = await make_jobs(db, 4)
+        response = await je.post("/pilot/v1/pilots", json={**api.REGISTRATION, "slots": 1, "cores": 4},
+                                 headers=api.PILOT)
+        assert response.json()["prefetch"] == 2  # the pilot learns what its queue allows
+        pilot_id = response.json()["pilot_id"]
+        auth = {**api.PILOT, "X-Pilot-Session": response.json()["session"]}
+        got = (await exchange(je, pilot_id, auth, want=8))["jobs"]
+        assert [j["job_id"] for j in got] == small[:3]  # 1 slot + 2 prefetched, the big one left
+        assert (await exchange(je, pilot_id, auth, want=8))["jobs"] == []  # it holds all it may
+        first, waiting, _ = got
+        await exchange(je, pilot_id, auth, reports=[{"job_id": first["job_id"], "attempt": 1, "state": "running"}])
+
+        async def ago(job_id: int, seconds: float) -> None:
+            async with db.begin() as conn:
+                await conn.execute(sa.update(jobs).where(jobs.c.id == job_id).values(
+                    started_at=sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, seconds)))
+        oversight = je.app.state.oversight
+        await ago(waiting["job_id"], 12)  # waited longer than one wall time, less than three: still fine
+        await ago(first["job_id"], 4)  # started running 4 s ago: within its wall time
+        assert await oversight.sweep_overrun_jobs() == 0
+        await ago(first["job_id"], 7)
+        await ago(waiting["job_id"], 20)
+        assert await oversight.sweep_overrun_jobs() == 2
+        async with db.connect() as conn:
+            states = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.error_category).where(
+                jobs.c.id.in_([first["job_id"], waiting["job_id"]])))).all())
+        assert set(states.values()) == {"timeout"}
+
+
+async def test_without_prefetch_a_pilot_holds_only_its_slots(job_executor, db) -> None:
+    await make_jobs(db, 3)
+    response = await job_executor.post("/pilot/v1/pilots", json={**api.REGISTRATION, "slots": 1},
+                                       headers=api.PILOT)
+    assert response.json()["prefetch"] == 0
+    pilot_id, auth = response.json()["pilot_id"], {**api.PILOT, "X-Pilot-Session": response.json()["session"]}
+    assert len((await exchange(job_executor, pilot_id, auth, want=8))["jobs"]) == 1
