@@ -9,9 +9,12 @@ production), and claim jobs for their free slots. One task of --jobs files at on
     .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 --history 10000000
     .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 20000 --job-executors 2
     .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 8 --jobs 10000 --rate 700
+    .venv/bin/python bench/dispatch_throughput.py --pilots 100 --slots 1 --prefetch 7 --jobs 10000
 
 --rate R makes the load open-loop: the task's dataset is open and grows by R files (jobs) per second, so the
 ready -> running latency measures dispatch at that load, not a queue of jobs made ready all at once.
+--prefetch P sets the job-executor's WMS_PILOT_PREFETCH for the CPU queue: each pilot holds up to slots + P jobs
+(no-op jobs: all it holds have run by its next exchange).
 --history N first fills JOB_DAT with N finished jobs of an ended task (a farm that has run for a while), so the
 figure can be compared with the one on an empty database.
 """
@@ -29,7 +32,7 @@ import uuid
 import sqlalchemy as sa
 from deployment import AMQP, bench_deployment, register_dataset, submit
 
-from common.db.models import jobs, tasks
+from common.db.models import job_attempts, jobs, tasks
 from common.dsm import DsmClient, DsmFile
 from common.pilot_protocol import ExchangeReport, ExchangeRequest, JobBeat, PilotRegistration
 from pilot.channels.mq import MqChannel
@@ -42,8 +45,9 @@ async def simulated_pilot(n: int, d: Deployment, server: str, channel_kind: str,
                           running_at: dict[int, float], stop: asyncio.Event) -> int:
     channel = (RestChannel(d.url(server), PILOT_TOKEN, 60) if channel_kind == "rest"
                else MqChannel(AMQP, d.env["WMS_BROKER_NAMESPACE"], PILOT_TOKEN, 60))
-    await channel.register(PilotRegistration(host=f"sim{n}", resource_type="cpu", cores=slots,
-                                             memory_mb=1000 * slots, slots=slots, version="bench"))
+    session = await channel.register(PilotRegistration(host=f"sim{n}", resource_type="cpu", cores=slots,
+                                                       memory_mb=1000 * slots, slots=slots, version="bench"))
+    holds = slots + session.prefetch
     done = 0
     held: list[JobBeat] = []  # claimed by the last exchange: reported running and finished in this one
     try:
@@ -56,7 +60,7 @@ async def simulated_pilot(n: int, d: Deployment, server: str, channel_kind: str,
                 running_at[j.job_id] = now
             done += len(held)
             reply = await channel.exchange(ExchangeRequest(
-                reports=reports, want=slots, request_id=uuid.uuid4(), wait_s=0.0 if reports else 1.0))
+                reports=reports, want=holds, request_id=uuid.uuid4(), wait_s=0.0 if reports else 1.0))
             held = [JobBeat(job_id=j.job_id, attempt=j.attempt) for j in reply.jobs]
     finally:
         await channel.close()
@@ -114,14 +118,15 @@ async def feed(d: Deployment, dataset: str, n_files: int, rate: float) -> None:
 
 
 async def run(n_pilots: int, slots: int, n_jobs: int, channel_kind: str, floor: int, per_slot: int,
-              history: int = 0, job_executors: int = 1, rate: float | None = None) -> dict:
+              history: int = 0, job_executors: int = 1, rate: float | None = None, prefetch: int = 0) -> dict:
     services = ("wms-dsm", "wms-task-manager", "wms-job-manager", "wms-task-executor", "wms-job-executor")
     stop = asyncio.Event()
     # open loop: the task-executor reads the growing dataset every 20 ms and relays chunks at once
     polls = {"WMS_DSM_POLL_INTERVAL_S": "0.02", "WMS_OUTBOX_POLL_INTERVAL_S": "0.02"} if rate else {
         "WMS_OUTBOX_POLL_INTERVAL_S": "0.2"}
     async with bench_deployment(services, WMS_DB_POOL_SIZE="20", WMS_BACKLOG_FLOOR=str(floor),
-                                WMS_BACKLOG_PER_SLOT=str(per_slot), **polls) as (d, engine):
+                                WMS_BACKLOG_PER_SLOT=str(per_slot),
+                                WMS_PILOT_PREFETCH=json.dumps({"cpu": prefetch, "gpu": 0}), **polls) as (d, engine):
         history_s = await fill_history(engine, history) if history else 0.0
         replicas = ["wms-job-executor"] + [f"job-executor-{i}" for i in range(2, job_executors + 1)]
         for replica in replicas[1:]:  # REST pilots are spread over them; MQ requests go to whichever consumes
@@ -156,14 +161,16 @@ async def run(n_pilots: int, slots: int, n_jobs: int, channel_kind: str, floor: 
             await asyncio.gather(*pilots)
         async with engine.connect() as conn:
             times = (await conn.execute(sa.select(
-                jobs.c.id, sa.func.extract("epoch", jobs.c.queued_at), sa.func.extract("epoch", jobs.c.started_at))
+                jobs.c.id, sa.func.extract("epoch", jobs.c.queued_at),
+                sa.func.extract("epoch", job_attempts.c.started_at))
+                .join(job_attempts, sa.and_(job_attempts.c.job_id == jobs.c.id, job_attempts.c.attempt == 1))
                 .where(jobs.c.task_id == task_id))).all()
-        # ready (queued_at, when the job-manager registers it) -> dispatched (started_at, the claim's statement)
+        # ready (queued_at, when the job-manager registers it) -> dispatched (the first attempt's start, the claim)
         # -> the pilot's running report (the exchange after the one that gave it the job)
         pct = _percentiles([running_at[j] - float(q) for j, q, _ in times if j in running_at])
         claim = _percentiles([float(c) - float(q) for _, q, c in times if c is not None])
         return {"channel": channel_kind, "pilots": n_pilots, "slots": slots, "jobs": n_jobs,
-                "job_executors": job_executors, "offered_jobs_per_s": rate or "closed loop",
+                "job_executors": job_executors, "prefetch": prefetch, "offered_jobs_per_s": rate or "closed loop",
                 "history_jobs": history, "history_fill_s": round(history_s, 1), "backlog_floor": floor,
                 "backlog_per_slot": per_slot, "seconds": round(elapsed, 2),
                 "jobs_per_s": round(n_jobs / elapsed), "latency_p50_ms": pct[49], "latency_p99_ms": pct[98],
@@ -188,10 +195,11 @@ async def main() -> None:
                         "open dataset) instead of all at once; the latency is then dispatch, not queueing")
     parser.add_argument("--backlog-floor", type=int, default=1000, help="WMS_BACKLOG_FLOOR (default as deployed)")
     parser.add_argument("--backlog-per-slot", type=int, default=2, help="WMS_BACKLOG_PER_SLOT")
+    parser.add_argument("--prefetch", type=int, default=0, help="WMS_PILOT_PREFETCH of the CPU queue")
     args = parser.parse_args()
     print(json.dumps({"machine": f"{platform.machine()} {os.cpu_count()} cores", "python": platform.python_version()}))
     print(json.dumps(await run(args.pilots, args.slots, args.jobs, args.channel, args.backlog_floor,
-                               args.backlog_per_slot, args.history, args.job_executors, args.rate)),
+                               args.backlog_per_slot, args.history, args.job_executors, args.rate, args.prefetch)),
           flush=True)
 
 

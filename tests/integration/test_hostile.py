@@ -16,13 +16,39 @@ WFMS = {"Authorization": f"Bearer {WFMS_TOKEN}"}
 OPERATOR = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
-async def _running_job(job_executor, db):  # noqa: F811
+class RunningJob:
+    """A job a pilot holds and runs, and the door its reports go through: the exchange (what pilots speak) or
+    protocol 1's single report (an adapter over the exchange); each hostile report is tried through both."""
+
+    def __init__(self, client, spec: dict, pilot_id: int, auth: dict, door: str) -> None:
+        self.client, self.spec, self.pilot_id, self.auth, self.door = client, spec, pilot_id, auth, door
+
+    async def report(self, final: dict) -> int:
+        """The report's status: the exchange's outcome for it, or protocol 1's HTTP status."""
+        if self.door == "single-call":
+            url = f"/pilot/v1/pilots/{self.pilot_id}/jobs/{self.spec['job_id']}/report"
+            return (await self.client.post(url, json=final, headers=self.auth)).status_code
+        reply = await self.client.post(f"/pilot/v1/pilots/{self.pilot_id}/exchange", headers=self.auth,
+                                       json={"reports": [{"job_id": self.spec["job_id"], **final}]})
+        if reply.status_code != 200:  # refused whole (malformed): nothing of it applied
+            return reply.status_code
+        (outcome,) = reply.json()["reports"]
+        return int(outcome["status"])
+
+
+@pytest.fixture(params=["exchange", "single-call"])
+def door(request) -> str:
+    return str(request.param)
+
+
+async def _running_job(job_executor, db, door: str = "exchange") -> RunningJob:  # noqa: F811
     (job_id,) = await make_jobs(db)
     pilot_id, auth = await register(job_executor)
-    spec = (await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)).json()
-    report = f"/pilot/v1/pilots/{pilot_id}/jobs/{job_id}/report"
-    assert (await job_executor.post(report, json={"attempt": 1, "state": "running"}, headers=auth)).status_code == 200
-    return spec, report, auth
+    reply = await job_executor.post(f"/pilot/v1/pilots/{pilot_id}/exchange", json={"want": 1}, headers=auth)
+    (spec,) = reply.json()["jobs"]
+    job = RunningJob(job_executor, spec, pilot_id, auth, door)
+    assert await job.report({"attempt": 1, "state": "running"}) == 200
+    return job
 
 
 async def _unchanged(db, job_id: int) -> None:
@@ -41,29 +67,28 @@ async def _unchanged(db, job_id: int) -> None:
     lambda spec: {**output_of(spec), "lfn": f"out/{spec['job_id'] + 1}/a.out"},
     lambda spec: {**output_of(spec), "lfn": "elsewhere/a.out"},
 ])
-async def test_outputs_outside_the_attempt_are_refused(job_executor, db, forge) -> None:  # noqa: F811
-    spec, report, auth = await _running_job(job_executor, db)
-    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [forge(spec)]}
-    refused = await job_executor.post(report, json=final, headers=auth)
-    assert refused.status_code == 422, refused.text
-    await _unchanged(db, spec["job_id"])
+async def test_outputs_outside_the_attempt_are_refused(job_executor, db, forge, door) -> None:  # noqa: F811
+    job = await _running_job(job_executor, db, door)
+    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [forge(job.spec)]}
+    assert await job.report(final) == 422
+    await _unchanged(db, job.spec["job_id"])
 
 
 @pytest.mark.parametrize("url", ["file:///proc/self/environ", "file:///dev/zero"])
-async def test_a_log_outside_the_attempt_is_refused(job_executor, db, url) -> None:  # noqa: F811
-    spec, report, auth = await _running_job(job_executor, db)
-    log = {"lfn": f"out.log/{spec['job_id']}.1.log", "url": url, "size": 1, "adler32": "00000001"}
+async def test_a_log_outside_the_attempt_is_refused(job_executor, db, url, door) -> None:  # noqa: F811
+    job = await _running_job(job_executor, db, door)
+    log = {"lfn": f"out.log/{job.spec['job_id']}.1.log", "url": url, "size": 1, "adler32": "00000001"}
     final = {"attempt": 1, "state": "failed", "error_category": "payload", "log": log}
-    assert (await job_executor.post(report, json=final, headers=auth)).status_code == 422
-    await _unchanged(db, spec["job_id"])
+    assert await job.report(final) == 422
+    await _unchanged(db, job.spec["job_id"])
 
 
 @pytest.mark.parametrize("lfn", ["out/1/../2/a.out", "/abs/a.out", "out//a.out", "./a.out"])
-async def test_dot_dot_and_empty_lfn_parts_are_refused(job_executor, db, lfn) -> None:  # noqa: F811
-    spec, report, auth = await _running_job(job_executor, db)
-    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [{**output_of(spec), "lfn": lfn}]}
-    assert (await job_executor.post(report, json=final, headers=auth)).status_code == 422
-    await _unchanged(db, spec["job_id"])
+async def test_dot_dot_and_empty_lfn_parts_are_refused(job_executor, db, lfn, door) -> None:  # noqa: F811
+    job = await _running_job(job_executor, db, door)
+    final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": [{**output_of(job.spec), "lfn": lfn}]}
+    assert await job.report(final) == 422
+    await _unchanged(db, job.spec["job_id"])
 
 
 async def test_an_oversized_body_is_refused_with_413(job_executor) -> None:  # noqa: F811
@@ -170,7 +195,7 @@ async def test_the_server_enforces_wall_time(settings, db, tmp_path) -> None:
     async with running_app(create_app(tuned)) as je:
         (job_id,) = await make_jobs(db)
         pilot_id, auth = await register(je)
-        await je.post(f"/pilot/v1/pilots/{pilot_id}/claim", headers=auth)
+        await je.post(f"/pilot/v1/pilots/{pilot_id}/exchange", json={"want": 1}, headers=auth)
         oversight = je.app.state.oversight
         assert await oversight.sweep_overrun_jobs() == 0  # within its wall time
         async with db.begin() as conn:
@@ -180,9 +205,9 @@ async def test_the_server_enforces_wall_time(settings, db, tmp_path) -> None:
         async with db.connect() as conn:
             job = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one()
         assert (job.status, job.error_category) == ("ready", "timeout")  # retried within max_attempts
-        beat = await je.post(f"/pilot/v1/pilots/{pilot_id}/heartbeat", json={"job_id": job_id, "attempt": 1},
-                             headers=auth)
-        assert beat.json()["abort"] is True  # the pilot is told to kill its payload
+        beat = await je.post(f"/pilot/v1/pilots/{pilot_id}/exchange", json={"running": [
+            {"job_id": job_id, "attempt": 1}]}, headers=auth)
+        assert [o["job_id"] for o in beat.json()["abort"]] == [job_id]  # the pilot is told to kill its payload
 
 
 async def test_staged_files_are_verified_on_storage_before_registration(job_executor, db, tmp_path) -> None:  # noqa: F811
@@ -192,7 +217,8 @@ async def test_staged_files_are_verified_on_storage_before_registration(job_exec
 
     from common.checksums import adler32_of
 
-    spec, report, auth = await _running_job(job_executor, db)
+    job = await _running_job(job_executor, db)
+    spec = job.spec
     directory = Path(spec["output_url_prefix"].removeprefix("file://"))
     directory.mkdir(parents=True)
     (directory / "good.out").write_bytes(b"abc")
@@ -201,7 +227,7 @@ async def test_staged_files_are_verified_on_storage_before_registration(job_exec
                {**output_of(spec, "lying.out"), "size": 3, "adler32": "0badc0de"},
                {**output_of(spec, "missing.out"), "size": 3, "adler32": "00000001"}]
     final = {"attempt": 1, "state": "finished", "exit_code": 0, "outputs": outputs}
-    assert (await job_executor.post(report, json=final, headers=auth)).status_code == 200
+    assert await job.report(final) == 200
     await job_executor.app.state.oversight.register_staged_files()  # (the DSM of this test is unreachable)
     async with db.connect() as conn:
         rows = (await conn.execute(sa.select(files).where(files.c.role == "output"))).all()
