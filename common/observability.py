@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
+import asyncpg
 import sqlalchemy as sa
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
@@ -165,8 +166,10 @@ def add_health_routes(app: FastAPI, extra_checks: Callable[[], dict[str, str]]) 
     async def broker_unavailable(_: Request, exc: Exception) -> JSONResponse:
         return error_response(503, "message broker unavailable, retry later")
 
-    # TimeoutError: a statement or connect timeout (the database did not answer in time)
-    for exc_type in (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout):
+    # TimeoutError: a statement or connect timeout (the database did not answer in time); asyncpg's own errors come
+    # from the hot paths that run statements on the driver directly (common.db.session.driver_connection)
+    for exc_type in (OperationalError, DBAPIError, OSError, TimeoutError, PoolTimeout, asyncpg.PostgresError,
+                     asyncpg.InterfaceError):
         app.add_exception_handler(exc_type, database_unavailable)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)
 

@@ -6,6 +6,7 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
+import asyncpg
 from prometheus_client import Gauge
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, DisconnectionError
@@ -64,6 +65,20 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     driver = getattr(dbapi_connection, "driver_connection", None)
     if driver is not None and driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
+
+
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under ``conn``, inside ``conn``'s transaction: the hot paths run their fixed statements
+    on it directly (asyncpg prepares each once per connection), without SQLAlchemy's execution and result layers;
+    anything else in the same transaction may still go through ``conn``. SQLAlchemy begins its transaction lazily,
+    at its first statement: it is begun here if it has not been, so that no statement runs outside it (commit and
+    rollback stay SQLAlchemy's)."""
+    fairy = await conn.get_raw_connection()
+    adapted: Any = fairy.dbapi_connection
+    if conn.in_transaction() and getattr(adapted, "_transaction", None) is None:
+        await adapted._start_transaction()  # the adapter's own BEGIN (SQLAlchemy's asyncpg dialect)
+    driver: asyncpg.Connection = fairy.driver_connection
+    return driver
 
 
 T = TypeVar("T")

@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+
 from common.db import ready_jobs
 from common.db.models import Record
 from common.db.session import Database, Transaction
@@ -146,17 +148,18 @@ class Exchanges:
         for a pilot that has gone (its jobs would wait for its heartbeat timeout)."""
         ended_tasks: set[int] = set()
         async with self.engine.begin() as conn:
-            pilot = await self.sessions.authenticate(conn, pilot_id, session)
-            outcomes = await self._apply_reports(conn, pilot_id, request.reports, ended_tasks)
+            db = await hot.hot_transaction(conn)  # the hot statements, on asyncpg directly
+            pilot = self.sessions.check(pilot_id, session, await hot.pilot(db, pilot_id))
+            outcomes = await self._apply_reports(conn, db, pilot_id, request.reports, ended_tasks)
             # a job this exchange's own report ended is not beaten (nor aborted): the pilot sent its last beat
             # with its final report
             ended = {(o.job_id, o.attempt) for o in outcomes if o.status == 200} & {
                 (r.job_id, r.attempt) for r in request.reports if r.state in ("finished", "failed")}
-            abort = await self._beat(conn, pilot_id,
+            abort = await self._beat(db, pilot_id,
                                      [b for b in request.running if (b.job_id, b.attempt) not in ended])
-            await self._record_usage(conn, pilot_id, request, outcomes)
-            specs = await self._claim(conn, pilot, request.want, request.request_id)
-            await hot.set_pilot_load(conn, pilot_id)  # and its heartbeat
+            await self._record_usage(db, pilot_id, request, outcomes)
+            specs = await self._claim(conn, db, pilot, request.want, request.request_id)
+            await hot.set_pilot_load(db, pilot_id)  # and its heartbeat
         for task_id in ended_tasks:
             self.on_job_ended(task_id)
         # a waiting pilot is not heard meanwhile: never longer than its heartbeat interval. A wake-up that finds
@@ -170,16 +173,17 @@ class Exchanges:
                 log.info("a waiting claim's pilot has gone: nothing claimed", extra={"pilot_id": pilot_id})
                 break
             async with self.engine.begin() as conn:
-                pilot = await self.sessions.authenticate(conn, pilot_id, session)
-                specs = await self._claim(conn, pilot, request.want, request.request_id)
-                await hot.set_pilot_load(conn, pilot_id)
+                db = await hot.hot_transaction(conn)
+                pilot = self.sessions.check(pilot_id, session, await hot.pilot(db, pilot_id))
+                specs = await self._claim(conn, db, pilot, request.want, request.request_id)
+                await hot.set_pilot_load(db, pilot_id)
         return ExchangeReply(reports=outcomes, abort=abort, jobs=specs)
 
     async def give_back(self, pilot_id: int, jobs: list[tuple[int, int]], reason: str) -> int:
         """Jobs (id, attempt) an answer carried that never reached its pilot: ready again at once (their attempts
         end as lost, counted against no budget), and waiting claims are told. The number given back."""
         async with self.engine.begin() as conn:
-            back = await hot.give_back(conn, pilot_id, jobs, reason)
+            back = await hot.give_back(await hot.hot_transaction(conn), pilot_id, jobs, reason)
             for row in back:
                 await ready_jobs.announce(conn, ready_jobs.Ready(row.resource_type, row.jobs))
         given = sum(int(row.jobs) for row in back)
@@ -209,7 +213,8 @@ class Exchanges:
 
     # --- reports ---------------------------------------------------------------------------------------------
 
-    async def _apply_reports(self, conn: Transaction, pilot_id: int, reports: list[ExchangeReport],
+    async def _apply_reports(self, conn: Transaction, db: asyncpg.Connection, pilot_id: int,
+                             reports: list[ExchangeReport],
                              ended_tasks: set[int]) -> list[ReportOutcome]:
         outcomes: dict[tuple[int, int], ReportOutcome] = {}
         with_files = [r.job_id for r in reports if r.outputs or r.log]
@@ -234,9 +239,9 @@ class Exchanges:
         # moves): one write of its row instead of two, and no second touch of a row this transaction wrote
         ending = {(r.job_id, r.attempt) for r in valid if r.state in ("finished", "failed")}
         running = [(r.job_id, r.attempt) for r in valid if r.state == "running" and (r.job_id, r.attempt) not in ending]
-        moved = await hot.start_running_many(conn, pilot_id, running)
+        moved = await hot.start_running_many(db, pilot_id, running)
         finished = [r for r in valid if r.state == "finished"]
-        done = await hot.finish_jobs_many(conn, pilot_id, [(r.job_id, r.attempt) for r in finished])
+        done = await hot.finish_jobs_many(db, pilot_id, [(r.job_id, r.attempt) for r in finished])
         done_ids = {row.id for row in done}
         if done:
             task_of = {row.id: row.task_id for row in done}
@@ -293,7 +298,7 @@ class Exchanges:
                              f"of pilot {pilot_id} is no longer current")
 
     @staticmethod
-    async def _record_usage(conn: Transaction, pilot_id: int, request: ExchangeRequest,
+    async def _record_usage(db: asyncpg.Connection, pilot_id: int, request: ExchangeRequest,
                             outcomes: list[ReportOutcome]) -> None:
         """The payloads' figures: final ones of the accepted reports (observed in the usage histograms once the
         attempt ended), latest ones of the beats that carry some."""
@@ -302,30 +307,30 @@ class Exchanges:
         figures = {(r.job_id, r.attempt): r.usage for r in request.reports
                    if r.usage is not None and (r.job_id, r.attempt) in accepted}
         figures.update({(b.job_id, b.attempt): b.usage for b in request.running if b.usage is not None})
-        for row in await hot.record_usage(conn, pilot_id, [(*key, usage) for key, usage in figures.items()]):
+        for row in await hot.record_usage(db, pilot_id, [(*key, usage) for key, usage in figures.items()]):
             if (row.job_id, row.attempt) in ended:
                 usage = figures[(row.job_id, row.attempt)]
                 errors.attempt_used(row.task_type, row.cores, usage.wall_s, usage.cpu_s, usage.max_rss_mb)
 
     # --- heartbeats and claims --------------------------------------------------------------------------------
 
-    async def _beat(self, conn: Transaction, pilot_id: int, running: list[JobBeat]) -> list[AbortOrder]:
+    async def _beat(self, db: asyncpg.Connection, pilot_id: int, running: list[JobBeat]) -> list[AbortOrder]:
         # a live pilot's job is written at least every fresh_s + one exchange interval, well within the timeout
         fresh_s = self.settings.pilot_timeout_s * BEAT_FRESH_FRACTION
-        held = await hot.beat_jobs(conn, pilot_id, [(b.job_id, b.attempt) for b in running], fresh_s)
+        held = await hot.beat_jobs(db, pilot_id, [(b.job_id, b.attempt) for b in running], fresh_s)
         return [AbortOrder(job_id=b.job_id, attempt=b.attempt,
                            reason=f"job {b.job_id} attempt {b.attempt} is no longer this pilot's (cancelled, "
                            "timed out or retried elsewhere)")
                 for b in running if b.job_id not in held]
 
-    async def _claim(self, conn: Transaction, pilot: Record, want: int,
+    async def _claim(self, conn: Transaction, db: asyncpg.Connection, pilot: Any, want: int,
                      request_id: uuid.UUID | None) -> list[JobSpec]:
         if want <= 0:
             return []
-        held = await hot.held_capacity(conn, pilot.id, request_id)
+        held = await hot.held_capacity(db, pilot.id, request_id)
         if request_id is not None and held.by_request:  # a retried exchange gets back what it claimed
             again = await queries.jobs_claimed_by_request(conn, pilot.id, request_id)
-            return await self._specs(conn, again, await hot.inputs_of(conn, [r.id for r in again]))
+            return await self._specs(conn, again, await hot.inputs_of(db, [r.id for r in again]))
         # prefetch: the pilot may hold more jobs than its slots, waiting on its node for one; what it holds fits
         # (slots + prefetch) / slots times its resources, each job fits the pilot on its own
         prefetch = self.settings.pilot_prefetch.get(pilot.resource_type, 0)
@@ -337,7 +342,7 @@ class Exchanges:
             limit = slots - len(specs)
             if resource_type == "gpu":
                 limit = min(limit, int(pilot.gpus * scale) - held.gpu_jobs)  # a GPU job takes one GPU
-            got, inputs = await hot.claim_jobs(conn, pilot.id, resource_type, cores, memory, limit, request_id,
+            got, inputs = await hot.claim_jobs(db, pilot.id, resource_type, cores, memory, limit, request_id,
                                                pilot.cores, pilot.memory_mb)
             if got:
                 contexts = await self._task_contexts(conn, [r.task_id for r in got])
@@ -355,7 +360,7 @@ class Exchanges:
             self._tasks.update(await queries.task_contexts(conn, missing))
         return self._tasks
 
-    async def _specs(self, conn: Transaction, claimed: list[Any], inputs: dict[int, list[Record]]) -> list[JobSpec]:
+    async def _specs(self, conn: Transaction, claimed: list[Any], inputs: dict[int, list[Any]]) -> list[JobSpec]:
         if not claimed:
             return []
         contexts = await self._task_contexts(conn, [r.task_id for r in claimed])

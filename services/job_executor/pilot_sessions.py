@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from typing import Any
 
 from common.db.models import Record
 from common.db.session import Database, Transaction
@@ -94,7 +95,12 @@ class PilotSessions:
                             prefetch=self.settings.pilot_prefetch.get(registration.resource_type, 0))
 
     async def authenticate(self, conn: Transaction, pilot_id: int, session: str | None) -> Record:
-        pilot = await queries.select_pilot(conn, pilot_id)
+        pilot: Record = self.check(pilot_id, session, await queries.select_pilot(conn, pilot_id))
+        return pilot
+
+    @staticmethod
+    def check(pilot_id: int, session: str | None, pilot: Any) -> Any:
+        """``pilot``: its row (None: no such pilot); returned if ``session`` is its own and it is live."""
         if pilot is None:
             raise UnknownPilot(f"pilot {pilot_id} not registered")
         if session is None or not secrets.compare_digest(pilot.session_hash, _hash(session)):

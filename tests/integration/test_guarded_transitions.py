@@ -70,3 +70,22 @@ async def test_unknown_row_and_illegal_transition(db: AsyncEngine) -> None:
         with pytest.raises(IllegalTransition) as info:
             await transition_one(conn, tasks, TASK_MACHINE, task_id, TaskState.CANCELLED)
     assert info.value.current == TaskState.DONE
+
+
+async def test_statements_on_the_driver_connection_belong_to_the_transaction(db) -> None:
+    """The exchange runs its hot statements on asyncpg directly (common.db.session.driver_connection): they are
+    part of SQLAlchemy's transaction, begun even when nothing went through SQLAlchemy first, and a rollback undoes
+    them."""
+    from common.db.session import driver_connection
+
+    async with db.connect() as conn:
+        async with conn.begin() as transaction:
+            raw = await driver_connection(conn)
+            await raw.execute("CREATE TEMP TABLE driver_probe (x int)")
+            await raw.execute("INSERT INTO driver_probe VALUES (1)")
+            assert raw.is_in_transaction()
+            await transaction.rollback()
+        async with conn.begin():
+            raw = await driver_connection(conn)
+            exists = await raw.fetchval("SELECT to_regclass('pg_temp.driver_probe') IS NOT NULL")
+    assert exists is False  # the table and its row went with the rollback
