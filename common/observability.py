@@ -135,7 +135,9 @@ RETRY_AFTER_S = 2  # what a 503 tells clients to wait before asking again (Retry
 
 def error_response(status: int, detail: str, **extra: object) -> JSONResponse:
     headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
-    return JSONResponse(status_code=status, content={"detail": detail, **extra}, headers=headers)
+    # an extra without a value is left out: the Error schema types each field (a null would break it)
+    content = {"detail": detail, **{name: value for name, value in extra.items() if value is not None}}
+    return JSONResponse(status_code=status, content=content, headers=headers)
 
 
 def add_health_routes(app: FastAPI, extra_checks: Callable[[], dict[str, str]]) -> None:
