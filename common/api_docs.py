@@ -15,6 +15,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
+
+HAND_DECODED_SCHEMAS = "x-hand-decoded-schemas"  # moved into the components by document_errors
 
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
@@ -72,6 +75,16 @@ def _error_answers(operation: dict[str, Any]) -> None:
             answer["content"] = VALIDATION if str(status) == "422" else ERROR
 
 
+def hand_decoded_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that decodes its body itself (the exchange, with msgspec): the body is documented
+    from the protocol's pydantic model all the same, its schemas added to the document's components."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="validation")
+    defs = schema.pop("$defs", {})
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
+        HAND_DECODED_SCHEMAS: {**defs, model.__name__: schema}}
+
+
 def operation_name(route: APIRoute) -> str:
     """An operation's id: its route function's name (``register_task``, ``get_task_report``), what a client
     generated from the document calls it. Every FastAPI app of ours passes this as generate_unique_id_function."""
@@ -90,6 +103,8 @@ def document_errors(app: FastAPI) -> None:
             named: set[str] = set()
             for path_item in schema.get("paths", {}).values():
                 for operation in path_item.values():
+                    for name, body_schema in operation.pop(HAND_DECODED_SCHEMAS, {}).items():
+                        schemas.setdefault(name, body_schema)
                     _error_answers(operation)
                     if operation.get("operationId") in named:  # two route functions of one name: a mistake
                         raise ValueError(f"two operations named {operation['operationId']}")

@@ -6,8 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response, Security, status
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
+from common.api_docs import hand_decoded_body
 from common.auth import bearer
 from common.pilot_protocol import (
     ClaimRequest,
@@ -24,6 +26,7 @@ from common.pilot_protocol import (
 from common.policies import MAX_ID
 from services.job_executor.credentials import NotAPilotToken, PilotCredentials, PilotGrant
 from services.job_executor.exchange import Exchanges
+from services.job_executor.exchange_codec import InvalidRequest, decode_request, encode_reply
 from services.job_executor.pilot_sessions import PilotSessions
 from services.job_executor.single_calls import SingleCalls
 
@@ -69,13 +72,22 @@ async def register_pilot(registration: PilotRegistration, sessions: SessionsDep,
                                      peer=http.client.host if http.client else None)
 
 
-@router.post("/pilots/{pilot_id}/exchange", response_model=ExchangeReply)
-async def exchange(pilot_id: PilotId, request: ExchangeRequest, http: Request, session: Session = None
-                   ) -> ExchangeReply:
+@router.post("/pilots/{pilot_id}/exchange", response_model=None,
+             responses={200: {"model": ExchangeReply, "description": "each report's outcome, abort orders, new jobs"}},
+             openapi_extra=hand_decoded_body(ExchangeRequest))
+async def exchange(pilot_id: PilotId, http: Request, session: Session = None) -> Response:
     """Protocol 2: the pilot's reports, the heartbeat of its jobs in flight and a claim of up to ``want`` jobs,
-    in one call (docs/dispatch.md); each report's outcome comes back on its own (200, 409, 422)."""
+    in one call (docs/dispatch.md); each report's outcome comes back on its own (200, 409, 422). The body is the
+    ExchangeRequest below, decoded (as strictly) and the reply encoded with msgspec: the hot path
+    (services/job_executor/exchange_codec.py)."""
+    try:
+        request = decode_request(await http.body())
+    except InvalidRequest as exc:
+        return JSONResponse(status_code=422, content={"detail": [
+            {"type": "value_error", "loc": ["body"], "msg": str(exc)}]})
     exchanges: Exchanges = http.app.state.exchanges
-    return await exchanges.exchange(pilot_id, session, request, caller_gone=http.is_disconnected)
+    reply = await exchanges.exchange(pilot_id, session, request, caller_gone=http.is_disconnected)
+    return Response(encode_reply(reply), media_type="application/json")
 
 
 def _single_calls(request: Request) -> SingleCalls:

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from common.db.models import Record
-from common.pilot_protocol import InputFile, JobReport, JobSpec, StagedFile
 from common.policies import memory_for_attempt
 from common.settings import Settings
 from common.states import FileRole, FileState
 from common.storage import UnsafeStoragePath, remove_beneath
+from services.job_executor.exchange_codec import ExchangeReport, InputFile, JobSpec, StagedFile
 
 log = logging.getLogger("wms.job_executor")
 
@@ -38,7 +38,7 @@ def log_dataset(output_dataset: str) -> str:
     return f"{output_dataset}.log"
 
 
-def check_staged_files(prefix: str, dataset: str, job_id: int, report: JobReport) -> None:
+def check_staged_files(prefix: str, dataset: str, job_id: int, report: ExchangeReport) -> None:
     """What a pilot reports is checked, not trusted: each output lies in this attempt's storage directory and is
     named under its job (``<dataset>/<job>/...``); the log lies in the attempt's ``logs/`` and is named under the
     log dataset. Anything else (another job's name, /proc, a FIFO elsewhere, '..') is a ReportInvalid."""

@@ -22,15 +22,6 @@ import asyncpg
 from common.db import ready_jobs
 from common.db.models import Record
 from common.db.session import Database, Transaction
-from common.pilot_protocol import (
-    AbortOrder,
-    ExchangeReply,
-    ExchangeReport,
-    ExchangeRequest,
-    JobBeat,
-    JobSpec,
-    ReportOutcome,
-)
 from common.policies import resource_types_served
 from common.states import AttemptOutcome, FileRole, JobState
 from services.job_executor import errors, queries
@@ -41,6 +32,15 @@ from services.job_executor.attempts import (
     job_spec,
     staged_file_row,
     storage_prefix,
+)
+from services.job_executor.exchange_codec import (
+    AbortOrder,
+    ExchangeReply,
+    ExchangeReport,
+    ExchangeRequest,
+    JobBeat,
+    JobSpec,
+    ReportOutcome,
 )
 from services.job_executor.pilot_sessions import PilotEnded, PilotSessions
 from services.job_executor.retries import lose_jobs, retry_or_fail, retry_policy

@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from common.db.session import driver_connection
 from common.db.transitions import may_move_sql
-from common.pilot_protocol import Usage
 from common.policies import TASK_STATES_WHOSE_JOBS_PROCEED
 from common.states import (
     JOB_MACHINE,
@@ -39,6 +38,7 @@ from common.states import (
     JobState,
     PilotState,
 )
+from services.job_executor.exchange_codec import Usage
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,7 @@ from common.pilot_protocol import is_reply_queue_of
 from services.job_executor.attempts import ReportRefused
 from services.job_executor.credentials import NotAPilotToken, PilotCredentials
 from services.job_executor.exchange import Exchanges
+from services.job_executor.exchange_codec import ExchangeReply, reply_as_builtins, request_of
 from services.job_executor.pilot_sessions import PilotRefused, PilotSessions, TooManyRegistrations
 from services.job_executor.refusals import REPORT_REFUSED_STATUS, TOO_MANY_REGISTRATIONS_STATUS, refusal_status
 from services.job_executor.single_calls import SingleCalls
@@ -67,6 +68,9 @@ class PilotMqChannel:
                 await self.exchanges.give_back(call.pilot_id, carried, "the answer carrying the job could not be "
                                                "delivered: the pilot had gone")
 
+    async def _exchange(self, call: PilotCall) -> ExchangeReply:
+        return await self.exchanges.exchange(_need(call.pilot_id), call.session, request_of(_need(call.exchange)))
+
     async def _answer(self, op: str, call: PilotCall) -> PilotReply:
         try:
             grant = await self.credentials.grant_for(call.credential) if call.credential else None
@@ -78,7 +82,7 @@ class PilotMqChannel:
             return PilotReply(status=503, detail="database unavailable, retry later")
         if grant is None:
             return PilotReply(status=401, detail="missing, unknown or revoked pilot credential")
-        handlers: dict[str, Callable[[], Awaitable[BaseModel | None]]] = {
+        handlers: dict[str, Callable[[], Awaitable[BaseModel | ExchangeReply | None]]] = {
             "pilot.register": lambda: self.sessions.register(_need(call.registration), channel="mq", grant=grant),
             "pilot.claim.cpu": lambda: self.single_calls.claim(_need(call.pilot_id), call.session, call.request_id),
             "pilot.claim.gpu": lambda: self.single_calls.claim(_need(call.pilot_id), call.session, call.request_id),
@@ -87,7 +91,7 @@ class PilotMqChannel:
             "pilot.report": lambda: self.single_calls.report(_need(call.pilot_id), call.session, _need(call.job_id),
                                                            _need(call.report)),
             "pilot.exit": lambda: self.sessions.pilot_exit(_need(call.pilot_id), call.session),
-            "pilot.exchange": lambda: self.exchanges.exchange(_need(call.pilot_id), call.session, _need(call.exchange)),
+            "pilot.exchange": lambda: self._exchange(call),
             "pilot.lost": lambda: self.exchanges.pilot_lost(_need(call.pilot_id), call.session,
                                                             _need(call.lost).reason),
         }
@@ -113,7 +117,8 @@ class PilotMqChannel:
             # as a REST pilot does on a 503
             log.warning("pilot request met an outage", extra={"operation": op, "error": f"{type(exc).__name__}"})
             return PilotReply(status=503, detail="database unavailable, retry later")
-        body: dict[str, Any] | None = result.model_dump(mode="json") if isinstance(result, BaseModel) else None
+        body: dict[str, Any] | None = (result.model_dump(mode="json") if isinstance(result, BaseModel)
+                                       else reply_as_builtins(result) if isinstance(result, ExchangeReply) else None)
         status = 204 if result is None and (op.startswith("pilot.claim") or op == "pilot.lost") else 200
         return PilotReply(status=status, body=body)
 

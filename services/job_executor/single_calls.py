@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import uuid
 
-from common.pilot_protocol import (
-    ExchangeReport,
-    ExchangeRequest,
-    Heartbeat,
-    HeartbeatReply,
-    JobBeat,
-    JobReport,
-    JobSpec,
-)
+import msgspec
+
+from common.pilot_protocol import Heartbeat, HeartbeatReply, JobReport, JobSpec
 from services.job_executor.attempts import ReportInvalid, ReportRefused
 from services.job_executor.exchange import Exchanges
+from services.job_executor.exchange_codec import ExchangeReport, ExchangeRequest, JobBeat
 
 
 class SingleCalls:
@@ -31,7 +26,7 @@ class SingleCalls:
         """The pilot's next job (a GPU pilot takes GPU work first, then CPU work), or None. ``request_id`` makes
         the claim idempotent: a retried claim gets the job the first one produced."""
         reply = await self.exchanges.exchange(pilot_id, session, ExchangeRequest(want=1, request_id=request_id))
-        return reply.jobs[0] if reply.jobs else None
+        return JobSpec.model_validate(msgspec.to_builtins(reply.jobs[0])) if reply.jobs else None
 
     async def heartbeat(self, pilot_id: int, session: str | None, beat: Heartbeat) -> HeartbeatReply:
         running = [JobBeat(job_id=beat.job_id, attempt=beat.attempt)] \
@@ -43,7 +38,8 @@ class SingleCalls:
 
     async def report(self, pilot_id: int, session: str | None, job_id: int, report: JobReport) -> None:
         """Raises ReportRefused (409: no longer this pilot's attempt) or ReportInvalid (422)."""
-        request = ExchangeRequest(reports=[ExchangeReport(job_id=job_id, **report.model_dump())])
+        report_of_job = msgspec.convert({"job_id": job_id, **report.model_dump(mode="json")}, ExchangeReport)
+        request = ExchangeRequest(reports=[report_of_job])
         (outcome,) = (await self.exchanges.exchange(pilot_id, session, request)).reports
         if outcome.status == 409:
             raise ReportRefused(outcome.detail or "no longer this pilot's attempt", outcome.current_state)
