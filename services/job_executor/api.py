@@ -84,7 +84,7 @@ async def exchange(pilot_id: PilotId, http: Request, session: Session = None) ->
         request = decode_request(await http.body())
     except InvalidRequest as exc:
         return JSONResponse(status_code=422, content={"detail": [
-            {"type": "value_error", "loc": ["body"], "msg": str(exc)}]})
+            {"type": "value_error", "loc": exc.loc, "msg": str(exc)}]})
     exchanges: Exchanges = http.app.state.exchanges
     reply = await exchanges.exchange(pilot_id, session, request, caller_gone=http.is_disconnected)
     return Response(encode_reply(reply), media_type="application/json")

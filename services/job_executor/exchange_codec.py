@@ -12,6 +12,7 @@ Patterns end in ``\\Z``: pydantic matches with Rust's regex, where ``$`` is the 
 """
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -130,7 +131,15 @@ _encoder = msgspec.json.Encoder()
 
 
 class InvalidRequest(ValueError):
-    """The request is not an exchange request (422), with msgspec's reason ("... at `$.reports[0].attempt`")."""
+    """The request is not an exchange request (422), with msgspec's reason and where in the body it is (``loc``,
+    as FastAPI gives it: ``["body", "reports", 0, "attempt"]``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        found = re.search(r" - at `\$(.*)`$", reason)
+        path = found.group(1) if found else ""
+        self.loc: list[str | int] = ["body", *(int(part[1:-1]) if part.startswith("[") else part.lstrip(".")
+                                             for part in re.findall(r"\.[^.\[]+|\[\d+\]", path))]
 
 
 def decode_request(body: bytes) -> ExchangeRequest:

@@ -34,8 +34,8 @@ async def _claim_order(db, claims: int, per_claim: int) -> list[int]:
     order: list[int] = []
     for _ in range(claims):
         async with db.begin() as conn:
-            db = await hot.hot_transaction(conn)
-            got, _ = await hot.claim_jobs(db, pilot_id, "cpu", 100000, 100000000, per_claim, None, 100000, 100000000)
+            raw = await hot.hot_transaction(conn)
+            got, _ = await hot.claim_jobs(raw, pilot_id, "cpu", 100000, 100000000, per_claim, None, 100000, 100000000)
             task_of = dict((await conn.execute(sa.select(jobs.c.id, jobs.c.task_id).where(
                 jobs.c.id.in_([g.id for g in got])))).all())
             order += [task_of[g.id] for g in got]

@@ -114,3 +114,15 @@ def test_a_reply_encodes_as_the_protocols_reply() -> None:
                             wall_time_s=60)])
     decoded = protocol.ExchangeReply.model_validate_json(codec.encode_reply(reply))  # what a pilot reads
     assert decoded.model_dump(mode="json") == msgspec.to_builtins(reply)
+
+
+@pytest.mark.parametrize(("body", "loc"), [
+    ({"reports": [{**REPORT, "attempt": True}]}, ["body", "reports", 0, "attempt"]),
+    ({"running": [{"job_id": 1, "attempt": 1}, {"job_id": "2", "attempt": 1}]}, ["body", "running", 1, "job_id"]),
+    (with_output(size=-1), ["body", "reports", 0, "outputs", 0, "size"]),
+    ({"want": 300}, ["body", "want"]),
+])
+def test_a_refusal_says_where_in_the_body(body: Any, loc: list[Any]) -> None:
+    with pytest.raises(codec.InvalidRequest) as refused:
+        codec.decode_request(json.dumps(body).encode())
+    assert refused.value.loc == loc
