@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import sqlalchemy as sa
 
@@ -66,16 +65,6 @@ async def test_reports_are_applied_in_bulk_each_with_its_own_outcome(job_executo
                            running=[{"job_id": c["job_id"], "attempt": 1}])
     assert reply["reports"][0]["status"] == 409 and "no longer current" in reply["reports"][0]["detail"]
     assert [(o["job_id"], o["attempt"]) for o in reply["abort"]] == [(c["job_id"], 1)]
-
-
-async def test_a_retried_exchange_gets_the_jobs_the_first_one_claimed(job_executor, db) -> None:
-    await make_jobs(db, 4)
-    pilot_id, auth = await register(job_executor, slots=4)
-    request_id = str(uuid.uuid4())
-    first = await exchange(job_executor, pilot_id, auth, want=2, request_id=request_id)
-    again = await exchange(job_executor, pilot_id, auth, want=2, request_id=request_id)
-    assert [j["job_id"] for j in again["jobs"]] == [j["job_id"] for j in first["jobs"]]
-    assert len(first["jobs"]) == 2
 
 
 async def test_a_claim_waits_for_work_and_is_woken_when_a_job_becomes_ready(job_executor, db) -> None:
