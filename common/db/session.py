@@ -65,6 +65,11 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     driver = getattr(dbapi_connection, "driver_connection", None)
     if driver is not None and driver.is_closed():
         raise DisconnectionError("the server closed this pooled connection")
+    # A pooled connection is never inside a transaction: one that is (a task cancelled between a BEGIN and the
+    # moment SQLAlchemy knew of it, so that no rollback came) would hold its locks for as long as it is reused.
+    # Dropping it closes it, and the server ends the transaction and its locks.
+    if driver is not None and driver.is_in_transaction():
+        raise DisconnectionError("this pooled connection was left inside a transaction")
 
 
 async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:

@@ -89,3 +89,22 @@ async def test_statements_on_the_driver_connection_belong_to_the_transaction(db)
             raw = await driver_connection(conn)
             exists = await raw.fetchval("SELECT to_regclass('pg_temp.driver_probe') IS NOT NULL")
     assert exists is False  # the table and its row went with the rollback
+
+
+async def test_a_connection_left_inside_a_transaction_never_comes_out_of_the_pool(settings) -> None:
+    """A BEGIN SQLAlchemy did not know of (a task cancelled at the wrong moment) would leave a pooled connection
+    inside a transaction, holding its locks while it is reused; the pool drops such a connection instead."""
+    from common.db.session import create_engine
+
+    engine = create_engine(settings.model_copy(update={"db_pool_size": 1}))
+    try:
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            await raw.execute("BEGIN")  # behind SQLAlchemy's back
+            leaked_pid = await raw.fetchval("SELECT pg_backend_pid()")
+        async with engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            assert not raw.is_in_transaction()
+            assert await raw.fetchval("SELECT pg_backend_pid()") != leaked_pid
+    finally:
+        await engine.dispose()
