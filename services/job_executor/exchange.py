@@ -330,6 +330,7 @@ class Exchanges:
         held = await hot.held_capacity(db, pilot.id, request_id)
         if request_id is not None and held.by_request:  # a retried exchange gets back what it claimed
             again = await queries.jobs_claimed_by_request(conn, pilot.id, request_id)
+            await hot.redelivered(db, pilot.id, [r.id for r in again])
             return await self._specs(conn, again, await hot.inputs_of(db, [r.id for r in again]))
         # prefetch: the pilot may hold more jobs than its slots, waiting on its node for one; what it holds fits
         # (slots + prefetch) / slots times its resources, each job fits the pilot on its own

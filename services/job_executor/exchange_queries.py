@@ -129,6 +129,11 @@ _CLAIM = _sql(f"""
            ON f.role = {INPUT}
      ORDER BY c.dispatch_key, c.id, f.id""")
 
+# A retried exchange delivers the jobs its first attempt claimed: their heartbeat says so (and fences give_back).
+_REDELIVERED = _sql(f"""
+    UPDATE job_dat SET heartbeat_at = clock_timestamp()
+     WHERE id = ANY(CAST(:job_ids AS bigint[])) AND pilot_id = :pilot AND status IN ({IN_FLIGHT})""")
+
 _INPUTS = _sql(f"""
     SELECT job_id, lfn, url, size, adler32
       FROM (SELECT * FROM file_dat WHERE job_id = ANY(CAST(:job_ids AS bigint[])) OFFSET 0) AS f
@@ -189,12 +194,14 @@ _PILOT_LOAD = _sql(f"""
 
 
 # Jobs an exchange claimed whose answer could not be delivered (the pilot had gone): back to ready at once, their
-# attempts ended as lost without counting against the job's budgets (they never reached a pilot).
+# attempts ended as lost without counting against the job's budgets (they never reached a pilot). Only jobs never
+# beaten nor delivered again since their claim (heartbeat_at is still the claim's time, started_at): a retry of
+# the exchange that got them meanwhile (_REDELIVERED) made them its pilot's.
 _GIVE_BACK = _sql(f"""
     WITH back AS (
         UPDATE job_dat j SET status = {READY}, pilot_id = NULL, claim_request_id = NULL, not_before = NULL
           FROM unnest(CAST(:job_ids AS bigint[]), CAST(:attempts AS integer[])) AS r(job_id, attempt)
-         WHERE j.id = r.job_id AND j.attempt = r.attempt AND j.pilot_id = :pilot
+         WHERE j.id = r.job_id AND j.attempt = r.attempt AND j.pilot_id = :pilot AND j.heartbeat_at = j.started_at
            AND j.status IN ({may_move_sql(JOB_MACHINE, JobState.READY, only_from=[JobState.DISPATCHED])})
         RETURNING j.id, j.attempt, j.resource_type),
     closed AS (
@@ -290,6 +297,11 @@ async def claim_jobs(db: asyncpg.Connection, pilot_id: int, resource_type: str, 
         if row.lfn is not None:
             inputs[row.id].append(row)
     return list(claimed.values()), inputs
+
+
+async def redelivered(db: asyncpg.Connection, pilot_id: int, job_ids: list[int]) -> None:
+    """The pilot's retried exchange gets these jobs again: they are its (no give-back may take them now)."""
+    await _fetch(db, _REDELIVERED, job_ids=job_ids, pilot=pilot_id)
 
 
 async def inputs_of(db: asyncpg.Connection, job_ids: list[int]) -> dict[int, list[Row]]:

@@ -172,3 +172,24 @@ async def test_a_memory_failure_is_retried_once_with_more_memory(job_executor, d
         {"job_id": job_id, "attempt": 2, "state": "failed", "error_category": "memory", "error_message": "again"}])
     assert reply["reports"][0]["status"] == 200
     assert (await job_row(db, job_id)).status == "failed"  # a second memory failure is final
+
+
+async def test_jobs_an_answer_could_not_deliver_are_given_back_unless_a_retry_delivered_them(job_executor,
+                                                                                            db) -> None:
+    """Over RabbitMQ an answer returned by the broker (the pilot's reply queue is gone) gives its jobs back at
+    once; but if the pilot's retry of that exchange got the same jobs meanwhile, they are its own and stay."""
+    exchanges = job_executor.app.state.exchanges
+    first, second = await make_jobs(db, 2)
+    pilot_id, auth = await register(job_executor, slots=2)
+    lost_request, retried_request = str(uuid.uuid4()), str(uuid.uuid4())
+    (spec,) = (await exchange(job_executor, pilot_id, auth, want=1, request_id=lost_request))["jobs"]
+    assert await exchanges.give_back(pilot_id, [(spec["job_id"], 1)], "undelivered") == 1
+    assert (await job_row(db, spec["job_id"])).status == "ready"
+    assert (await attempt_row(db, spec["job_id"], 1)).outcome == "lost"
+
+    (spec,) = (await exchange(job_executor, pilot_id, auth, want=1, request_id=retried_request))["jobs"]
+    again = await exchange(job_executor, pilot_id, auth, want=1, request_id=retried_request)  # the retry
+    assert [j["job_id"] for j in again["jobs"]] == [spec["job_id"]]
+    assert await exchanges.give_back(pilot_id, [(spec["job_id"], spec["attempt"])], "undelivered") == 0
+    assert (await job_row(db, spec["job_id"])).status == "dispatched"  # delivered by the retry: the pilot's
+    assert {first, second} >= {spec["job_id"]}
