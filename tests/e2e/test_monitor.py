@@ -47,7 +47,9 @@ def rows(dom: str, attribute: str) -> dict[str, str]:
 
 
 async def test_monitor_drills_down_on_real_data(settings, db, tmp_path) -> None:
-    async with wms_stack(settings, db, tmp_path, metrics_interval_s=0.5) as stack:
+    # the live pilot must stay alive while headless Chromium renders a dozen pages: on a loaded CI machine the
+    # stack's 3 s pilot timeout declared it dead once (it checks nothing of dead pilots)
+    async with wms_stack(settings, db, tmp_path, metrics_interval_s=0.5, pilot_timeout_s=60.0) as stack:
         async with db.begin() as conn:  # the junk a fuzzing run leaves: many tasks, many ended pilots
             for i in range(70):
                 await insert_task(conn, name=f"junk {i}", status="failed", output_dataset=f"junk.{i}")
