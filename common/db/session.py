@@ -72,16 +72,14 @@ def _discard_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         raise DisconnectionError("this pooled connection was left inside a transaction")
 
 
-async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+async def driver_connection(conn: AsyncConnection, first_statement: str) -> asyncpg.Connection:
     """The asyncpg connection under ``conn``, inside ``conn``'s transaction: the hot paths run their fixed statements
     on it directly (asyncpg prepares each once per connection), without SQLAlchemy's execution and result layers;
-    anything else in the same transaction may still go through ``conn``. SQLAlchemy begins its transaction lazily,
-    at its first statement: it is begun here if it has not been, so that no statement runs outside it (commit and
-    rollback stay SQLAlchemy's)."""
+    anything else in the same transaction may still go through ``conn``. ``first_statement`` goes through SQLAlchemy,
+    which begins its transaction (lazily, at its first statement) the way it always does, so that no raw statement
+    runs outside it and commit and rollback stay SQLAlchemy's, even for a task cancelled in between."""
+    await conn.exec_driver_sql(first_statement)
     fairy = await conn.get_raw_connection()
-    adapted: Any = fairy.dbapi_connection
-    if conn.in_transaction() and getattr(adapted, "_transaction", None) is None:
-        await adapted._start_transaction()  # the adapter's own BEGIN (SQLAlchemy's asyncpg dialect)
     driver: asyncpg.Connection = fairy.driver_connection
     return driver
 

@@ -258,9 +258,7 @@ async def hot_transaction(conn: AsyncConnection) -> asyncpg.Connection:
     were small (a fresh deployment) chose sequential scans of JOB_ATTEMPT and FILE_DAT and kept them as the tables
     grew, until an ANALYZE: measured, a finish of 8 jobs went from 0.7 ms to 6.6 ms over 20,000 jobs. Every one of
     these statements has an index to use; off, the planner takes it whatever the tables' size then."""
-    db = await driver_connection(conn)
-    await db.execute("SET LOCAL enable_seqscan = off")
-    return db
+    return await driver_connection(conn, "SET LOCAL enable_seqscan = off")
 
 
 async def pilot(db: asyncpg.Connection, pilot_id: int) -> Row | None:

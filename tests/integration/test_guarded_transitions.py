@@ -74,19 +74,19 @@ async def test_unknown_row_and_illegal_transition(db: AsyncEngine) -> None:
 
 async def test_statements_on_the_driver_connection_belong_to_the_transaction(db) -> None:
     """The exchange runs its hot statements on asyncpg directly (common.db.session.driver_connection): they are
-    part of SQLAlchemy's transaction, begun even when nothing went through SQLAlchemy first, and a rollback undoes
-    them."""
+    part of SQLAlchemy's transaction (begun by the first statement, which goes through SQLAlchemy), and a rollback
+    undoes them."""
     from common.db.session import driver_connection
 
     async with db.connect() as conn:
         async with conn.begin() as transaction:
-            raw = await driver_connection(conn)
+            raw = await driver_connection(conn, "SET LOCAL enable_seqscan = off")
             await raw.execute("CREATE TEMP TABLE driver_probe (x int)")
             await raw.execute("INSERT INTO driver_probe VALUES (1)")
             assert raw.is_in_transaction()
             await transaction.rollback()
         async with conn.begin():
-            raw = await driver_connection(conn)
+            raw = await driver_connection(conn, "SELECT 1")
             exists = await raw.fetchval("SELECT to_regclass('pg_temp.driver_probe') IS NOT NULL")
     assert exists is False  # the table and its row went with the rollback
 
