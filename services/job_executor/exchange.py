@@ -23,7 +23,7 @@ from common.db import ready_jobs
 from common.db.models import Record
 from common.db.session import Database, Transaction
 from common.policies import resource_types_served
-from common.states import AttemptOutcome, FileRole, JobState
+from common.states import AttemptOutcome, FileRole, JobState, PilotState
 from services.job_executor import errors, queries
 from services.job_executor import exchange_queries as hot
 from services.job_executor.attempts import (
@@ -201,7 +201,7 @@ class Exchanges:
                 await self.sessions.authenticate(conn, pilot_id, session)
             except PilotEnded:
                 return  # dead or exited already: what it held was dealt with then
-            await queries.declare_pilot_dead(conn, pilot_id)
+            await queries.end_pilot(conn, pilot_id, PilotState.DEAD)
             in_flight = await queries.in_flight_of_pilot(conn, pilot_id)
             lost = await lose_jobs(conn, self.settings, in_flight, self.retry_policy,
                                    f"the pilot application died, said its daemon: {reason}")

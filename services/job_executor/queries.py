@@ -45,11 +45,13 @@ async def select_pilot(conn: AsyncConnection, pilot_id: int) -> Record | None:
     return (await conn.execute(sa.select(pilots).where(pilots.c.id == pilot_id))).first()
 
 
-async def end_pilot(conn: AsyncConnection, pilot_id: int) -> None:
+async def end_pilot(conn: AsyncConnection, pilot_id: int, end: PilotState = PilotState.EXITED) -> None:
+    """The pilot ended: exited (it said so) or dead (its daemon said its application died); nothing if it had
+    ended already."""
     await conn.execute(
         sa.update(pilots)
-        .where(pilots.c.id == pilot_id, may_move(pilots.c.status, PILOT_MACHINE, PilotState.EXITED))
-        .values(status=PilotState.EXITED, ended_at=sa.func.now(), current_job_id=None)
+        .where(pilots.c.id == pilot_id, may_move(pilots.c.status, PILOT_MACHINE, end))
+        .values(status=end, ended_at=sa.func.now(), current_job_id=None)
     )
 
 
@@ -211,17 +213,6 @@ async def insert_staged_files(conn: AsyncConnection, rows: list[dict[str, Any]])
     """Outputs and logs; an lfn already registered in the dataset (a repeated final report) is skipped."""
     if rows:
         await conn.execute(insert(files).on_conflict_do_nothing(), rows)
-
-
-async def declare_pilot_dead(conn: AsyncConnection, pilot_id: int) -> bool:
-    """The pilot is dead (its daemon said so): False if it had ended already."""
-    stmt = (
-        sa.update(pilots)
-        .where(pilots.c.id == pilot_id, may_move(pilots.c.status, PILOT_MACHINE, PilotState.DEAD))
-        .values(status=PilotState.DEAD, ended_at=sa.func.now(), current_job_id=None)
-        .returning(pilots.c.id)
-    )
-    return (await conn.execute(stmt)).first() is not None
 
 
 async def declare_dead_pilots(conn: AsyncConnection, timeout_s: float) -> list[int]:
